@@ -16,13 +16,14 @@ namespace Spt.Ir;
 public sealed class GraphBuilder
 {
     private readonly GraphEditor _editor;
-    private readonly Dictionary<string, long> _opsets = new(StringComparer.Ordinal);
-    private readonly List<string> _opsetOrder = [];
+    private readonly Model? _model;
 
     /// <summary>Starts a main graph importing the default domain at <paramref name="opset"/>.</summary>
     public GraphBuilder(long opset = 17, string graphName = "main")
         : this(new Graph(graphName))
     {
+        // The model exists from the start so that messages about nodes can name their opset.
+        _model = new Model(Graph) { IrVersion = IrVersionFor(opset) };
         Opset("", opset);
     }
 
@@ -41,9 +42,9 @@ public sealed class GraphBuilder
     /// <summary>Imports <paramref name="domain"/> at <paramref name="version"/> in the built model.</summary>
     public GraphBuilder Opset(string domain, long version)
     {
-        if (!_opsets.ContainsKey(domain))
-            _opsetOrder.Add(domain);
-        _opsets[domain] = version;
+        (_model ?? throw new InvalidOperationException("opsets are set on the main graph's builder")).SetOpset(domain, version);
+        if (domain.Length == 0)
+            _model.IrVersion = IrVersionFor(version);
         return this;
     }
 
@@ -53,7 +54,7 @@ public sealed class GraphBuilder
     /// </summary>
     public GraphBuilder Subgraph(string name)
     {
-        var sub = new GraphBuilder(new Graph(name));
+        var sub = new GraphBuilder(new Graph(name) { PendingParent = Graph });
         sub._outer = this;
         return sub;
     }
@@ -129,16 +130,12 @@ public sealed class GraphBuilder
     /// <summary>Builds the model (IR version chosen to match the default-domain opset).</summary>
     public Model Build(string producerName = "sptc", long? irVersion = null)
     {
-        if (_outer != null)
+        if (_outer != null || _model == null)
             throw new InvalidOperationException($"'{Graph.Name}' is a subgraph; attach it to a node instead of building a model");
-        var model = new Model(Graph)
-        {
-            ProducerName = producerName,
-            IrVersion = irVersion ?? IrVersionFor(_opsets.GetValueOrDefault("", 17)),
-        };
-        foreach (string d in _opsetOrder)
-            model.OpsetImports.Add(new OpsetImport(d, _opsets[d]));
-        return model;
+        _model.ProducerName = producerName;
+        if (irVersion is { } ir)
+            _model.IrVersion = ir;
+        return _model;
     }
 
     /// <summary>The IR version that introduced a default-domain opset (the oldest that can hold it).</summary>

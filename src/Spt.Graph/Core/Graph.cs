@@ -67,8 +67,11 @@ public sealed class Graph
     /// <summary>The node whose attribute holds this graph, or null for a main or detached graph.</summary>
     public Node? OwningNode { get; internal set; }
 
-    /// <summary>The graph enclosing this subgraph, or null.</summary>
-    public Graph? Parent => OwningNode?.Graph;
+    /// <summary>The graph enclosing this subgraph (or, for a subgraph still being built, the graph it is built for), or null.</summary>
+    public Graph? Parent => OwningNode?.Graph ?? PendingParent;
+
+    /// <summary>Set by <see cref="GraphBuilder.Subgraph"/> until the graph is attached to a node.</summary>
+    internal Graph? PendingParent { get; set; }
 
     /// <summary>The model this graph (or its outermost enclosing graph) belongs to, or null.</summary>
     public Model? Model

@@ -181,8 +181,8 @@ public sealed class Model : IDisposable
     public static Model FromBytes(ReadOnlySpan<byte> bytes, LoadOptions? options = null)
     {
         byte[] copy = bytes.ToArray();
-        var proto = Parse(() => ModelProto.Parser.ParseFrom(copy), "the bytes");
-        return FromOwnedProto(proto, StoreFor(options), options, "the bytes");
+        var proto = Parse(() => ModelProto.Parser.ParseFrom(copy), "the data");
+        return FromOwnedProto(proto, StoreFor(options), options, "the data");
     }
 
     /// <summary>Builds a model from a message (the message is copied, not kept).</summary>

@@ -187,9 +187,10 @@ public sealed class AttributeList : Collection<Attribute>
         {
             if (g.OwningNode != null && !ReferenceEquals(g.OwningNode, _owner))
                 throw new InvalidOperationException($"graph '{g.Name}' already belongs to node '{g.OwningNode.Name}' ({g.OwningNode.OpType})");
-            if (g.Model != null && g.OwningNode == null)
+            if (g.OwnerModel != null)
                 throw new InvalidOperationException($"graph '{g.Name}' is a model's main graph and cannot become a subgraph");
             g.OwningNode = _owner;
+            g.PendingParent = null;
         }
     }
 
