@@ -1,0 +1,268 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Spt.Ir;
+
+namespace Spt.Runtime.Training;
+
+/// <summary>What a data input of the training graphs carries.</summary>
+public enum DataRole
+{
+    /// <summary>Token ids, int64 [batch, sequence].</summary>
+    InputIds,
+
+    /// <summary>1 for real tokens, 0 for padding, [batch, sequence].</summary>
+    AttentionMask,
+
+    /// <summary>Per-token labels for causal LM, int64 [batch, sequence] (the loss shifts them).</summary>
+    Labels,
+
+    /// <summary>One class per sequence, int64 [batch].</summary>
+    Label,
+
+    /// <summary>Regression target for MSE, float, shaped like the model's first output.</summary>
+    Target,
+}
+
+/// <summary>One data input of the training graphs.</summary>
+/// <param name="Name">Graph input name.</param>
+/// <param name="ElementType">Element type.</param>
+/// <param name="Shape">Shape; symbolic dimensions are named <c>batch</c> and <c>sequence</c>.</param>
+/// <param name="Role">What the input carries.</param>
+public sealed record DataInputSpec(string Name, ElementType ElementType, IReadOnlyList<Dim> Shape, DataRole Role);
+
+/// <summary>One model parameter as the training graphs see it (a graph input of every graph).</summary>
+public sealed record ParameterSpec(string Name, ElementType ElementType, IReadOnlyList<long> Shape, bool Trainable)
+{
+    /// <summary>Number of elements.</summary>
+    public long ElementCount => Shape.Aggregate(1L, (a, d) => a * d);
+}
+
+/// <summary>The loss baked into grad.onnx and eval.onnx.</summary>
+public sealed record LossSpec(string Kind, long IgnoreIndex, double PqWeight);
+
+/// <summary>The AdamW hyperparameters baked into optimizer.onnx (the learning rate is an input).</summary>
+public sealed record OptimizerSpec(double Beta1, double Beta2, double Epsilon, double WeightDecay, double MaxGradNorm);
+
+/// <summary>
+/// The manifest <c>training.json</c> of a training-artifact directory (written by <c>sptc compile-training</c>).
+/// Layout of the directory:
+/// <list type="bullet">
+/// <item><c>training.json</c>: this manifest (format <see cref="FormatName"/>, <c>format_version</c> 1).</item>
+/// <item><c>grad.onnx</c>: data inputs + every parameter + <c>grad_acc.&lt;p&gt;</c> per trainable parameter
+/// → <c>loss</c>, <c>task_loss</c>, <c>grad_acc_out.&lt;p&gt;</c>.</item>
+/// <item><c>optimizer.onnx</c>: <c>lr</c>, <c>step</c>, <c>grad_scale</c>, <c>&lt;p&gt;</c>, <c>grad.&lt;p&gt;</c>,
+/// <c>m.&lt;p&gt;</c>, <c>v.&lt;p&gt;</c> → <c>new.&lt;p&gt;</c>, <c>new.m.&lt;p&gt;</c>, <c>new.v.&lt;p&gt;</c>, <c>grad_norm</c>.</item>
+/// <item><c>eval.onnx</c>: data inputs + every parameter → <c>loss</c>, <c>task_loss</c>, the model's outputs.</item>
+/// <item><c>checkpoint/state.onnx</c>: the initial checkpoint (see <see cref="Checkpoint"/>).</item>
+/// </list>
+/// </summary>
+public sealed class TrainingManifest
+{
+    /// <summary>Value of the <c>format</c> key.</summary>
+    public const string FormatName = "sptc-training";
+
+    /// <summary>The manifest's file name inside the artifact directory.</summary>
+    public const string FileName = "training.json";
+
+    /// <summary>Format version this build reads and writes.</summary>
+    public const int FormatVersion = 1;
+
+    /// <summary>Data inputs, in graph order.</summary>
+    public required IReadOnlyList<DataInputSpec> DataInputs { get; init; }
+
+    /// <summary>Every model parameter, frozen and trainable, in a fixed order.</summary>
+    public required IReadOnlyList<ParameterSpec> Parameters { get; init; }
+
+    /// <summary>The loss.</summary>
+    public required LossSpec Loss { get; init; }
+
+    /// <summary>AdamW hyperparameters baked into the optimizer graph.</summary>
+    public required OptimizerSpec Optimizer { get; init; }
+
+    /// <summary>File name of the forward+backward graph.</summary>
+    public string GradGraph { get; init; } = "grad.onnx";
+
+    /// <summary>File name of the optimizer graph.</summary>
+    public string OptimizerGraph { get; init; } = "optimizer.onnx";
+
+    /// <summary>File name of the eval graph.</summary>
+    public string EvalGraph { get; init; } = "eval.onnx";
+
+    /// <summary>Path of the initial checkpoint, relative to the artifact directory.</summary>
+    public string InitialCheckpoint { get; init; } = "checkpoint/state.onnx";
+
+    /// <summary>The source model's outputs, as eval.onnx passes them through.</summary>
+    public IReadOnlyList<string> ModelOutputs { get; init; } = [];
+
+    /// <summary>Where the source model came from (file name, path of a copy in the directory, ...); free-form.</summary>
+    public JsonObject SourceModel { get; init; } = new();
+
+    /// <summary>The trainable parameters, in manifest order.</summary>
+    public IEnumerable<ParameterSpec> Trainable => Parameters.Where(p => p.Trainable);
+
+    /// <summary>The data input with <paramref name="role"/>, or null.</summary>
+    public DataInputSpec? Input(DataRole role) => DataInputs.FirstOrDefault(d => d.Role == role);
+
+    /// <summary>Reads <c>DIR/training.json</c>.</summary>
+    /// <exception cref="TrainingException">The file is missing or malformed.</exception>
+    public static TrainingManifest Load(string directory)
+    {
+        var path = Path.Combine(directory, FileName);
+        if (!File.Exists(path))
+        {
+            throw new TrainingException($"'{directory}' is not a training-artifact directory: it has no {FileName} (write one with 'sptc compile-training')");
+        }
+
+        try
+        {
+            return Parse(JsonNode.Parse(File.ReadAllText(path)) as JsonObject
+                ?? throw new TrainingException($"{path}: not a JSON object"));
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException or KeyNotFoundException)
+        {
+            throw new TrainingException($"{path}: {e.Message}", e);
+        }
+    }
+
+    /// <summary>Parses the manifest JSON.</summary>
+    public static TrainingManifest Parse(JsonObject json)
+    {
+        var version = json["format_version"]?.GetValue<int>() ?? throw new TrainingException("training.json has no format_version");
+        if (version != FormatVersion)
+        {
+            throw new TrainingException($"training.json has format_version {version}; this build reads {FormatVersion}");
+        }
+
+        var graphs = json["graphs"] as JsonObject;
+        var loss = Required<JsonObject>(json, "loss");
+        var optimizer = Required<JsonObject>(json, "optimizer");
+        var betas = optimizer["betas"] as JsonArray;
+        return new TrainingManifest
+        {
+            DataInputs = [.. Required<JsonArray>(json, "data_inputs").Select(n => new DataInputSpec(
+                Str(n!, "name"),
+                ParseElementType(Str(n!, "element_type")),
+                [.. Required<JsonArray>(n!.AsObject(), "shape").Select(d => d!.GetValueKind() == JsonValueKind.String
+                    ? new Dim(d.GetValue<string>()) : new Dim(d.GetValue<long>()))],
+                ParseRole(Str(n!, "role"))))],
+            Parameters = [.. Required<JsonArray>(json, "parameters").Select(n => new ParameterSpec(
+                Str(n!, "name"),
+                ParseElementType(Str(n!, "element_type")),
+                [.. Required<JsonArray>(n!.AsObject(), "shape").Select(d => d!.GetValue<long>())],
+                n!["trainable"]?.GetValue<bool>() ?? throw new TrainingException($"parameter '{Str(n!, "name")}' has no 'trainable'")))],
+            Loss = new LossSpec(
+                Str(loss, "kind"),
+                loss["ignore_index"]?.GetValue<long>() ?? -100,
+                loss["pq_weight"]?.GetValue<double>() ?? 0),
+            Optimizer = new OptimizerSpec(
+                betas is { Count: 2 } ? betas[0]!.GetValue<double>() : optimizer["beta1"]?.GetValue<double>() ?? 0.9,
+                betas is { Count: 2 } ? betas[1]!.GetValue<double>() : optimizer["beta2"]?.GetValue<double>() ?? 0.999,
+                optimizer["eps"]?.GetValue<double>() ?? 1e-8,
+                optimizer["weight_decay"]?.GetValue<double>() ?? 0,
+                optimizer["max_grad_norm"]?.GetValue<double>() ?? 0),
+            GradGraph = graphs?["grad"]?.GetValue<string>() ?? "grad.onnx",
+            OptimizerGraph = graphs?["optimizer"]?.GetValue<string>() ?? "optimizer.onnx",
+            EvalGraph = graphs?["eval"]?.GetValue<string>() ?? "eval.onnx",
+            InitialCheckpoint = json["checkpoint"]?.GetValue<string>() ?? "checkpoint/state.onnx",
+            ModelOutputs = json["model_outputs"] is JsonArray outs ? [.. outs.Select(o => o!.GetValue<string>())] : [],
+            SourceModel = json["source_model"] as JsonObject is { } source ? (JsonObject)source.DeepClone() : new JsonObject(),
+        };
+    }
+
+    /// <summary>The manifest as JSON (the format <see cref="Parse"/> reads).</summary>
+    public JsonObject ToJson() => new()
+    {
+        ["format"] = FormatName,
+        ["format_version"] = FormatVersion,
+        ["source_model"] = SourceModel.DeepClone(),
+        ["graphs"] = new JsonObject { ["grad"] = GradGraph, ["optimizer"] = OptimizerGraph, ["eval"] = EvalGraph },
+        ["checkpoint"] = InitialCheckpoint,
+        ["data_inputs"] = new JsonArray([.. DataInputs.Select(d => (JsonNode)new JsonObject
+        {
+            ["name"] = d.Name,
+            ["element_type"] = ElementTypeName(d.ElementType),
+            ["shape"] = new JsonArray([.. d.Shape.Select(s => s.Value is { } v ? JsonValue.Create(v) : (JsonNode?)JsonValue.Create(s.Param ?? "?"))]),
+            ["role"] = RoleName(d.Role),
+        })]),
+        ["loss"] = new JsonObject { ["kind"] = Loss.Kind, ["ignore_index"] = Loss.IgnoreIndex, ["pq_weight"] = Loss.PqWeight },
+        ["parameters"] = new JsonArray([.. Parameters.Select(p => (JsonNode)new JsonObject
+        {
+            ["name"] = p.Name,
+            ["element_type"] = ElementTypeName(p.ElementType),
+            ["shape"] = new JsonArray([.. p.Shape.Select(s => (JsonNode?)JsonValue.Create(s))]),
+            ["trainable"] = p.Trainable,
+        })]),
+        ["optimizer"] = new JsonObject
+        {
+            ["kind"] = "adamw",
+            ["betas"] = new JsonArray(Optimizer.Beta1, Optimizer.Beta2),
+            ["eps"] = Optimizer.Epsilon,
+            ["weight_decay"] = Optimizer.WeightDecay,
+            ["max_grad_norm"] = Optimizer.MaxGradNorm,
+        },
+        ["model_outputs"] = new JsonArray([.. ModelOutputs.Select(o => (JsonNode?)JsonValue.Create(o))]),
+    };
+
+    /// <summary>Writes <c>DIR/training.json</c>.</summary>
+    public void Save(string directory) =>
+        File.WriteAllText(Path.Combine(directory, FileName), ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+
+    /// <summary>The manifest name of an element type: float, float16, bfloat16, double, int64, int32, bool, ...</summary>
+    public static string ElementTypeName(ElementType type) => type switch
+    {
+        ElementType.Float => "float",
+        ElementType.Float16 => "float16",
+        ElementType.BFloat16 => "bfloat16",
+        ElementType.Double => "double",
+        ElementType.Int64 => "int64",
+        ElementType.Int32 => "int32",
+        ElementType.Bool => "bool",
+        ElementType.UInt8 => "uint8",
+        ElementType.Int8 => "int8",
+        _ => throw new TrainingException($"element type {type.ShortName()} is not supported in training artifacts"),
+    };
+
+    /// <summary>Parses a manifest element-type name (also accepts the short names f32, i64, ...).</summary>
+    public static ElementType ParseElementType(string name) => name.ToLowerInvariant() switch
+    {
+        "float" or "float32" or "f32" => ElementType.Float,
+        "float16" or "f16" => ElementType.Float16,
+        "bfloat16" or "bf16" => ElementType.BFloat16,
+        "double" or "float64" or "f64" => ElementType.Double,
+        "int64" or "i64" => ElementType.Int64,
+        "int32" or "i32" => ElementType.Int32,
+        "bool" => ElementType.Bool,
+        "uint8" or "u8" => ElementType.UInt8,
+        "int8" or "i8" => ElementType.Int8,
+        _ => throw new TrainingException($"unknown element type '{name}' in training.json"),
+    };
+
+    private static string RoleName(DataRole role) => role switch
+    {
+        DataRole.InputIds => "input_ids",
+        DataRole.AttentionMask => "attention_mask",
+        DataRole.Labels => "labels",
+        DataRole.Label => "label",
+        DataRole.Target => "target",
+        _ => throw new ArgumentOutOfRangeException(nameof(role)),
+    };
+
+    private static DataRole ParseRole(string role) => role switch
+    {
+        "input_ids" => DataRole.InputIds,
+        "attention_mask" => DataRole.AttentionMask,
+        "labels" => DataRole.Labels,
+        "label" => DataRole.Label,
+        "target" => DataRole.Target,
+        _ => throw new TrainingException($"unknown data input role '{role}' in training.json"),
+    };
+
+    private static T Required<T>(JsonObject json, string key) where T : JsonNode =>
+        json[key] as T ?? throw new TrainingException($"training.json: '{key}' is missing or has the wrong type");
+
+    private static string Str(JsonNode node, string key) =>
+        node[key]?.GetValue<string>() ?? throw new TrainingException($"training.json: '{key}' is missing in {node.ToJsonString()}");
+
+    internal static string Invariant(FormattableString s) => s.ToString(CultureInfo.InvariantCulture);
+}
