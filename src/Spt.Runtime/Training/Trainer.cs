@@ -206,10 +206,15 @@ public sealed class Trainer : IDisposable
         _order = new DataOrder(_train.Count, state.DataSeed, state.DataEpoch, state.DataPosition);
     }
 
-    /// <summary>Runs up to <see cref="TrainerOptions.Steps"/>, evaluating and checkpointing as configured.</summary>
+    /// <summary>
+    /// Runs up to <see cref="TrainerOptions.Steps"/> (or stops early after <paramref name="stopAfter"/>, as an
+    /// interrupted run would: the LR schedule still spans all steps), evaluating and checkpointing as configured;
+    /// the last step taken is always checkpointed when a checkpoint directory is set.
+    /// </summary>
     /// <exception cref="TrainingDivergedException">The loss or gradient norm became NaN or infinite.</exception>
-    public TrainingResult Run(Action<StepReport>? onStep = null, CancellationToken cancel = default)
+    public TrainingResult Run(Action<StepReport>? onStep = null, long? stopAfter = null, CancellationToken cancel = default)
     {
+        var until = Math.Min(stopAfter ?? _options.Steps, _options.Steps);
         var firstStep = _state.Step + 1;
         _metrics?.Start(_state.Step);
         double firstLoss = double.NaN, lastLoss = double.NaN;
@@ -217,7 +222,7 @@ public sealed class Trainer : IDisposable
         double seconds = 0;
         long tokens = 0;
         var checkpointedAt = -1L;
-        while (_state.Step < _options.Steps && !cancel.IsCancellationRequested)
+        while (_state.Step < until && !cancel.IsCancellationRequested)
         {
             StepReport report;
             try

@@ -14,7 +14,7 @@ public enum ExecutionDevice
 }
 
 /// <summary>How a <see cref="Trainer"/> runs.</summary>
-public sealed class TrainerOptions
+public sealed record TrainerOptions
 {
     /// <summary>Optimizer steps to reach (a resumed run continues up to this step).</summary>
     public long Steps { get; init; } = 100;
