@@ -71,12 +71,15 @@ internal static class TrainingArtifacts
         var w = b.Input("W", ElementType.Float, width, vocab);
         var x = b.Op("Gather", [e, ids], ("axis", 0L));                        // [B, S, D]
         var logits = b.Op("MatMul", x, w);                                      // [B, S, V]
-        var lg = b.Op("Slice", logits, I64(b, 0), I64(b, -1), I64(b, 1));       // [B, S-1, V]
-        var tgt = b.Op("Slice", labels, I64(b, 1), I64(b, long.MaxValue), I64(b, 1)); // [B, S-1]
-        var lp = b.Op("LogSoftmax", [lg], ("axis", -1L));
-        var onehot = b.Op("OneHot", [tgt, I64(b, vocab), b.Constant(Tensor.Create("oh", new float[] { 0, 1 }, 2))], ("axis", -1L));
-        var nll = b.Op("Neg", b.Op("ReduceSum", [b.Op("Mul", lp, onehot), I64(b, -1)], ("keepdims", 0L)));
-        var loss = b.Op("ReduceMean", [nll], ("keepdims", 0L));
+        // labels[b, t] is the target of logits[b, t] (the runtime shifts); -100 positions carry no loss.
+        var valid = b.Op("Not", b.Op("Equal", labels, I64(b, -100)));            // [B, S]
+        var maskf = b.Op("Cast", [valid], ("to", (long)ElementType.Float));
+        var safe = b.Op("Where", valid, labels, I64(b, 0));
+        var mask3 = b.Op("Unsqueeze", maskf, I64(b, -1));                      // [B, S, 1]
+        var onehot = b.Op("Mul", b.Op("OneHot", [safe, I64(b, vocab), b.Constant(Tensor.Create("oh", new float[] { 0, 1 }, 2))], ("axis", -1L)), mask3);
+        var lp = b.Op("LogSoftmax", [logits], ("axis", -1L));
+        var n = b.Op("ReduceSum", [maskf], ("keepdims", 0L));
+        var loss = b.Op("Div", b.Op("Neg", b.Op("ReduceSum", [b.Op("Mul", lp, onehot)], ("keepdims", 0L))), n);
         b.Output(loss, "loss");
         b.Output(b.Op("Identity", loss), "task_loss");
         if (!withBackward)
@@ -85,10 +88,8 @@ internal static class TrainingArtifacts
             return b.Build();
         }
 
-        // d loss / d lg = (softmax(lg) - onehot) / N, N = B*(S-1); padded back to [B, S, V] with a zero last position.
-        var n = b.Op("Cast", [b.Op("Size", tgt)], ("to", (long)ElementType.Float));
-        var dlg = b.Op("Div", b.Op("Sub", b.Op("Exp", lp), onehot), n);
-        var dlogits = b.Op("Pad", dlg, b.Constant(Tensor.Create("pads", new long[] { 0, 0, 0, 0, 1, 0 }, 6)));
+        // d loss / d logits = (softmax(logits) * mask - onehot) / N.
+        var dlogits = b.Op("Div", b.Op("Sub", b.Op("Mul", b.Op("Exp", lp), mask3), onehot), n);
         var x2 = b.Op("Reshape", x, b.Constant(Tensor.Create("sx", new long[] { -1, width }, 2)));       // [B*S, D]
         var d2 = b.Op("Reshape", dlogits, b.Constant(Tensor.Create("sd", new long[] { -1, vocab }, 2))); // [B*S, V]
         var grads = new Dictionary<string, Value>

@@ -71,8 +71,8 @@ public sealed class TrainingTests : IDisposable
         using var single = new Trainer(artifact, train, null, Options(steps: 3, batch: 4, accumulate: 1));
         var a = accumulated.Run();
         var s = single.Run();
-        Assert.Equal(s.FirstLoss, a.FirstLoss, 5);
-        Assert.Equal(s.FinalLoss, a.FinalLoss, 5);
+        Assert.True(Math.Abs(s.FirstLoss - a.FirstLoss) < 1e-5, $"{s.FirstLoss} vs {a.FirstLoss}");
+        Assert.True(Math.Abs(s.FinalLoss - a.FinalLoss) < 1e-5, $"{s.FinalLoss} vs {a.FinalLoss}");
         var pa = accumulated.ParameterTensors().Single(t => t.Name == "W").ToFloatArray();
         var ps = single.ParameterTensors().Single(t => t.Name == "W").ToFloatArray();
         Assert.True(pa.Zip(ps).Max(x => Math.Abs(x.First - x.Second)) < 1e-5);
@@ -104,7 +104,7 @@ public sealed class TrainingTests : IDisposable
         Assert.Equal(11, resumedReports[0].Step);
         for (var i = 0; i < 10; i++)
         {
-            Assert.Equal(reference[10 + i].Loss, resumedReports[i].Loss, 6);
+            Assert.True(Math.Abs(reference[10 + i].Loss - resumedReports[i].Loss) <= 1e-6, $"step {11 + i}: {reference[10 + i].Loss} vs {resumedReports[i].Loss}");
         }
 
         Assert.Equal(reference[^1].Loss, resumedReports[^1].Loss);  // bit-identical on CPU

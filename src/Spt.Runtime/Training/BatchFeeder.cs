@@ -13,8 +13,13 @@ internal sealed class BatchFeeder : IDisposable
 {
     private readonly List<(DataInputSpec Spec, OrtValue Value)> _inputs = [];
 
+    private readonly bool _shiftLabels;
+    private readonly long _ignoreIndex;
+
     public BatchFeeder(TrainingManifest manifest, int batch, int sequence)
     {
+        _shiftLabels = manifest.Loss.Kind == "causal_lm";
+        _ignoreIndex = manifest.Loss.IgnoreIndex;
         Batch = batch;
         Sequence = sequence;
         foreach (var spec in manifest.DataInputs)
@@ -64,7 +69,12 @@ internal sealed class BatchFeeder : IDisposable
                         Write(value, spec.ElementType, b * Sequence, example.AttentionMask);
                         break;
                     case DataRole.Labels:
-                        Write(value, spec.ElementType, b * Sequence, example.Labels ?? example.InputIds);
+                        Write(value, spec.ElementType, b * Sequence, _shiftLabels ? Shifted(example.Labels ?? example.InputIds) : example.Labels ?? example.InputIds);
+                        break;
+                    case DataRole.Other:
+                        Write(value, spec.ElementType, b * Sequence, spec.Name.Contains("position", StringComparison.OrdinalIgnoreCase)
+                            ? [.. Enumerable.Range(0, Sequence).Select(i => (long)i)]
+                            : new long[Sequence]);
                         break;
                     case DataRole.Label:
                         Write(value, spec.ElementType, b, [example.Label ?? throw new DataException($"{data.Source} {example.Where}: no 'label'")]);
@@ -74,6 +84,15 @@ internal sealed class BatchFeeder : IDisposable
                 }
             }
         }
+    }
+
+    /// <summary>Next-token targets: labels[t + 1] at position t, the ignore index at the last position.</summary>
+    private long[] Shifted(long[] labels)
+    {
+        var shifted = new long[labels.Length];
+        Array.Copy(labels, 1, shifted, 0, labels.Length - 1);
+        shifted[^1] = _ignoreIndex;
+        return shifted;
     }
 
     public void Dispose()

@@ -22,6 +22,12 @@ public enum DataRole
 
     /// <summary>Regression target for MSE, float, shaped like the model's first output.</summary>
     Target,
+
+    /// <summary>
+    /// Another model input (token_type_ids, position_ids, ...): fed as 0, 1, ..., S-1 along the sequence when its
+    /// name contains "position", else as zeros.
+    /// </summary>
+    Other,
 }
 
 /// <summary>One data input of the training graphs.</summary>
@@ -38,7 +44,11 @@ public sealed record ParameterSpec(string Name, ElementType ElementType, IReadOn
     public long ElementCount => Shape.Aggregate(1L, (a, d) => a * d);
 }
 
-/// <summary>The loss baked into grad.onnx and eval.onnx.</summary>
+/// <summary>
+/// The loss baked into grad.onnx and eval.onnx. For <c>causal_lm</c>, <c>labels[b, t]</c> is the target of
+/// <c>logits[b, t]</c>: the runtime feeds the next token (labels shifted left by one, the last position set to
+/// <see cref="IgnoreIndex"/>), so the graph does not shift.
+/// </summary>
 public sealed record LossSpec(string Kind, long IgnoreIndex, double PqWeight);
 
 /// <summary>The AdamW hyperparameters baked into optimizer.onnx (the learning rate is an input).</summary>
@@ -161,11 +171,16 @@ public sealed class TrainingManifest
                 optimizer["eps"]?.GetValue<double>() ?? 1e-8,
                 optimizer["weight_decay"]?.GetValue<double>() ?? 0,
                 optimizer["max_grad_norm"]?.GetValue<double>() ?? 0),
-            GradGraph = graphs?["grad"]?.GetValue<string>() ?? "grad.onnx",
-            OptimizerGraph = graphs?["optimizer"]?.GetValue<string>() ?? "optimizer.onnx",
-            EvalGraph = graphs?["eval"]?.GetValue<string>() ?? "eval.onnx",
-            InitialCheckpoint = json["checkpoint"]?.GetValue<string>() ?? "checkpoint/state.onnx",
-            ModelOutputs = json["model_outputs"] is JsonArray outs ? [.. outs.Select(o => o!.GetValue<string>())] : [],
+            GradGraph = GraphFile(graphs, "grad"),
+            OptimizerGraph = GraphFile(graphs, "optimizer"),
+            EvalGraph = GraphFile(graphs, "eval"),
+            InitialCheckpoint = json["checkpoint"] switch
+            {
+                JsonObject c => Path.Combine(c["directory"]?.GetValue<string>() ?? "checkpoint", c["file"]?.GetValue<string>() ?? Checkpoint.FileName),
+                JsonValue v => v.GetValue<string>(),
+                _ => "checkpoint/state.onnx",
+            },
+            ModelOutputs = (json["model_outputs"] ?? json["source_model"]?["outputs"]) is JsonArray outs ? [.. outs.Select(o => o!.GetValue<string>())] : [],
             SourceModel = json["source_model"] as JsonObject is { } source ? (JsonObject)source.DeepClone() : new JsonObject(),
         };
     }
@@ -176,8 +191,17 @@ public sealed class TrainingManifest
         ["format"] = FormatName,
         ["format_version"] = FormatVersion,
         ["source_model"] = SourceModel.DeepClone(),
-        ["graphs"] = new JsonObject { ["grad"] = GradGraph, ["optimizer"] = OptimizerGraph, ["eval"] = EvalGraph },
-        ["checkpoint"] = InitialCheckpoint,
+        ["graphs"] = new JsonObject
+        {
+            ["grad"] = new JsonObject { ["file"] = GradGraph },
+            ["optimizer"] = new JsonObject { ["file"] = OptimizerGraph },
+            ["eval"] = new JsonObject { ["file"] = EvalGraph },
+        },
+        ["checkpoint"] = new JsonObject
+        {
+            ["directory"] = Path.GetDirectoryName(InitialCheckpoint) ?? "",
+            ["file"] = Path.GetFileName(InitialCheckpoint),
+        },
         ["data_inputs"] = new JsonArray([.. DataInputs.Select(d => (JsonNode)new JsonObject
         {
             ["name"] = d.Name,
@@ -245,6 +269,7 @@ public sealed class TrainingManifest
         DataRole.Labels => "labels",
         DataRole.Label => "label",
         DataRole.Target => "target",
+        DataRole.Other => "other",
         _ => throw new ArgumentOutOfRangeException(nameof(role)),
     };
 
@@ -255,7 +280,16 @@ public sealed class TrainingManifest
         "labels" => DataRole.Labels,
         "label" => DataRole.Label,
         "target" => DataRole.Target,
+        "other" => DataRole.Other,
         _ => throw new TrainingException($"unknown data input role '{role}' in training.json"),
+    };
+
+    /// <summary>A graph's file: <c>graphs.NAME</c> is a file name or an object with <c>file</c>.</summary>
+    private static string GraphFile(JsonObject? graphs, string name) => graphs?[name] switch
+    {
+        JsonObject o => o["file"]?.GetValue<string>() ?? name + ".onnx",
+        JsonValue v => v.GetValue<string>(),
+        _ => name + ".onnx",
     };
 
     private static T Required<T>(JsonObject json, string key) where T : JsonNode =>
