@@ -1,5 +1,6 @@
 using Microsoft.ML.OnnxRuntime;
 using Spt.Ir;
+using Spt.Passes.Training;
 using Spt.Runtime.Data;
 using Spt.Runtime.Training;
 using Tensor = Spt.Ir.Tensor;
@@ -278,22 +279,5 @@ public sealed class TrainingTests : IDisposable
         var artifact = TrainingArtifacts.Bigram(Dir("a"));
         var e = Assert.Throws<TrainingException>(() => new Trainer(artifact, Corpus().Train, null, Options(batch: 0)));
         Assert.Contains("--batch", e.Message);
-    }
-
-    [Fact]
-    public void Lr_schedule_shapes()
-    {
-        var cosine = new LrSchedule(LrScheduleKind.Cosine, 1.0, 10, 110);
-        Assert.Equal(0.1, cosine.At(1), 12);
-        Assert.Equal(1.0, cosine.At(10), 12);
-        Assert.Equal(1.0, cosine.At(11), 12);
-        Assert.Equal(0.5, cosine.At(61), 12);
-        Assert.True(cosine.At(110) is > 0 and < 0.001);
-        var linear = new LrSchedule(LrScheduleKind.Linear, 2.0, 0, 100);
-        Assert.Equal(2.0, linear.At(1), 12);
-        Assert.Equal(1.0, linear.At(51), 12);
-        Assert.Equal(0.02, linear.At(100), 12);
-        Assert.Equal(3.0, new LrSchedule(LrScheduleKind.Constant, 3.0, 0, 5).At(5));
-        Assert.Throws<TrainingException>(() => LrSchedule.ParseKind("step"));
     }
 }

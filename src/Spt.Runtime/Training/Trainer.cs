@@ -4,6 +4,7 @@ using TensorElementType = Microsoft.ML.OnnxRuntime.Tensors.TensorElementType;
 using Tensor = Spt.Ir.Tensor;
 using Spt.CustomOps;
 using Spt.Ir;
+using Spt.Passes.Training;
 using Spt.Runtime.Data;
 using Spt.Runtime.Memory;
 
@@ -120,7 +121,7 @@ public sealed class Trainer : IDisposable
         }
 
         _trainFeeder = new BatchFeeder(Manifest, options.BatchSize, train.SequenceLength);
-        _schedule = new LrSchedule(options.Schedule, options.LearningRate, options.WarmupSteps, options.Steps);
+        _schedule = new LrSchedule(options.Schedule, options.LearningRate, checked((int)options.WarmupSteps), checked((int)options.Steps));
         _state = TrainerState.Initial(options.Seed);
         _order = new DataOrder(train.Count, options.Seed);
         LoadCheckpoint(Path.Combine(ArtifactDirectory, Manifest.InitialCheckpoint), initial: true);
@@ -421,7 +422,7 @@ public sealed class Trainer : IDisposable
         return Checkpoint.Build(tensors, State,
         [
             new("lr_schedule", _schedule.Kind.ToString().ToLowerInvariant()),
-            new("lr_peak", _schedule.PeakLr.ToString("R", System.Globalization.CultureInfo.InvariantCulture)),
+            new("lr_peak", _schedule.BaseLr.ToString("R", System.Globalization.CultureInfo.InvariantCulture)),
             new("lr_warmup", _schedule.WarmupSteps.ToString(System.Globalization.CultureInfo.InvariantCulture)),
             new("lr_total_steps", _schedule.TotalSteps.ToString(System.Globalization.CultureInfo.InvariantCulture)),
         ]);

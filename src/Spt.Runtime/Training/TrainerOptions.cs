@@ -1,3 +1,5 @@
+using Spt.Passes.Training;
+
 namespace Spt.Runtime.Training;
 
 /// <summary>Which ORT execution provider runs the training graphs.</summary>
@@ -31,7 +33,7 @@ public sealed record TrainerOptions
     /// <summary>Linear warm-up steps.</summary>
     public long WarmupSteps { get; init; }
 
-    /// <summary>Shape of the learning-rate curve.</summary>
+    /// <summary>Shape of the learning-rate curve (<see cref="LrSchedule"/> of the training compiler).</summary>
     public LrScheduleKind Schedule { get; init; } = LrScheduleKind.Constant;
 
     /// <summary>Evaluate on the held-out set every this many steps (0: only at the end, when there is an eval set).</summary>
@@ -70,6 +72,8 @@ public sealed record TrainerOptions
         if (!(LearningRate > 0) || double.IsInfinity(LearningRate)) throw new TrainingException($"--lr must be a positive number (got {LearningRate})");
         if (WarmupSteps < 0) throw new TrainingException($"--warmup must not be negative (got {WarmupSteps})");
         if (EvalEvery < 0) throw new TrainingException($"--eval-every must not be negative (got {EvalEvery})");
+        if (Steps > int.MaxValue) throw new TrainingException($"--steps must be at most {int.MaxValue} (got {Steps})");
+        if (WarmupSteps > Steps) throw new TrainingException($"--warmup ({WarmupSteps}) must not exceed --steps ({Steps})");
         if (Keep < 1) throw new TrainingException($"--keep must be at least 1 (got {Keep})");
     }
 }
