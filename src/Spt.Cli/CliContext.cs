@@ -15,6 +15,9 @@ public static class ExitCodes
 
     /// <summary><c>sptc verify</c>: both models ran, and at least one output differs beyond the tolerance.</summary>
     public const int OutputsDiffer = 4;
+
+    /// <summary>Training stopped because the loss or gradient norm became NaN or infinite (the last good checkpoint is kept).</summary>
+    public const int Diverged = 5;
 }
 
 /// <summary>Where a command writes, and how failures become one-line messages and exit codes.</summary>
@@ -51,6 +54,11 @@ internal sealed class CliContext(TextWriter stdout, TextWriter stderr)
         {
             return body();
         }
+        catch (Spt.Runtime.Training.TrainingDivergedException e)
+        {
+            Error.WriteLine($"sptc: error: {OneLine(e.Message)}");
+            return ExitCodes.Diverged;
+        }
         catch (Exception e) when (IsUserError(e))
         {
             Error.WriteLine($"sptc: error: {OneLine(e.Message)}");
@@ -75,7 +83,7 @@ internal sealed class CliContext(TextWriter stdout, TextWriter stderr)
 
     private static bool IsUserError(Exception e) => e is OnnxModelException or OpContractException
         or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException
-        or CliUsageException or Microsoft.ML.OnnxRuntime.OnnxRuntimeException;
+        or CliUsageException or Microsoft.ML.OnnxRuntime.OnnxRuntimeException or Spt.Runtime.Training.TrainingException;
 
     private static string OneLine(string message) =>
         string.Join(' ', message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));

@@ -52,6 +52,8 @@ public static class Program
         var context = new CliContext(stdout, stderr);
         root.Subcommands.Add(InspectCommand.Create(context));
         root.Subcommands.Add(VerifyCommand.Create(context));
+        root.Subcommands.Add(CompileTrainingCommand.Create(context));
+        root.Subcommands.Add(TrainCommand.Create(context));
         return root;
     }
 }

@@ -121,6 +121,31 @@ public sealed class Dataset
         return new Dataset(examples, sequenceLength, source, DataFormat.Text, hasExplicitMask: false);
     }
 
+    /// <summary>
+    /// <paramref name="count"/> sequences of uniformly random token ids below <paramref name="vocabulary"/> (seeded), for
+    /// benchmarks; labels are the ids themselves.
+    /// </summary>
+    public static Dataset Synthetic(int count, int sequenceLength, long vocabulary, ulong seed)
+    {
+        var state = seed;
+        var examples = new Example[count];
+        for (var i = 0; i < count; i++)
+        {
+            var ids = new long[sequenceLength];
+            for (var t = 0; t < sequenceLength; t++)
+            {
+                state = (state * 6364136223846793005UL) + 1442695040888963407UL;
+                ids[t] = (long)((state >> 33) % (ulong)vocabulary);
+            }
+
+            var mask = new long[sequenceLength];
+            Array.Fill(mask, 1L);
+            examples[i] = new Example(ids, mask, ids, 0, $"synthetic {i}");
+        }
+
+        return new Dataset(examples, sequenceLength, "synthetic", DataFormat.Jsonl, hasExplicitMask: false);
+    }
+
     /// <summary>JSONL: one object per line with <c>input_ids</c> and optionally <c>attention_mask</c>, <c>labels</c>, <c>label</c>.</summary>
     public static Dataset FromJsonl(string path, int? sequenceLength, long ignoreIndex = DefaultIgnoreIndex)
     {

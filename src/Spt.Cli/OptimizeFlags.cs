@@ -1,0 +1,49 @@
+using System.CommandLine;
+using Spt.Ir;
+
+namespace Spt.Cli;
+
+/// <summary>
+/// <c>--optimize</c> and the SPT rewrite's flags on the commands that train (<c>train</c>): the model is rewritten
+/// with sparse PQ attention and routed FFN before the training graphs are compiled.
+/// </summary>
+internal sealed class OptimizeFlags
+{
+    private OptimizeFlags()
+    {
+    }
+
+    public Option<bool> Optimize { get; } = new("--optimize") { Description = "Apply the SPT rewrite (sparse PQ attention, routed FFN) before training" };
+
+    public Option<int> Lora { get; } = new("--lora") { Description = "LoRA rank of the rewritten FFNs (0: none)", DefaultValueFactory = _ => 0 };
+
+    public Option<double> TopKRatio { get; } = new("--topk-ratio") { Description = "Keys per query as a fraction of the sequence", DefaultValueFactory = _ => 0.125 };
+
+    public Option<int> Blocks { get; } = new("--blocks") { Description = "FFN blocks", DefaultValueFactory = _ => 4 };
+
+    public Option<int> Active { get; } = new("--active") { Description = "Active FFN blocks per token", DefaultValueFactory = _ => 2 };
+
+    public static OptimizeFlags Create() => new();
+
+    public void AddTo(Command command)
+    {
+        command.Options.Add(Optimize);
+        command.Options.Add(Lora);
+        command.Options.Add(TopKRatio);
+        command.Options.Add(Blocks);
+        command.Options.Add(Active);
+    }
+
+    public bool Requested(ParseResult parse) => parse.GetValue(Optimize);
+
+    /// <summary>Rewrites <paramref name="model"/> in place when --optimize is given; returns a one-line report, or null.</summary>
+    public string? Apply(ParseResult parse, Model model)
+    {
+        if (!Requested(parse))
+        {
+            return null;
+        }
+
+        throw new CliUsageException("--optimize needs the SPT rewrite passes, which this build does not have yet");
+    }
+}

@@ -1,0 +1,215 @@
+using System.CommandLine;
+using System.Globalization;
+using Spectre.Console;
+using Spt.Ir;
+using Spt.Passes.Training;
+using Spt.Runtime.Data;
+using Spt.Runtime.Training;
+
+namespace Spt.Cli;
+
+/// <summary>
+/// <c>sptc train MODEL.onnx --data FILE [...]</c>: compiles the model for training into a work directory (or takes
+/// an artifact directory written by <c>sptc compile-training</c> as MODEL), then fine-tunes it on the data with
+/// the ORT trainer. Exit codes: 0 done; 2 bad input (missing files, bad data, a model that cannot feed the loss,
+/// bad flags); 5 (<see cref="ExitCodes.Diverged"/>) the loss became NaN/Inf (the last good checkpoint is kept).
+/// </summary>
+internal static class TrainCommand
+{
+    public static Command Create(CliContext context)
+    {
+        var model = new Argument<string>("MODEL") { Description = "The ONNX model to fine-tune, or a training-artifact directory from 'sptc compile-training'" };
+        var data = new Option<string>("--data") { Description = "Training data: a text file (byte-level tokens) or JSONL with input_ids (+ attention_mask, labels or label)", Required = true };
+        var task = new Option<string>("--task") { Description = "lm (causal language modelling) or classify", DefaultValueFactory = _ => "lm" };
+        var steps = new Option<long>("--steps") { Description = "Optimizer steps", DefaultValueFactory = _ => 100 };
+        var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch", DefaultValueFactory = _ => 8 };
+        var seq = new Option<int?>("--seq") { Description = "Sequence length (text: chunk size, default 128; JSONL: default the longest line)" };
+        var lr = new Option<double>("--lr") { Description = "Peak learning rate", DefaultValueFactory = _ => 1e-3 };
+        var warmup = new Option<long>("--warmup") { Description = "Linear warm-up steps", DefaultValueFactory = _ => 0 };
+        var schedule = new Option<string>("--schedule") { Description = "constant, linear or cosine", DefaultValueFactory = _ => "cosine" };
+        var accumulate = new Option<int>("--accumulate") { Description = "Micro-batches per optimizer step (gradients summed on the device)", DefaultValueFactory = _ => 1 };
+        var evalEvery = new Option<long>("--eval-every") { Description = "Evaluate on the held-out split every N steps (0: at the end only)", DefaultValueFactory = _ => 0 };
+        var evalFraction = new Option<double>("--eval-fraction") { Description = "Fraction of the data held out for evaluation (the tail)", DefaultValueFactory = _ => 0.1 };
+        var checkpointDir = new Option<string?>("--checkpoint-dir") { Description = "Where checkpoints go (step-NNNNNNNN/state.onnx)" };
+        var checkpointEvery = new Option<long>("--checkpoint-every") { Description = "Checkpoint every N steps (0: at evaluations and at the end)", DefaultValueFactory = _ => 0 };
+        var keep = new Option<int>("--keep") { Description = "Checkpoints to keep", DefaultValueFactory = _ => 3 };
+        var resume = new Option<bool>("--resume") { Description = "Continue from the newest checkpoint in --checkpoint-dir" };
+        var seed = new Option<ulong>("--seed") { Description = "Seed of the data order", DefaultValueFactory = _ => 0 };
+        var metrics = new Option<string?>("--metrics") { Description = "Write per-step metrics as JSONL to this file" };
+        var export = new Option<string?>("--export") { Description = "Write the fine-tuned model for inference to this file" };
+        var device = new Option<string>("--device") { Description = "auto, cpu or cuda", DefaultValueFactory = _ => "auto" };
+        var workDir = new Option<string?>("--work-dir") { Description = "Where the training graphs are compiled (default: CHECKPOINT_DIR/artifact, else a temporary directory)" };
+        var frozen = new Option<string?>("--frozen") { Description = "Freeze parameters whose names match this regular expression" };
+        var threads = new Option<int>("--threads") { Description = "ORT intra-op threads (0: ORT's default)", DefaultValueFactory = _ => 0 };
+        var optimize = OptimizeFlags.Create();
+        var command = new Command("train", "Fine-tune a model on a text or JSONL file with ONNX Runtime")
+        {
+            model, data, task, steps, batch, seq, lr, warmup, schedule, accumulate, evalEvery, evalFraction, checkpointDir,
+            checkpointEvery, keep, resume, seed, metrics, export, device, workDir, frozen, threads,
+        };
+        optimize.AddTo(command);
+        command.SetAction(parse => context.Guard(parse, () =>
+        {
+            var modelPath = parse.GetRequiredValue(model);
+            var checkpoints = parse.GetValue(checkpointDir);
+            if (parse.GetValue(resume) && checkpoints is null)
+            {
+                throw new CliUsageException("--resume needs --checkpoint-dir");
+            }
+
+            var fraction = parse.GetValue(evalFraction);
+            if (fraction is < 0 or >= 1)
+            {
+                throw new CliUsageException($"--eval-fraction must be in [0, 1), got {fraction}");
+            }
+
+            var options = new TrainerOptions
+            {
+                Steps = parse.GetValue(steps),
+                BatchSize = parse.GetValue(batch),
+                Accumulate = parse.GetValue(accumulate),
+                LearningRate = parse.GetValue(lr),
+                WarmupSteps = parse.GetValue(warmup),
+                Schedule = TrainingSetup.Schedule(parse.GetValue(schedule)!),
+                EvalEvery = parse.GetValue(evalEvery),
+                CheckpointDir = checkpoints,
+                CheckpointEvery = parse.GetValue(checkpointEvery),
+                Keep = parse.GetValue(keep),
+                Seed = parse.GetValue(seed),
+                MetricsPath = parse.GetValue(metrics),
+                Device = TrainingSetup.Device(parse.GetValue(device)!),
+                IntraOpThreads = parse.GetValue(threads),
+            };
+            options.Validate();
+            var loss = TrainingSetup.TaskLoss(parse.GetValue(task)!);
+
+            // The artifact: a given directory, or the model compiled into the work directory.
+            string artifact;
+            string? temp = null;
+            if (Directory.Exists(modelPath))
+            {
+                if (optimize.Requested(parse))
+                {
+                    throw new CliUsageException("--optimize applies to a model file, not to an artifact directory");
+                }
+
+                artifact = modelPath;
+            }
+            else
+            {
+                artifact = parse.GetValue(workDir)
+                    ?? (checkpoints is not null ? Path.Combine(checkpoints, "artifact") : temp = Path.Combine(Path.GetTempPath(), "sptc-train-" + Guid.NewGuid().ToString("N")));
+                using var source = ModelFiles.Load(new FileInfo(modelPath));
+                var sptReport = optimize.Apply(parse, source);
+                if (sptReport is not null)
+                {
+                    context.Out.WriteLine(sptReport);
+                }
+
+                TrainingSetup.Compile(source, artifact, new TrainingOptions
+                {
+                    Loss = loss,
+                    FrozenPattern = parse.GetValue(frozen),
+                    SourceName = Path.GetFileName(modelPath),
+                });
+            }
+
+            try
+            {
+                return Train(context, artifact, parse.GetRequiredValue(data), parse.GetValue(seq), fraction, options,
+                    parse.GetValue(resume), parse.GetValue(export));
+            }
+            finally
+            {
+                if (temp is not null && Directory.Exists(temp))
+                {
+                    Directory.Delete(temp, recursive: true);
+                }
+            }
+        }));
+        return command;
+    }
+
+    private static int Train(CliContext context, string artifact, string dataPath, int? seq, double evalFraction,
+        TrainerOptions options, bool resume, string? export)
+    {
+        var manifest = TrainingManifest.Load(artifact);
+        var text = !Path.GetExtension(dataPath).Equals(".jsonl", StringComparison.OrdinalIgnoreCase)
+            && !Path.GetExtension(dataPath).Equals(".json", StringComparison.OrdinalIgnoreCase);
+        var data = Dataset.Load(dataPath, seq ?? (text ? 128 : null), manifest.Loss.IgnoreIndex);
+        var (train, eval) = data.Split(evalFraction);
+        using var trainer = new Trainer(artifact, train, eval, options);
+        if (resume)
+        {
+            var from = trainer.ResumeFromLatest();
+            context.Out.WriteLine(from is null
+                ? "no checkpoint to resume from; starting at step 0"
+                : $"resuming from {from} (step {trainer.Step})");
+        }
+
+        context.Out.WriteLine(FormattableString.Invariant(
+            $"training {manifest.Trainable.Count()} of {manifest.Parameters.Count} parameter tensors ({manifest.Trainable.Sum(p => p.ElementCount):N0} values) on {trainer.Device.ToString().ToLowerInvariant()}: {train.Count} train / {eval.Count} eval sequences of {train.SequenceLength} tokens, steps {trainer.Step + 1}..{options.Steps}"));
+
+        var result = RunWithProgress(context, trainer, options);
+        context.Out.WriteLine(FormattableString.Invariant(
+            $"done: steps {result.FirstStep}..{result.LastStep}, loss {result.FirstLoss:0.0000} -> {result.FinalLoss:0.0000}") +
+            (result.FinalEvalLoss is { } e ? FormattableString.Invariant($", eval loss {e:0.0000}") : "") +
+            FormattableString.Invariant($", {result.TokensPerSecond:0} tokens/s, {result.Seconds:0.0} s, peak ORT memory {TrainingSetup.Bytes(trainer.MaxInUseBytes())}"));
+        if (result.LastCheckpoint is { } checkpoint)
+        {
+            context.Out.WriteLine($"checkpoint: {checkpoint}");
+        }
+
+        if (export is not null)
+        {
+            var source = Path.Combine(artifact, TrainingSetup.SourceCopy);
+            if (!File.Exists(source))
+            {
+                throw new CliUsageException($"--export needs the compiled model, but {artifact} has no {TrainingSetup.SourceCopy}");
+            }
+
+            trainer.ExportInference(source, export);
+            context.Out.WriteLine($"exported: {export}");
+        }
+
+        return ExitCodes.Ok;
+    }
+
+    /// <summary>A Spectre progress bar (loss, tokens/s, ETA) on a terminal; plain lines when output is redirected.</summary>
+    internal static TrainingResult RunWithProgress(CliContext context, Trainer trainer, TrainerOptions options, string label = "train")
+    {
+        if (!context.Console.Profile.Capabilities.Ansi)
+        {
+            var every = Math.Max(1, options.Steps / 20);
+            return trainer.Run(r =>
+            {
+                if (r.Step % every == 0 || r.Step == r.TotalSteps || r.EvalLoss is not null)
+                {
+                    context.Out.WriteLine(StepLine(label, r));
+                }
+            });
+        }
+
+        TrainingResult? result = null;
+        context.Console.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+            .Start(ctx =>
+            {
+                var task = ctx.AddTask(label, maxValue: options.Steps);
+                task.Value = trainer.Step;
+                result = trainer.Run(r =>
+                {
+                    task.Value = r.Step;
+                    task.Description = Markup.Escape(FormattableString.Invariant(
+                        $"{label} {r.Step}/{r.TotalSteps} loss {r.Loss:0.000} {r.TokensPerSecond:0} tok/s") +
+                        (r.EvalLoss is { } e ? FormattableString.Invariant($" eval {e:0.000}") : ""));
+                });
+            });
+        return result!;
+    }
+
+    private static string StepLine(string label, StepReport r) => string.Create(CultureInfo.InvariantCulture,
+        $"{label} step {r.Step}/{r.TotalSteps}  loss {r.Loss:0.0000}  lr {r.LearningRate:0.###e+0}  grad_norm {r.GradNorm:0.000}  {r.TokensPerSecond:0} tok/s") +
+        (r.EvalLoss is { } e ? string.Create(CultureInfo.InvariantCulture, $"  eval_loss {e:0.0000}") : "");
+}

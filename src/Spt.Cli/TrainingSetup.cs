@@ -1,0 +1,64 @@
+using Spt.Ir;
+using Spt.Passes.Training;
+using Spt.Runtime.Training;
+
+namespace Spt.Cli;
+
+/// <summary>What train, demo and bench share: compiling a model into a training-artifact directory.</summary>
+internal static class TrainingSetup
+{
+    /// <summary>File name of the copy of the compiled model kept in an artifact directory (for export).</summary>
+    public const string SourceCopy = "source.onnx";
+
+    /// <summary>
+    /// Compiles <paramref name="model"/> into <paramref name="directory"/> (training.json, grad/optimizer/eval graphs,
+    /// the initial checkpoint) and keeps a copy of the model as source.onnx for <c>--export</c>.
+    /// </summary>
+    public static TrainingManifest Compile(Model model, string directory, TrainingOptions options)
+    {
+        Directory.CreateDirectory(directory);
+        TrainingCompiler.CompileToDirectory(model, directory, options);
+        model.Save(Path.Combine(directory, SourceCopy));
+        return TrainingManifest.Load(directory);
+    }
+
+    /// <summary>Parses --task lm|classify into the compiler's loss.</summary>
+    public static LossKind TaskLoss(string task) => task.ToLowerInvariant() switch
+    {
+        "lm" or "causal_lm" => LossKind.CausalLm,
+        "classify" => LossKind.Classify,
+        _ => throw new CliUsageException($"--task must be lm or classify, got '{task}'"),
+    };
+
+    /// <summary>Parses --loss causal_lm|classify|mse.</summary>
+    public static LossKind Loss(string loss) => loss.ToLowerInvariant() switch
+    {
+        "causal_lm" or "lm" => LossKind.CausalLm,
+        "classify" => LossKind.Classify,
+        "mse" => LossKind.Mse,
+        _ => throw new CliUsageException($"--loss must be causal_lm, classify or mse, got '{loss}'"),
+    };
+
+    /// <summary>Parses --schedule constant|linear|cosine.</summary>
+    public static LrScheduleKind Schedule(string name) => name.ToLowerInvariant() switch
+    {
+        "constant" => LrScheduleKind.Constant,
+        "linear" => LrScheduleKind.Linear,
+        "cosine" => LrScheduleKind.Cosine,
+        _ => throw new CliUsageException($"--schedule must be constant, linear or cosine, got '{name}'"),
+    };
+
+    /// <summary>Parses --device auto|cpu|cuda.</summary>
+    public static ExecutionDevice Device(string name) => name.ToLowerInvariant() switch
+    {
+        "auto" => ExecutionDevice.Auto,
+        "cpu" => ExecutionDevice.Cpu,
+        "cuda" => ExecutionDevice.Cuda,
+        _ => throw new CliUsageException($"--device must be auto, cpu or cuda, got '{name}'"),
+    };
+
+    /// <summary>Bytes as "12.3 MiB".</summary>
+    public static string Bytes(long? bytes) => bytes is not { } b ? "n/a"
+        : b >= 1L << 30 ? FormattableString.Invariant($"{b / (double)(1L << 30):0.00} GiB")
+        : FormattableString.Invariant($"{b / (double)(1L << 20):0.0} MiB");
+}
