@@ -296,7 +296,7 @@ struct PQEncodeOp : SptOp<PQEncodeOp, PQEncodeKernel> {
       InferExpect("PQEncode", "codebook", w, {nullptr, nullptr, nullptr}, "[M, C, dc]");
       if (z.empty() || w.size() != 3) return;
       if (Known(z.back()) && Known(w[0]) && Known(w[2]) && z.back().AsInt() != w[0].AsInt() * w[2].AsInt()) {
-        cpu::CheckPQInputs("PQEncode", {z.back().AsInt()}, {w[0].AsInt(), w[1].IsInt() ? w[1].AsInt() : 1, w[2].AsInt()});
+        cpu::CheckPQInputs("PQEncode", {z.back().AsInt()}, {w[0].AsInt(), 1, w[2].AsInt()});
       }
       InferShape out = z;
       out.back() = w[0];
@@ -313,7 +313,9 @@ struct PQTopKKernel {
         causal_(BoolAttr("PQTopK", "causal", AttrInt(info, "causal", 1))),
         top_k_(AttrInt(info, "top_k", 0)),
         ratio_(AttrFloat(info, "top_k_ratio", 0.125f)) {
-    cpu::ResolveTopK(top_k_, ratio_, 1);  // validates top_k and top_k_ratio now
+    // Validate top_k and top_k_ratio now (the ratio even when top_k overrides it, as the schema does).
+    cpu::ResolveTopK(top_k_, ratio_, 1);
+    cpu::ResolveTopK(0, ratio_, 1);
   }
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return Guard([&] {

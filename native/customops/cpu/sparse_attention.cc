@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace spt::cpu {
@@ -16,7 +17,7 @@ int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // <a, b> with eight independent partial sums (vectorizes, and is bit-identical between forward and backward).
 template <typename T>
-inline T Dot(const T* a, const T* b, int64_t n) {
+[[gnu::always_inline]] inline T Dot(const T* a, const T* b, int64_t n) {
   T acc[8] = {};
   int64_t d = 0;
   for (; d + 8 <= n; d += 8) {
@@ -29,7 +30,7 @@ inline T Dot(const T* a, const T* b, int64_t n) {
 
 // y += alpha * x
 template <typename T>
-inline void Axpy(T alpha, const T* x, T* y, int64_t n) {
+[[gnu::always_inline]] inline void Axpy(T alpha, const T* x, T* y, int64_t n) {
   for (int64_t d = 0; d < n; ++d) y[d] += alpha * x[d];
 }
 
@@ -88,57 +89,177 @@ void CheckSparseAttentionIndices(const char* op, const SparseAttentionDims& d, c
   }
 }
 
+namespace {
+
+// Everything a block of work needs; the hot loops below take it by reference.
+template <typename T>
+struct Problem {
+  const SparseAttentionDims& d;
+  T scale, clamp;
+  bool causal;
+  const T *q, *k, *v, *dy, *p, *key_bias;
+  const int32_t* indices;
+  T *y, *probs, *ds, *dq, *dk, *dv;
+  const int64_t* offsets;  // [BH, Sk + 1] key-major pattern
+  const int32_t* entries;  // [BH, Sq * L]
+};
+
+// Forward for rows [i0, i1) of head bh: SDDMM, clamp, mask, softmax, SpMM.
+template <typename T>
+[[gnu::always_inline]] inline void ForwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1) {
+  const SparseAttentionDims& d = w.d;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  const T* kb = w.k + bh * d.Sk * d.E;
+  const T* vb = w.v + bh * d.Sk * d.Ev;
+  const T* bias = w.key_bias ? w.key_bias + (bh / d.H) * d.Sk : nullptr;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t row = bh * d.Sq + i;
+    const T* qi = w.q + row * d.E;
+    const int32_t* idx = w.indices + row * d.L;
+    T* pr = w.probs + row * d.L;  // [L]: logits first (-inf = skipped slot), then probabilities
+    T* yr = w.y + row * d.Ev;
+    const int64_t limit = CausalLimit(d, w.causal, i);
+    T mx = neg_inf;
+    for (int64_t t = 0; t < d.L; ++t) {
+      const int64_t j = idx[t];
+      if (j < 0 || j > limit || (bias && !(bias[j] > kMaskedBias))) {
+        pr[t] = neg_inf;
+        continue;
+      }
+      T a = w.scale * Dot(qi, kb + j * d.E, d.E);
+      if (w.clamp > 0) a = std::min(std::max(a, -w.clamp), w.clamp);
+      if (bias) a += bias[j];
+      pr[t] = a;
+      mx = std::max(mx, a);
+    }
+    std::fill(yr, yr + d.Ev, T(0));
+    if (mx == neg_inf) {  // nothing kept: y = 0, P = 0
+      std::fill(pr, pr + d.L, T(0));
+      continue;
+    }
+    double sum = 0.0;
+    for (int64_t t = 0; t < d.L; ++t) {
+      const T e = pr[t] == neg_inf ? T(0) : std::exp(pr[t] - mx);
+      pr[t] = e;
+      sum += e;
+    }
+    const T inv = static_cast<T>(1.0 / sum);
+    for (int64_t t = 0; t < d.L; ++t) {
+      if (pr[t] == T(0)) continue;
+      pr[t] *= inv;
+      Axpy(pr[t], vb + static_cast<int64_t>(idx[t]) * d.Ev, yr, d.Ev);
+    }
+  }
+}
+
+// Backward for rows [i0, i1) of head bh: ds (kept for dK) and dQ.
+template <typename T>
+[[gnu::always_inline]] inline void BackwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1) {
+  const SparseAttentionDims& d = w.d;
+  const T* kb = w.k + bh * d.Sk * d.E;
+  const T* vb = w.v + bh * d.Sk * d.Ev;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t row = bh * d.Sq + i;
+    const T* qi = w.q + row * d.E;
+    const T* dyi = w.dy + row * d.Ev;
+    const T* pr = w.p + row * d.L;
+    const int32_t* idx = w.indices + row * d.L;
+    T* dsr = w.ds + row * d.L;
+    T* dqi = w.dq + row * d.E;
+    // dsr first holds dp_t = <dy_i, v_j>; c_i = sum_t p_t dp_t (plain sum, no floor).
+    double c = 0.0;
+    for (int64_t t = 0; t < d.L; ++t) {
+      const int64_t j = idx[t];
+      if (j < 0 || pr[t] == T(0)) {
+        dsr[t] = T(0);
+        continue;
+      }
+      dsr[t] = Dot(dyi, vb + j * d.Ev, d.Ev);
+      c += static_cast<double>(pr[t]) * dsr[t];
+    }
+    std::fill(dqi, dqi + d.E, T(0));
+    for (int64_t t = 0; t < d.L; ++t) {
+      const int64_t j = idx[t];
+      if (j < 0 || pr[t] == T(0)) continue;
+      const T* kj = kb + j * d.E;
+      T g = pr[t] * static_cast<T>(dsr[t] - c) * w.scale;
+      if (w.clamp > 0) {
+        // Rebuild the clamp mask from the scaled logit; the gradient passes on the boundary (torch.clamp).
+        const T a = w.scale * Dot(qi, kj, d.E);
+        if (a < -w.clamp || a > w.clamp) g = T(0);
+      }
+      dsr[t] = g;
+      if (g != T(0)) Axpy(g, kj, dqi, d.E);
+    }
+  }
+}
+
+// dK_j = sum ds q_i and dV_j = sum p dy_i over the entries that point at key j, for keys [j0, j1) of head bh.
+template <typename T>
+[[gnu::always_inline]] inline void BackwardKeys(const Problem<T>& w, int64_t bh, int64_t j0, int64_t j1) {
+  const SparseAttentionDims& d = w.d;
+  const int64_t nnz = d.Sq * d.L;
+  const int64_t* off = w.offsets + bh * (d.Sk + 1);
+  const int32_t* ent = w.entries + bh * nnz;
+  const T* dsb = w.ds + bh * nnz;
+  const T* pb = w.p + bh * nnz;
+  const T* qb = w.q + bh * d.Sq * d.E;
+  const T* dyb = w.dy + bh * d.Sq * d.Ev;
+  for (int64_t j = j0; j < j1; ++j) {
+    T* dkj = w.dk + (bh * d.Sk + j) * d.E;
+    T* dvj = w.dv + (bh * d.Sk + j) * d.Ev;
+    std::fill(dkj, dkj + d.E, T(0));
+    std::fill(dvj, dvj + d.Ev, T(0));
+    for (int64_t e = off[j]; e < off[j + 1]; ++e) {
+      const int64_t slot = ent[e], i = slot / d.L;
+      if (dsb[slot] != T(0)) Axpy(dsb[slot], qb + i * d.E, dkj, d.E);
+      if (pb[slot] != T(0)) Axpy(pb[slot], dyb + i * d.Ev, dvj, d.Ev);
+    }
+  }
+}
+
+// fp32 entry points, compiled twice on x86-64 GCC (AVX2+FMA and baseline) and picked at load time by the CPU.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SPT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SPT_CPU_CLONES
+#endif
+
+SPT_CPU_CLONES void ForwardRowsF32(const Problem<float>& w, int64_t bh, int64_t i0, int64_t i1) {
+  ForwardRows(w, bh, i0, i1);
+}
+SPT_CPU_CLONES void BackwardRowsF32(const Problem<float>& w, int64_t bh, int64_t i0, int64_t i1) {
+  BackwardRows(w, bh, i0, i1);
+}
+SPT_CPU_CLONES void BackwardKeysF32(const Problem<float>& w, int64_t bh, int64_t j0, int64_t j1) {
+  BackwardKeys(w, bh, j0, j1);
+}
+
+template <typename T>
+void RunForwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1) {
+  if constexpr (std::is_same_v<T, float>) ForwardRowsF32(w, bh, i0, i1); else ForwardRows(w, bh, i0, i1);
+}
+template <typename T>
+void RunBackwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1) {
+  if constexpr (std::is_same_v<T, float>) BackwardRowsF32(w, bh, i0, i1); else BackwardRows(w, bh, i0, i1);
+}
+template <typename T>
+void RunBackwardKeys(const Problem<T>& w, int64_t bh, int64_t j0, int64_t j1) {
+  if constexpr (std::is_same_v<T, float>) BackwardKeysF32(w, bh, j0, j1); else BackwardKeys(w, bh, j0, j1);
+}
+
+}  // namespace
+
 template <typename T>
 void SparseAttentionForward(const SparseAttentionDims& d, const SparseAttentionParams& params, const T* q,
                             const T* k, const T* v, const int32_t* indices, const T* key_bias, T* y, T* p,
                             const Parallel& par) {
+  const Problem<T> w{d,       static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, q, k, v,
+                     nullptr, nullptr, key_bias, indices, y, p, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
   const int64_t blocks = CeilDiv(d.Sq, kRowsPerTask);
-  const T scale = static_cast<T>(params.scale), clamp = static_cast<T>(params.clamp);
-  const T neg_inf = -std::numeric_limits<T>::infinity();
   par.For(static_cast<std::size_t>(d.B * d.H * blocks), [&](std::size_t task) {
     const int64_t bh = static_cast<int64_t>(task) / blocks, block = static_cast<int64_t>(task) % blocks;
-    const T* kb = k + bh * d.Sk * d.E;
-    const T* vb = v + bh * d.Sk * d.Ev;
-    const T* bias = key_bias ? key_bias + (bh / d.H) * d.Sk : nullptr;
-    const int64_t i1 = std::min(d.Sq, (block + 1) * kRowsPerTask);
-    for (int64_t i = block * kRowsPerTask; i < i1; ++i) {
-      const int64_t row = bh * d.Sq + i;
-      const T* qi = q + row * d.E;
-      const int32_t* idx = indices + row * d.L;
-      T* pr = p + row * d.L;  // [L]: logits first (-inf = skipped slot), then probabilities
-      T* yr = y + row * d.Ev;
-      const int64_t limit = CausalLimit(d, params.causal, i);
-      T mx = neg_inf;
-      for (int64_t t = 0; t < d.L; ++t) {
-        const int64_t j = idx[t];
-        if (j < 0 || j > limit || (bias && !(bias[j] > kMaskedBias))) {
-          pr[t] = neg_inf;
-          continue;
-        }
-        T a = scale * Dot(qi, kb + j * d.E, d.E);
-        if (clamp > 0) a = std::min(std::max(a, -clamp), clamp);
-        if (bias) a += bias[j];
-        pr[t] = a;
-        mx = std::max(mx, a);
-      }
-      std::fill(yr, yr + d.Ev, T(0));
-      if (mx == neg_inf) {  // nothing kept: y = 0, P = 0
-        std::fill(pr, pr + d.L, T(0));
-        continue;
-      }
-      double sum = 0.0;
-      for (int64_t t = 0; t < d.L; ++t) {
-        const T e = pr[t] == neg_inf ? T(0) : std::exp(pr[t] - mx);
-        pr[t] = e;
-        sum += e;
-      }
-      const T inv = static_cast<T>(1.0 / sum);
-      for (int64_t t = 0; t < d.L; ++t) {
-        if (pr[t] == T(0)) continue;
-        pr[t] *= inv;
-        Axpy(pr[t], vb + static_cast<int64_t>(idx[t]) * d.Ev, yr, d.Ev);
-      }
-    }
+    RunForwardRows(w, bh, block * kRowsPerTask, std::min(d.Sq, (block + 1) * kRowsPerTask));
   });
 }
 
@@ -147,7 +268,6 @@ void SparseAttentionBackward(const SparseAttentionDims& d, const SparseAttention
                              const T* q, const T* k, const T* v, const int32_t* indices, const T* p, T* dq, T* dk,
                              T* dv, const Parallel& par) {
   const int64_t bh_count = d.B * d.H, nnz = d.Sq * d.L;
-  const T scale = static_cast<T>(params.scale), clamp = static_cast<T>(params.clamp);
 
   // Key-major copy of each (b, h) pattern: offsets [BH, Sk + 1], entries [BH, Sq * L] holding i * L + t,
   // in ascending (i, t) order within each key (counting sort, stable).
@@ -171,72 +291,18 @@ void SparseAttentionBackward(const SparseAttentionDims& d, const SparseAttention
     off[0] = 0;
   });
 
-  // ds [BH, Sq, L] and dQ, row by row.
-  std::vector<T> ds(static_cast<std::size_t>(bh_count * nnz));
+  std::vector<T> ds(static_cast<std::size_t>(bh_count * nnz));  // [BH, Sq, L]
+  const Problem<T> w{d,  static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, q, k, v, dy, p,
+                     nullptr, indices, nullptr, nullptr, ds.data(), dq, dk, dv, offsets.data(), entries.data()};
   const int64_t row_blocks = CeilDiv(d.Sq, kRowsPerTask);
   par.For(static_cast<std::size_t>(bh_count * row_blocks), [&](std::size_t task) {
     const int64_t bh = static_cast<int64_t>(task) / row_blocks, block = static_cast<int64_t>(task) % row_blocks;
-    const T* kb = k + bh * d.Sk * d.E;
-    const T* vb = v + bh * d.Sk * d.Ev;
-    const int64_t i1 = std::min(d.Sq, (block + 1) * kRowsPerTask);
-    for (int64_t i = block * kRowsPerTask; i < i1; ++i) {
-      const int64_t row = bh * d.Sq + i;
-      const T* qi = q + row * d.E;
-      const T* dyi = dy + row * d.Ev;
-      const T* pr = p + row * d.L;
-      const int32_t* idx = indices + row * d.L;
-      T* dsr = ds.data() + row * d.L;
-      T* dqi = dq + row * d.E;
-      // dsr first holds dp_t = <dy_i, v_j>; c_i = sum_t p_t dp_t (plain sum, no floor).
-      double c = 0.0;
-      for (int64_t t = 0; t < d.L; ++t) {
-        const int64_t j = idx[t];
-        if (j < 0 || pr[t] == T(0)) {
-          dsr[t] = T(0);
-          continue;
-        }
-        dsr[t] = Dot(dyi, vb + j * d.Ev, d.Ev);
-        c += static_cast<double>(pr[t]) * dsr[t];
-      }
-      std::fill(dqi, dqi + d.E, T(0));
-      for (int64_t t = 0; t < d.L; ++t) {
-        const int64_t j = idx[t];
-        if (j < 0 || pr[t] == T(0)) continue;
-        const T* kj = kb + j * d.E;
-        T g = pr[t] * static_cast<T>(dsr[t] - c) * scale;
-        if (clamp > 0) {
-          // Rebuild the clamp mask from the scaled logit; the gradient passes on the boundary (torch.clamp).
-          const T a = scale * Dot(qi, kj, d.E);
-          if (a < -clamp || a > clamp) g = T(0);
-        }
-        dsr[t] = g;
-        if (g != T(0)) Axpy(g, kj, dqi, d.E);
-      }
-    }
+    RunBackwardRows(w, bh, block * kRowsPerTask, std::min(d.Sq, (block + 1) * kRowsPerTask));
   });
-
-  // dK_j = sum ds q_i and dV_j = sum p dy_i over the entries that point at key j.
   const int64_t key_blocks = CeilDiv(d.Sk, kKeysPerTask);
   par.For(static_cast<std::size_t>(bh_count * key_blocks), [&](std::size_t task) {
     const int64_t bh = static_cast<int64_t>(task) / key_blocks, block = static_cast<int64_t>(task) % key_blocks;
-    const int64_t* off = offsets.data() + bh * (d.Sk + 1);
-    const int32_t* ent = entries.data() + bh * nnz;
-    const T* dsb = ds.data() + bh * nnz;
-    const T* pb = p + bh * nnz;
-    const T* qb = q + bh * d.Sq * d.E;
-    const T* dyb = dy + bh * d.Sq * d.Ev;
-    const int64_t j1 = std::min(d.Sk, (block + 1) * kKeysPerTask);
-    for (int64_t j = block * kKeysPerTask; j < j1; ++j) {
-      T* dkj = dk + (bh * d.Sk + j) * d.E;
-      T* dvj = dv + (bh * d.Sk + j) * d.Ev;
-      std::fill(dkj, dkj + d.E, T(0));
-      std::fill(dvj, dvj + d.Ev, T(0));
-      for (int64_t e = off[j]; e < off[j + 1]; ++e) {
-        const int64_t slot = ent[e], i = slot / d.L;
-        if (dsb[slot] != T(0)) Axpy(dsb[slot], qb + i * d.E, dkj, d.E);
-        if (pb[slot] != T(0)) Axpy(pb[slot], dyb + i * d.Ev, dvj, d.Ev);
-      }
-    }
+    RunBackwardKeys(w, bh, block * kKeysPerTask, std::min(d.Sk, (block + 1) * kKeysPerTask));
   });
 }
 
