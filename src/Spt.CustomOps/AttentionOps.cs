@@ -5,7 +5,7 @@ namespace Spt.CustomOps;
 /// <summary>
 /// Schemas of the sparse-attention op family (domain <c>spt</c>, opset 1): product-quantizer encoding, PQ key
 /// selection, fixed-k sparse attention with its gradient, and the PQ codebook loss with its gradient. The native
-/// library (<c>native/customops/binding/attention_ops.cc</c>) implements exactly these contracts on CPU in fp32.
+/// library implements exactly these contracts on CPU in fp32.
 /// </summary>
 /// <remarks>
 /// Layouts are per head: Q/K/V are [B, H, S, E]. The codebook loss is a fused op pair (<see cref="PQLoss"/> and
