@@ -152,9 +152,10 @@ template <typename T>
   }
 }
 
-// Backward for rows [i0, i1) of head bh: ds (kept for dK) and dQ.
+// Backward for rows [i0, i1) of head bh: ds (kept for dK) and dQ. `pass` is scratch for L flags.
 template <typename T>
-[[gnu::always_inline]] inline void BackwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1) {
+[[gnu::always_inline]] inline void BackwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1,
+                                                uint8_t* pass) {
   const SparseAttentionDims& d = w.d;
   const T* kb = w.k + bh * d.Sk * d.E;
   const T* vb = w.v + bh * d.Sk * d.Ev;
@@ -166,30 +167,34 @@ template <typename T>
     const int32_t* idx = w.indices + row * d.L;
     T* dsr = w.ds + row * d.L;
     T* dqi = w.dq + row * d.E;
-    // dsr first holds dp_t = <dy_i, v_j>; c_i = sum_t p_t dp_t (plain sum, no floor).
+    // First pass: dp_t = <dy_i, v_j> (into dsr), c_i = sum_t p_t dp_t (plain sum, no floor), and the clamp mask
+    // rebuilt from the recomputed scaled logit (the gradient passes on the boundary, like torch.clamp).
     double c = 0.0;
     for (int64_t t = 0; t < d.L; ++t) {
       const int64_t j = idx[t];
       if (j < 0 || pr[t] == T(0)) {
-        dsr[t] = T(0);
+        pass[t] = 0;
         continue;
       }
       dsr[t] = Dot(dyi, vb + j * d.Ev, d.Ev);
       c += static_cast<double>(pr[t]) * dsr[t];
+      if (w.clamp > 0) {
+        const T a = w.scale * Dot(qi, kb + j * d.E, d.E);
+        pass[t] = !(a < -w.clamp || a > w.clamp);
+      } else {
+        pass[t] = 1;
+      }
     }
+    // Second pass: ds_t = p_t (dp_t - c_i) * scale where the clamp passes; dQ_i = sum_t ds_t k_j.
     std::fill(dqi, dqi + d.E, T(0));
     for (int64_t t = 0; t < d.L; ++t) {
-      const int64_t j = idx[t];
-      if (j < 0 || pr[t] == T(0)) continue;
-      const T* kj = kb + j * d.E;
-      T g = pr[t] * static_cast<T>(dsr[t] - c) * w.scale;
-      if (w.clamp > 0) {
-        // Rebuild the clamp mask from the scaled logit; the gradient passes on the boundary (torch.clamp).
-        const T a = w.scale * Dot(qi, kj, d.E);
-        if (a < -w.clamp || a > w.clamp) g = T(0);
+      if (!pass[t]) {
+        dsr[t] = T(0);
+        continue;
       }
+      const T g = pr[t] * static_cast<T>(dsr[t] - c) * w.scale;
       dsr[t] = g;
-      if (g != T(0)) Axpy(g, kj, dqi, d.E);
+      Axpy(g, kb + static_cast<int64_t>(idx[t]) * d.E, dqi, d.E);
     }
   }
 }
@@ -228,8 +233,8 @@ template <typename T>
 SPT_CPU_CLONES void ForwardRowsF32(const Problem<float>& w, int64_t bh, int64_t i0, int64_t i1) {
   ForwardRows(w, bh, i0, i1);
 }
-SPT_CPU_CLONES void BackwardRowsF32(const Problem<float>& w, int64_t bh, int64_t i0, int64_t i1) {
-  BackwardRows(w, bh, i0, i1);
+SPT_CPU_CLONES void BackwardRowsF32(const Problem<float>& w, int64_t bh, int64_t i0, int64_t i1, uint8_t* pass) {
+  BackwardRows(w, bh, i0, i1, pass);
 }
 SPT_CPU_CLONES void BackwardKeysF32(const Problem<float>& w, int64_t bh, int64_t j0, int64_t j1) {
   BackwardKeys(w, bh, j0, j1);
@@ -240,8 +245,8 @@ void RunForwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1) {
   if constexpr (std::is_same_v<T, float>) ForwardRowsF32(w, bh, i0, i1); else ForwardRows(w, bh, i0, i1);
 }
 template <typename T>
-void RunBackwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1) {
-  if constexpr (std::is_same_v<T, float>) BackwardRowsF32(w, bh, i0, i1); else BackwardRows(w, bh, i0, i1);
+void RunBackwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1, uint8_t* pass) {
+  if constexpr (std::is_same_v<T, float>) BackwardRowsF32(w, bh, i0, i1, pass); else BackwardRows(w, bh, i0, i1, pass);
 }
 template <typename T>
 void RunBackwardKeys(const Problem<T>& w, int64_t bh, int64_t j0, int64_t j1) {
@@ -297,7 +302,8 @@ void SparseAttentionBackward(const SparseAttentionDims& d, const SparseAttention
   const int64_t row_blocks = CeilDiv(d.Sq, kRowsPerTask);
   par.For(static_cast<std::size_t>(bh_count * row_blocks), [&](std::size_t task) {
     const int64_t bh = static_cast<int64_t>(task) / row_blocks, block = static_cast<int64_t>(task) % row_blocks;
-    RunBackwardRows(w, bh, block * kRowsPerTask, std::min(d.Sq, (block + 1) * kRowsPerTask));
+    std::vector<uint8_t> pass(static_cast<std::size_t>(d.L));  // per-task scratch, reused by its rows
+    RunBackwardRows(w, bh, block * kRowsPerTask, std::min(d.Sq, (block + 1) * kRowsPerTask), pass.data());
   });
   const int64_t key_blocks = CeilDiv(d.Sk, kKeysPerTask);
   par.For(static_cast<std::size_t>(bh_count * key_blocks), [&](std::size_t task) {
