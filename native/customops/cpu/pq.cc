@@ -115,7 +115,7 @@ namespace {
 // Picks `need` keys among the candidates (key index ascending) with the highest level, ties to the earliest
 // key: finds the threshold level t such that #(level > t) < need <= #(level >= t), then marks every key above
 // t and the earliest ones at t. `levels[j]` < 0 means "not a candidate". Returns the number marked.
-int64_t MarkTop(const int16_t* levels, int64_t sk, int64_t first, int64_t stride, int64_t max_level, int64_t need,
+[[gnu::always_inline]] inline int64_t MarkTop(const int16_t* levels, int64_t sk, int64_t first, int64_t stride, int64_t max_level, int64_t need,
                 int64_t* histogram, uint8_t* marked) {
   if (need <= 0) return 0;
   std::fill(histogram, histogram + max_level + 1, 0);
@@ -143,58 +143,120 @@ int64_t MarkTop(const int16_t* levels, int64_t sk, int64_t first, int64_t stride
 
 }  // namespace
 
+namespace {
+
+struct TopKProblem {
+  const PQTopKDims& d;
+  TopKMode mode;
+  bool causal;
+  const int32_t* codes_q;
+  const int32_t* codes_k;
+  const uint8_t* key_keep;
+  int32_t* indices;
+  const int16_t* level_of_count;  // [M + 1]: match count -> level (itself, or its bucket)
+  int64_t max_level;
+};
+
+struct TopKScratch {
+  int32_t* key_codes;  // [M, Sk] this head's key codes, subspace-major
+  int32_t* counts;     // [Sk]
+  int16_t* levels;     // [Sk]
+  uint8_t* marked;     // [Sk]
+  int64_t* histogram;  // [max_level + 1]
+};
+
+// Query rows [i0, i1) of head bh.
+[[gnu::always_inline]] inline void TopKRowsImpl(const TopKProblem& w, int64_t bh, int64_t i0, int64_t i1,
+                                                const TopKScratch& s) {
+  const PQTopKDims& d = w.d;
+  // Exclusive bound on the keys row i may see (causal rule aligned to the end for Sq != Sk).
+  auto limit_of = [&](int64_t i) { return w.causal ? std::clamp<int64_t>(i + d.Sk - d.Sq + 1, 0, d.Sk) : d.Sk; };
+  const int64_t key_end = limit_of(i1 - 1);
+  // Subspace-major copy of the visible keys' codes so the match count vectorizes over keys.
+  const int32_t* kc = w.codes_k + bh * d.Sk * d.M;
+  for (int64_t j = 0; j < key_end; ++j) {
+    for (int64_t m = 0; m < d.M; ++m) s.key_codes[m * d.Sk + j] = kc[j * d.M + m];
+  }
+  const uint8_t* keep = w.key_keep ? w.key_keep + (bh / d.H) * d.Sk : nullptr;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int32_t* qc = w.codes_q + (bh * d.Sq + i) * d.M;
+    const int64_t limit = limit_of(i);
+    std::fill(s.counts, s.counts + limit, 0);
+    for (int64_t m = 0; m < d.M; ++m) {
+      const int32_t code = qc[m];
+      const int32_t* col = s.key_codes + m * d.Sk;
+      for (int64_t j = 0; j < limit; ++j) s.counts[j] += col[j] == code;
+    }
+    int32_t* out = w.indices + (bh * d.Sq + i) * d.L;
+    if (w.mode == TopKMode::kExact) {
+      // One pass for the count histogram, one to emit: every key above the threshold count and the earliest
+      // ones at it, in ascending key order.
+      std::fill(s.histogram, s.histogram + d.M + 1, 0);
+      for (int64_t j = 0; j < limit; ++j) {
+        if (!keep || keep[j]) ++s.histogram[s.counts[j]];
+      }
+      int64_t above = 0, threshold = d.M;
+      for (; threshold > 0 && above + s.histogram[threshold] < d.L; --threshold) above += s.histogram[threshold];
+      int64_t at_threshold = d.L - above, t = 0;
+      for (int64_t j = 0; j < limit && t < d.L; ++j) {
+        if (keep && !keep[j]) continue;
+        const int32_t n = s.counts[j];
+        if (n > threshold || (n == threshold && at_threshold-- > 0)) out[t++] = static_cast<int32_t>(j);
+      }
+      for (; t < d.L; ++t) out[t] = -1;
+      continue;
+    }
+    int64_t eligible = 0;
+    for (int64_t j = 0; j < limit; ++j) {
+      const bool ok = !keep || keep[j];
+      s.levels[j] = ok ? w.level_of_count[s.counts[j]] : int16_t{-1};
+      eligible += ok;
+    }
+    std::fill(s.marked, s.marked + limit, 0);
+    const int64_t want = std::min(d.L, eligible);
+    {
+      int64_t taken = 0;
+      for (int64_t c = 0; c < 4; ++c) {
+        const int64_t quota = c < d.L ? (d.L - c + 3) / 4 : 0;  // slots p < L with p % 4 == c
+        taken += MarkTop(s.levels, limit, c, 4, w.max_level, quota, s.histogram, s.marked);
+      }
+      // Slots left by classes with too few keys of their own go to the best remaining keys of any class.
+      MarkTop(s.levels, limit, 0, 1, w.max_level, want - taken, s.histogram, s.marked);
+    }
+    int64_t t = 0;
+    for (int64_t j = 0; j < limit && t < d.L; ++j) {
+      if (s.marked[j]) out[t++] = static_cast<int32_t>(j);
+    }
+    for (; t < d.L; ++t) out[t] = -1;
+  }
+}
+
+SPT_CPU_CLONES void TopKRows(const TopKProblem& w, int64_t bh, int64_t i0, int64_t i1, const TopKScratch& s) {
+  TopKRowsImpl(w, bh, i0, i1, s);
+}
+
+}  // namespace
+
 void PQTopK(const PQTopKDims& d, TopKMode mode, bool causal, const int32_t* codes_q, const int32_t* codes_k,
             const uint8_t* key_keep, int32_t* indices, const Parallel& par) {
-  const int64_t bh_count = d.B * d.H, rows_per_task = 16;
-  const int64_t blocks = CeilDiv(d.Sq, rows_per_task);
+  constexpr int64_t kRowsPerTask = 32;
+  const int64_t blocks = CeilDiv(d.Sq, kRowsPerTask);
   const int64_t bucket_width = std::max<int64_t>(1, d.M / 4);
   const int64_t max_level = mode == TopKMode::kExact ? d.M : 3;
-  par.For(static_cast<std::size_t>(bh_count * blocks), [&](std::size_t task) {
+  std::vector<int16_t> level_of_count(static_cast<std::size_t>(d.M + 1));
+  for (int64_t n = 0; n <= d.M; ++n) {
+    level_of_count[n] = static_cast<int16_t>(mode == TopKMode::kExact ? n : std::min<int64_t>(3, n / bucket_width));
+  }
+  const TopKProblem w{d, mode, causal, codes_q, codes_k, key_keep, indices, level_of_count.data(), max_level};
+  par.For(static_cast<std::size_t>(d.B * d.H * blocks), [&](std::size_t task) {
     const int64_t bh = static_cast<int64_t>(task) / blocks, block = static_cast<int64_t>(task) % blocks;
-    const int64_t b = bh / d.H;
-    // Per-task scratch, reused across the task's rows.
+    // Per-task scratch, reused by the task's rows.
+    std::vector<int32_t> ints(static_cast<std::size_t>((d.M + 1) * d.Sk));
     std::vector<int16_t> levels(static_cast<std::size_t>(d.Sk));
     std::vector<uint8_t> marked(static_cast<std::size_t>(d.Sk));
     std::vector<int64_t> histogram(static_cast<std::size_t>(max_level + 1));
-    const int32_t* kc = codes_k + bh * d.Sk * d.M;
-    const uint8_t* keep = key_keep ? key_keep + b * d.Sk : nullptr;
-    const int64_t i1 = std::min(d.Sq, (block + 1) * rows_per_task);
-    for (int64_t i = block * rows_per_task; i < i1; ++i) {
-      const int32_t* qc = codes_q + (bh * d.Sq + i) * d.M;
-      // Last eligible key (exclusive bound) under the causal rule, aligned to the end for Sq != Sk.
-      const int64_t limit = causal ? std::clamp<int64_t>(i + d.Sk - d.Sq + 1, 0, d.Sk) : d.Sk;
-      int64_t eligible = 0;
-      for (int64_t j = 0; j < d.Sk; ++j) {
-        if (j >= limit || (keep && !keep[j])) {
-          levels[j] = -1;
-          continue;
-        }
-        const int32_t* kj = kc + j * d.M;
-        int64_t n = 0;
-        for (int64_t m = 0; m < d.M; ++m) n += qc[m] == kj[m];
-        levels[j] = static_cast<int16_t>(mode == TopKMode::kExact ? n : std::min<int64_t>(3, n / bucket_width));
-        ++eligible;
-      }
-      std::fill(marked.begin(), marked.end(), 0);
-      const int64_t want = std::min(d.L, eligible);
-      if (mode == TopKMode::kExact) {
-        MarkTop(levels.data(), d.Sk, 0, 1, max_level, want, histogram.data(), marked.data());
-      } else {
-        int64_t taken = 0;
-        for (int64_t w = 0; w < 4; ++w) {
-          const int64_t quota = w < d.L ? (d.L - w + 3) / 4 : 0;  // slots p < L with p % 4 == w
-          taken += MarkTop(levels.data(), d.Sk, w, 4, max_level, quota, histogram.data(), marked.data());
-        }
-        // Slots left by classes with too few keys of their own go to the best remaining keys of any class.
-        MarkTop(levels.data(), d.Sk, 0, 1, max_level, want - taken, histogram.data(), marked.data());
-      }
-      int32_t* out = indices + (bh * d.Sq + i) * d.L;
-      int64_t t = 0;
-      for (int64_t j = 0; j < d.Sk && t < d.L; ++j) {
-        if (marked[j]) out[t++] = static_cast<int32_t>(j);
-      }
-      for (; t < d.L; ++t) out[t] = -1;
-    }
+    const TopKScratch s{ints.data(), ints.data() + d.M * d.Sk, levels.data(), marked.data(), histogram.data()};
+    TopKRows(w, bh, block * kRowsPerTask, std::min(d.Sq, (block + 1) * kRowsPerTask), s);
   });
 }
 

@@ -223,13 +223,7 @@ template <typename T>
   }
 }
 
-// fp32 entry points, compiled twice on x86-64 GCC (AVX2+FMA and baseline) and picked at load time by the CPU.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SPT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define SPT_CPU_CLONES
-#endif
-
+// fp32 entry points, compiled twice where SPT_CPU_CLONES allows (see sparse_attention_common.h).
 SPT_CPU_CLONES void ForwardRowsF32(const Problem<float>& w, int64_t bh, int64_t i0, int64_t i1) {
   ForwardRows(w, bh, i0, i1);
 }

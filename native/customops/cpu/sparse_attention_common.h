@@ -9,6 +9,14 @@
 #include <string>
 #include <vector>
 
+// Marks a hot function to be compiled twice on x86-64 GCC, for AVX2+FMA (x86-64-v3) and for the baseline;
+// the loader picks the clone the CPU supports. Elsewhere it expands to nothing.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SPT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SPT_CPU_CLONES
+#endif
+
 namespace spt::cpu {
 
 using Shape = std::vector<int64_t>;
