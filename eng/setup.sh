@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Makes sure the tools and system packages that sptc's build and tests need are present. Installs missing
+# Debian packages when running as root; otherwise says exactly what to install. ONNX Runtime itself is not a
+# system package: the build fetches it from the npm registry (eng/fetch-ort.sh).
+set -euo pipefail
+
+# Debian packages: native toolchain, OpenBLAS for CPU GEMMs, GoogleTest/Google Benchmark for the native
+# tests and benchmarks, ONNX's backend test data for the IR peer suite, npm and openssl for the ORT fetch.
+packages=(cmake g++ make libopenblas-dev libgtest-dev libbenchmark-dev libonnx-testdata npm openssl)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# npm may come from a Node.js install outside Debian's packages; that is fine too.
+if command -v npm >/dev/null; then
+  missing=("${missing[@]/npm}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | sed '/^$/d'))
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: missing Debian packages: ${missing[*]}" >&2
+    echo "setup: install them with: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+if ! command -v dotnet >/dev/null; then
+  echo "setup: the .NET SDK (10.0 or later) is required: https://dot.net (dotnet not found on PATH)" >&2
+  exit 1
+fi
+major="$(dotnet --version | cut -d. -f1)"
+if ((major < 10)); then
+  echo "setup: the .NET SDK 10.0 or later is required (found $(dotnet --version))" >&2
+  exit 1
+fi

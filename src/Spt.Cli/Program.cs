@@ -1,0 +1,34 @@
+using System.CommandLine;
+
+namespace Spt.Cli;
+
+/// <summary>The <c>sptc</c> command: parses flags, calls the libraries, prints.</summary>
+public static class Program
+{
+    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+
+    /// <summary>Runs sptc with the given arguments and writers; returns the exit code.</summary>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var root = BuildRootCommand(stdout, stderr);
+        var parse = root.Parse(args);
+        return parse.Invoke(new InvocationConfiguration
+        {
+            Output = stdout,
+            Error = stderr,
+            EnableDefaultExceptionHandler = false,
+        });
+    }
+
+    internal static RootCommand BuildRootCommand(TextWriter stdout, TextWriter stderr)
+    {
+        var root = new RootCommand(
+            "sptc: compiles ONNX transformer models for cheaper fine-tuning (sparse PQ attention, routed FFN) " +
+            "and fine-tunes them on ONNX Runtime.");
+        root.Options.Add(CliContext.VerboseOption);
+        var context = new CliContext(stdout, stderr);
+        root.Subcommands.Add(InspectCommand.Create(context));
+        root.Subcommands.Add(DemoCommand.Create(context));
+        return root;
+    }
+}
