@@ -25,9 +25,14 @@ internal sealed class OptimizeFlags
 
     public static OptimizeFlags Create() => new();
 
-    public void AddTo(Command command)
+    /// <summary>Adds the flags; <paramref name="includeSwitch"/> false leaves out --optimize itself (bench always rewrites).</summary>
+    public void AddTo(Command command, bool includeSwitch = true)
     {
-        command.Options.Add(Optimize);
+        if (includeSwitch)
+        {
+            command.Options.Add(Optimize);
+        }
+
         command.Options.Add(Lora);
         command.Options.Add(TopKRatio);
         command.Options.Add(Blocks);
@@ -37,13 +42,9 @@ internal sealed class OptimizeFlags
     public bool Requested(ParseResult parse) => parse.GetValue(Optimize);
 
     /// <summary>Rewrites <paramref name="model"/> in place when --optimize is given; returns a one-line report, or null.</summary>
-    public string? Apply(ParseResult parse, Model model)
-    {
-        if (!Requested(parse))
-        {
-            return null;
-        }
+    public string? Apply(ParseResult parse, Model model) => Requested(parse) ? Rewrite(parse, model) : null;
 
-        throw new CliUsageException("--optimize needs the SPT rewrite passes, which this build does not have yet");
-    }
+    /// <summary>Applies the SPT rewrite with the flags' settings to <paramref name="model"/> in place; returns a one-line report.</summary>
+    public string Rewrite(ParseResult parse, Model model) =>
+        throw new CliUsageException("the SPT rewrite passes are not in this build yet (use --dense-only with bench)");
 }

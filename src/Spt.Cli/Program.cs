@@ -54,6 +54,8 @@ public static class Program
         root.Subcommands.Add(VerifyCommand.Create(context));
         root.Subcommands.Add(CompileTrainingCommand.Create(context));
         root.Subcommands.Add(TrainCommand.Create(context));
+        root.Subcommands.Add(BenchCommand.Create(context));
+        root.Subcommands.Add(BenchCommand.CreateWorker(context));
         return root;
     }
 }

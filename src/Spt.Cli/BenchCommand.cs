@@ -1,0 +1,262 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Spectre.Console;
+using Spt.Ir;
+using Spt.Passes.Training;
+using Spt.Runtime.Data;
+using Spt.Runtime.Memory;
+using Spt.Runtime.Training;
+
+namespace Spt.Cli;
+
+/// <summary>
+/// <c>sptc bench MODEL.onnx [--seq 512,1024,2048] [--batch B] [--steps N] [--json FILE]</c>: training-step time
+/// and peak memory of the dense model and of its SPT rewrite. Each (model, sequence length) is measured in a child
+/// process (<c>sptc bench-worker</c>) so that peak RSS and allocator peaks do not mix: the median step time over N
+/// steps after warm-up, ORT's allocator <c>MaxInUse</c> (resident parameters, optimizer state, gradients and
+/// activations; C API <c>AllocatorGetStats</c>) and the process's peak RSS (<c>VmHWM</c>).
+/// </summary>
+internal static class BenchCommand
+{
+    public static Command Create(CliContext context)
+    {
+        var model = new Argument<FileInfo>("MODEL") { Description = "The ONNX model to benchmark" };
+        var seqs = new Option<string>("--seq") { Description = "Comma-separated sequence lengths", DefaultValueFactory = _ => "512,1024,2048" };
+        var batch = new Option<int>("--batch") { Description = "Sequences per step", DefaultValueFactory = _ => 1 };
+        var steps = new Option<int>("--steps") { Description = "Timed steps per measurement (median reported)", DefaultValueFactory = _ => 5 };
+        var warmup = new Option<int>("--warmup") { Description = "Untimed steps first", DefaultValueFactory = _ => 1 };
+        var json = new Option<string?>("--json") { Description = "Also write the results as JSON to this file" };
+        var task = new Option<string>("--task") { Description = "lm or classify", DefaultValueFactory = _ => "lm" };
+        var dense = new Option<bool>("--dense-only") { Description = "Measure only the dense model" };
+        var threads = new Option<int>("--threads") { Description = "ORT intra-op threads (0: ORT's default)", DefaultValueFactory = _ => 0 };
+        var optimize = OptimizeFlags.Create();
+        var command = new Command("bench", "Time training steps and measure peak memory, dense vs SPT")
+        {
+            model, seqs, batch, steps, warmup, json, task, dense, threads,
+        };
+        optimize.AddTo(command, includeSwitch: false);
+        command.SetAction(parse => context.Guard(parse, () =>
+        {
+            var lengths = ParseLengths(parse.GetValue(seqs)!);
+            if (parse.GetValue(batch) < 1 || parse.GetValue(steps) < 1 || parse.GetValue(warmup) < 0)
+            {
+                throw new CliUsageException("--batch and --steps must be at least 1, --warmup at least 0");
+            }
+
+            var modelFile = parse.GetRequiredValue(model);
+            var loss = TrainingSetup.TaskLoss(parse.GetValue(task)!);
+            var work = Path.Combine(Path.GetTempPath(), "sptc-bench-" + Guid.NewGuid().ToString("N"));
+            try
+            {
+                var variants = new List<(string Name, string Artifact)>();
+                using (var source = ModelFiles.Load(modelFile))
+                {
+                    var denseDir = Path.Combine(work, "dense");
+                    TrainingSetup.Compile(source, denseDir, new TrainingOptions { Loss = loss, SourceName = modelFile.Name });
+                    variants.Add(("dense", denseDir));
+                }
+
+                if (!parse.GetValue(dense))
+                {
+                    using var source = ModelFiles.Load(modelFile);
+                    context.Out.WriteLine(optimize.Rewrite(parse, source));
+                    var sptDir = Path.Combine(work, "spt");
+                    TrainingSetup.Compile(source, sptDir, new TrainingOptions { Loss = loss, SourceName = modelFile.Name });
+                    variants.Add(("spt", sptDir));
+                }
+
+                var results = new JsonArray();
+                var table = new Table().AddColumns("seq", "model", "step (ms)", "MaxInUse", "peak RSS", "time ratio", "MaxInUse ratio", "RSS ratio");
+                foreach (var seq in lengths)
+                {
+                    var row = new JsonObject { ["seq"] = seq };
+                    JsonObject? baseline = null;
+                    foreach (var (name, artifact) in variants)
+                    {
+                        var m = RunWorker(artifact, seq, parse.GetValue(batch), parse.GetValue(steps), parse.GetValue(warmup), parse.GetValue(threads));
+                        row[name] = m;
+                        baseline ??= m;
+                        var ratios = name == "dense" ? null : Ratios(baseline, m);
+                        if (ratios is not null)
+                        {
+                            row["ratios"] = ratios;
+                        }
+
+                        table.AddRow(
+                            seq.ToString(CultureInfo.InvariantCulture), name,
+                            (m["median_step_s"]!.GetValue<double>() * 1000).ToString("0.0", CultureInfo.InvariantCulture),
+                            TrainingSetup.Bytes(m["max_in_use_bytes"]?.GetValue<long>()),
+                            TrainingSetup.Bytes(m["peak_rss_bytes"]?.GetValue<long>()),
+                            Ratio(ratios, "time"), Ratio(ratios, "max_in_use"), Ratio(ratios, "peak_rss"));
+                        context.Out.Flush();
+                    }
+
+                    results.Add(row);
+                }
+
+                context.Console.Write(table);
+                if (parse.GetValue(json) is { } jsonPath)
+                {
+                    var doc = new JsonObject
+                    {
+                        ["model"] = modelFile.FullName,
+                        ["batch"] = parse.GetValue(batch),
+                        ["steps"] = parse.GetValue(steps),
+                        ["warmup"] = parse.GetValue(warmup),
+                        ["task"] = parse.GetValue(task),
+                        ["results"] = results,
+                    };
+                    File.WriteAllText(jsonPath, doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+                    context.Out.WriteLine($"wrote {jsonPath}");
+                }
+
+                return ExitCodes.Ok;
+            }
+            finally
+            {
+                if (Directory.Exists(work))
+                {
+                    Directory.Delete(work, recursive: true);
+                }
+            }
+        }));
+        return command;
+    }
+
+    /// <summary>The hidden worker: measures one artifact at one sequence length and prints one JSON line.</summary>
+    public static Command CreateWorker(CliContext context)
+    {
+        var artifact = new Argument<string>("ARTIFACT") { Description = "Training-artifact directory" };
+        var seq = new Option<int>("--seq") { Required = true };
+        var batch = new Option<int>("--batch") { DefaultValueFactory = _ => 1 };
+        var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 5 };
+        var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 1 };
+        var threads = new Option<int>("--threads") { DefaultValueFactory = _ => 0 };
+        var command = new Command("bench-worker", "Measure one training artifact (used by sptc bench)") { artifact, seq, batch, steps, warmup, threads };
+        command.Hidden = true;
+        command.SetAction(parse => context.Guard(parse, () =>
+        {
+            var dir = parse.GetRequiredValue(artifact);
+            var manifest = TrainingManifest.Load(dir);
+            long vocab;
+            using (var eval = Model.Load(Path.Combine(dir, manifest.EvalGraph)))
+            {
+                vocab = ModelLimits.Of(eval.Graph, manifest.Input(DataRole.InputIds)?.Name ?? "input_ids").Vocabulary ?? Dataset.ByteVocabulary;
+            }
+
+            var total = parse.GetValue(steps) + parse.GetValue(warmup);
+            var data = Dataset.Synthetic(parse.GetValue(batch) * total, parse.GetValue(seq), vocab, seed: 1);
+            using var trainer = new Trainer(dir, data, null, new TrainerOptions
+            {
+                Steps = total,
+                BatchSize = parse.GetValue(batch),
+                LearningRate = 1e-4,
+                Schedule = LrScheduleKind.Constant,
+                Device = ExecutionDevice.Auto,
+                IntraOpThreads = parse.GetValue(threads),
+            });
+            var times = new List<double>();
+            var loss = 0.0;
+            for (var i = 0; i < total; i++)
+            {
+                var report = trainer.TrainStep();
+                loss = report.Loss;
+                if (i >= parse.GetValue(warmup))
+                {
+                    times.Add(report.Seconds);
+                }
+            }
+
+            times.Sort();
+            var median = times.Count % 2 == 1 ? times[times.Count / 2] : (times[(times.Count / 2) - 1] + times[times.Count / 2]) / 2;
+            context.Out.WriteLine(new JsonObject
+            {
+                ["median_step_s"] = median,
+                ["min_step_s"] = times[0],
+                ["max_in_use_bytes"] = trainer.MaxInUseBytes(),
+                ["peak_rss_bytes"] = AllocatorStats.PeakRssBytes(),
+                ["device"] = trainer.Device.ToString().ToLowerInvariant(),
+                ["last_loss"] = double.IsFinite(loss) ? loss : null,
+                ["tokens_per_s"] = trainer.TokensPerStep / median,
+            }.ToJsonString());
+            return ExitCodes.Ok;
+        }));
+        return command;
+    }
+
+    private static JsonObject RunWorker(string artifact, int seq, int batch, int steps, int warmup, int threads)
+    {
+        var (file, prefix) = SelfInvocation();
+        var start = new ProcessStartInfo(file)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in prefix.Concat(["bench-worker", artifact, "--seq", Str(seq), "--batch", Str(batch), "--steps", Str(steps), "--warmup", Str(warmup), "--threads", Str(threads)]))
+        {
+            start.ArgumentList.Add(a);
+        }
+
+        using var process = Process.Start(start) ?? throw new InvalidOperationException($"cannot start {file}");
+        var stderr = process.StandardError.ReadToEndAsync();
+        var stdout = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        if (process.ExitCode != 0)
+        {
+            var message = stderr.Result.Split('\n', StringSplitOptions.RemoveEmptyEntries).FirstOrDefault() ?? $"exit code {process.ExitCode}";
+            throw new CliUsageException($"the measurement at --seq {seq} failed: {message.Replace("sptc: error: ", "", StringComparison.Ordinal)}");
+        }
+
+        var line = stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Last();
+        return JsonNode.Parse(line)!.AsObject();
+    }
+
+    /// <summary>How to start this sptc again: its apphost, or the dotnet host with this assembly.</summary>
+    private static (string File, string[] Prefix) SelfInvocation()
+    {
+        var assembly = typeof(BenchCommand).Assembly.Location;
+        var host = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH");
+        if (string.IsNullOrEmpty(host))
+        {
+            var process = Environment.ProcessPath;
+            host = process is not null && Path.GetFileNameWithoutExtension(process) == "dotnet" ? process : "dotnet";
+        }
+
+        return (host, ["exec", assembly]);
+    }
+
+    private static JsonObject Ratios(JsonObject dense, JsonObject spt)
+    {
+        static double? R(JsonObject a, JsonObject b, string key) =>
+            a[key] is { } x && b[key] is { } y && x.GetValue<double>() > 0 ? y.GetValue<double>() / x.GetValue<double>() : null;
+        return new JsonObject
+        {
+            ["time"] = R(dense, spt, "median_step_s"),
+            ["max_in_use"] = R(dense, spt, "max_in_use_bytes"),
+            ["peak_rss"] = R(dense, spt, "peak_rss_bytes"),
+        };
+    }
+
+    private static string Ratio(JsonObject? ratios, string key) =>
+        ratios?[key]?.GetValue<double>() is { } r ? r.ToString("0.00", CultureInfo.InvariantCulture) + "x" : "";
+
+    private static int[] ParseLengths(string text)
+    {
+        try
+        {
+            var lengths = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(s => int.Parse(s, NumberStyles.None, CultureInfo.InvariantCulture)).ToArray();
+            return lengths.Length > 0 && lengths.All(l => l >= 2) ? lengths : throw new FormatException();
+        }
+        catch (Exception e) when (e is FormatException or OverflowException)
+        {
+            throw new CliUsageException($"--seq must be comma-separated lengths of at least 2, got '{text}'");
+        }
+    }
+
+    private static string Str(int v) => v.ToString(CultureInfo.InvariantCulture);
+}
