@@ -1,0 +1,160 @@
+using System.Text.Json.Nodes;
+using Spt.Ir;
+
+namespace Spt.Cli.Tests;
+
+/// <summary>sptc compile-training, train and bench on the tiny GPT-2 fixture (vocabulary 64): results, files, exit codes, one-line errors.</summary>
+public sealed class TrainCommandTests : IDisposable
+{
+    private readonly TempDir _dir = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    private static string Gpt2 => CliRunner.Fixture("gpt2_op17.onnx");
+
+    /// <summary>64 JSONL sequences of 16 token ids below 64 with a learnable pattern (every third token is 5).</summary>
+    private string Jsonl()
+    {
+        var path = _dir.File("data.jsonl");
+        var rng = new Random(1);
+        File.WriteAllLines(path, Enumerable.Range(0, 64).Select(_ =>
+            "{\"input_ids\": [" + string.Join(", ", Enumerable.Range(0, 16).Select(j => j % 3 == 0 ? 5 : rng.Next(64))) + "]}"));
+        return path;
+    }
+
+    [Fact]
+    public void Compile_training_writes_the_artifact_directory()
+    {
+        var (code, stdout, stderr) = CliRunner.Run("compile-training", Gpt2, "--out-dir", _dir.File("art"), "--loss", "causal_lm", "--frozen", "^wpe");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("loss causal_lm", stdout);
+        foreach (var file in new[] { "training.json", "grad.onnx", "optimizer.onnx", "eval.onnx", "checkpoint/state.onnx", "source.onnx" })
+        {
+            Assert.True(File.Exists(_dir.File("art/" + file)), file);
+        }
+
+        var manifest = JsonNode.Parse(File.ReadAllText(_dir.File("art/training.json")))!;
+        var wpe = manifest["parameters"]!.AsArray().Single(p => p!["name"]!.GetValue<string>() == "wpe.weight")!;
+        Assert.False(wpe["trainable"]!.GetValue<bool>());
+    }
+
+    [Fact]
+    public void Train_reduces_the_loss_writes_metrics_checkpoints_and_the_export()
+    {
+        var metrics = _dir.File("m.jsonl");
+        var (code, stdout, stderr) = CliRunner.Run("train", Gpt2, "--data", Jsonl(), "--steps", "24", "--batch", "4", "--lr", "3e-3",
+            "--eval-every", "8", "--checkpoint-dir", _dir.File("ck"), "--keep", "2", "--metrics", metrics, "--export", _dir.File("ft.onnx"), "--seed", "3");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("train step 24/24", stdout);
+        Assert.Contains("exported:", stdout);
+
+        var lines = File.ReadAllLines(metrics).Select(l => JsonNode.Parse(l)!).ToList();
+        Assert.Equal(24, lines.Count);
+        Assert.True(lines[^1]["loss"]!.GetValue<double>() < lines[0]["loss"]!.GetValue<double>() - 0.5);
+        Assert.Equal([8L, 16, 24], lines.Where(l => l["eval_loss"] is not null).Select(l => l["step"]!.GetValue<long>()));
+        Assert.Equal(["step-00000016", "step-00000024"], Directory.GetDirectories(_dir.File("ck"), "step-*").Select(Path.GetFileName).Order());
+
+        // The export is the source model with trained values.
+        using var source = Model.Load(Gpt2);
+        using var exported = Model.Load(_dir.File("ft.onnx"));
+        Assert.Equal(source.Graph.Initializers.Select(v => v.Name), exported.Graph.Initializers.Select(v => v.Name));
+        Assert.NotEqual(source.Graph.FindValue("wte.weight")!.Initializer!.ToFloatArray(), exported.Graph.FindValue("wte.weight")!.Initializer!.ToFloatArray());
+    }
+
+    [Fact]
+    public void Train_resumes_from_the_newest_checkpoint()
+    {
+        var data = Jsonl();
+        var ck = _dir.File("ck");
+        var metrics = _dir.File("m.jsonl");
+        Assert.Equal(0, CliRunner.Run("train", Gpt2, "--data", data, "--steps", "4", "--batch", "4", "--checkpoint-dir", ck, "--metrics", metrics).ExitCode);
+        var (code, stdout, stderr) = CliRunner.Run("train", Gpt2, "--data", data, "--steps", "7", "--batch", "4", "--checkpoint-dir", ck, "--metrics", metrics, "--resume");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("(step 4)", stdout);
+        Assert.Contains("steps 5..7", stdout);
+        Assert.Equal(7, File.ReadAllLines(metrics).Length);
+    }
+
+    [Fact]
+    public void A_diverging_run_exits_5_naming_the_step_and_keeps_the_last_good_checkpoint()
+    {
+        var ck = _dir.File("ck");
+        var (code, _, stderr) = CliRunner.Run("train", Gpt2, "--data", Jsonl(), "--steps", "30", "--batch", "4", "--lr", "1e30",
+            "--schedule", "constant", "--checkpoint-dir", ck, "--checkpoint-every", "1");
+        Assert.Equal(ExitCodes.Diverged, code);
+        var line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Matches(@"^sptc: error: (loss|grad_norm) is (NaN|\+Inf|-Inf) at step \d+; training stopped; the last good checkpoint is .*step-\d{8}$", line);
+        var step = int.Parse(System.Text.RegularExpressions.Regex.Match(line, @"at step (\d+)").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(Directory.Exists(Path.Combine(ck, $"step-{step - 1:D8}")));
+        Assert.False(Directory.Exists(Path.Combine(ck, $"step-{step:D8}")));
+    }
+
+    [Theory]
+    [InlineData("text", "token id 104 is outside the model's vocabulary of 64 (embedding 'wte.weight')")]
+    [InlineData("empty", "is empty")]
+    [InlineData("long", "--seq 32 or less")]
+    [InlineData("resume", "--resume needs --checkpoint-dir")]
+    [InlineData("schedule", "--schedule must be constant, linear or cosine")]
+    [InlineData("missing", "does not exist")]
+    public void Bad_input_is_one_line_and_exit_code_2(string kind, string expected)
+    {
+        var text = _dir.File("t.txt");
+        File.WriteAllText(text, "hello world, this is some text");
+        File.WriteAllText(_dir.File("empty.txt"), "");
+        string[] args = kind switch
+        {
+            "text" => ["train", Gpt2, "--data", text, "--seq", "8", "--steps", "2"],
+            "empty" => ["train", Gpt2, "--data", _dir.File("empty.txt"), "--steps", "2"],
+            "long" => ["train", Gpt2, "--data", Jsonl(), "--seq", "64", "--steps", "2"],
+            "resume" => ["train", Gpt2, "--data", Jsonl(), "--resume"],
+            "schedule" => ["train", Gpt2, "--data", Jsonl(), "--schedule", "step"],
+            _ => ["train", _dir.File("nope.onnx"), "--data", Jsonl()],
+        };
+        var (code, _, stderr) = CliRunner.Run(args);
+        Assert.Equal(ExitCodes.BadInput, code);
+        var line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith("sptc: error: ", line);
+        Assert.Contains(expected, line);
+    }
+
+    [Fact]
+    public void A_model_whose_output_cannot_feed_the_loss_is_refused()
+    {
+        // Pooled output [batch, 8]: no [batch, sequence, vocab] logits for the causal-LM loss.
+        var b = new GraphBuilder(17);
+        var ids = b.Input("input_ids", ElementType.Int64, "batch", "sequence");
+        var emb = b.Initializer("emb", new float[64 * 8], 64, 8);
+        b.Output(b.Op("ReduceMean", [b.Op("Gather", emb, ids), b.Constant(Tensor.Create("axes", new long[] { 1 }, 1))], ("keepdims", 0L)), "pooled");
+        var path = _dir.File("pooled.onnx");
+        using (var model = b.Build())
+        {
+            model.Save(path);
+        }
+
+        var (code, _, stderr) = CliRunner.Run("train", path, "--data", Jsonl(), "--task", "lm", "--steps", "2");
+        Assert.Equal(ExitCodes.BadInput, code);
+        Assert.Contains("output 'pooled' has rank 2; the causal-LM loss needs logits [batch, sequence, vocab]", stderr);
+    }
+
+    [Fact]
+    public void Bench_measures_each_length_in_a_worker_and_writes_json()
+    {
+        var json = _dir.File("bench.json");
+        var (code, stdout, stderr) = CliRunner.Run("bench", Gpt2, "--seq", "8,16", "--steps", "2", "--dense-only", "--json", json);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("MaxInUse", stdout);
+        var results = JsonNode.Parse(File.ReadAllText(json))!["results"]!.AsArray();
+        Assert.Equal([8, 16], results.Select(r => r!["seq"]!.GetValue<int>()));
+        foreach (var r in results)
+        {
+            var dense = r!["dense"]!;
+            Assert.True(dense["median_step_s"]!.GetValue<double>() > 0);
+            Assert.True(dense["max_in_use_bytes"]!.GetValue<long>() > 26_432 * 4 * 2);  // at least two copies of the parameters
+            Assert.True(dense["peak_rss_bytes"]!.GetValue<long>() > dense["max_in_use_bytes"]!.GetValue<long>());
+        }
+
+        var (badCode, _, badErr) = CliRunner.Run("bench", Gpt2, "--seq", "8,x");
+        Assert.Equal(ExitCodes.BadInput, badCode);
+        Assert.Contains("--seq must be comma-separated lengths", badErr);
+    }
+}
