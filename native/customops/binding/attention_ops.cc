@@ -3,6 +3,7 @@
 // Every input is declared with an open element type so that a wrong dtype (fp16, bf16, ...) reaches our own
 // check and fails with a message naming the op, the input and what was expected. The kernels in cpu/ do
 // the work; this file unpacks tensors, validates, converts masks and backs cpu::Parallel with ORT's pool.
+#include <atomic>
 #include <cmath>
 #include <exception>
 #include <limits>
@@ -239,6 +240,26 @@ void InferExpect(const char* op, const char* input, const InferShape& got, std::
   }
 }
 
+// ORT hands an unknown dim to shape inference as the integer -1; set back as a value it becomes a literal -1 in
+// the graph, and ONNX's shape-data propagation then turns Reshape(x, Shape(y)) (as a backward graph writes it) into
+// a target with several -1s, which fails the model at load. Unknown dims get a fresh symbol instead.
+Ort::Status SetOutputShapeNamed(Ort::ShapeInferContext& ctx, std::size_t index, const InferShape& shape,
+                                ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+  static std::atomic<int> counter{0};
+  std::vector<std::string> names;
+  names.reserve(shape.size());  // no reallocation: the dims below point into these strings
+  InferShape named;
+  for (const auto& d : shape) {
+    if (d.IsInt() && d.AsInt() < 0) {
+      names.push_back("spt_attn_dim_" + std::to_string(counter++));
+      named.emplace_back(names.back().c_str());
+    } else {
+      named.push_back(d);
+    }
+  }
+  return ctx.SetOutputShape(index, named, type);
+}
+
 InferShape InputShapeOrEmpty(Ort::ShapeInferContext& ctx, std::size_t i) {
   return i < ctx.GetInputCount() ? ctx.GetInputShape(i) : InferShape{};
 }
@@ -300,7 +321,7 @@ struct PQEncodeOp : SptOp<PQEncodeOp, PQEncodeKernel> {
       }
       InferShape out = z;
       out.back() = w[0];
-      ctx.SetOutputShape(0, out, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+      SetOutputShapeNamed(ctx, 0, out, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
     });
   }
 };
@@ -372,7 +393,7 @@ struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
       const int64_t top_k = InferAttr([&] { return ctx.GetAttrInt("top_k"); }, int64_t{0});
       const float ratio = InferAttr([&] { return ctx.GetAttrFloat("top_k_ratio"); }, 0.125f);
       Dim l = Known(k[2]) ? Dim(cpu::ResolveTopK(top_k, ratio, k[2].AsInt())) : Dim(int64_t{-1});
-      ctx.SetOutputShape(0, {q[0], q[1], q[2], l}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+      SetOutputShapeNamed(ctx, 0, {q[0], q[1], q[2], l}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
     });
   }
 };
@@ -446,8 +467,8 @@ struct SparseAttentionOp : SptOp<SparseAttentionOp, SparseAttentionKernel> {
     return GuardInfer([&] {
       InferShape q, k, v, idx;
       InferAttentionInputs("SparseAttention", ctx, 0, 4, q, k, v, idx);
-      ctx.SetOutputShape(0, {q[0], q[1], q[2], v[3]});
-      ctx.SetOutputShape(1, idx);
+      SetOutputShapeNamed(ctx, 0, {q[0], q[1], q[2], v[3]});
+      SetOutputShapeNamed(ctx, 1, idx);
     });
   }
 };
@@ -497,9 +518,9 @@ struct SparseAttentionGradOp : SptOp<SparseAttentionGradOp, SparseAttentionGradK
       InferAttentionInputs(op, ctx, 1, 6, q, k, v, idx);
       InferExpect(op, "dY", ctx.GetInputShape(0), {&q[0], &q[1], &q[2], &v[3]}, "[B, H, Sq, Ev]");
       InferExpect(op, "P", ctx.GetInputShape(5), {&idx[0], &idx[1], &idx[2], &idx[3]}, "[B, H, Sq, L]");
-      ctx.SetOutputShape(0, q);
-      ctx.SetOutputShape(1, k);
-      ctx.SetOutputShape(2, v);
+      SetOutputShapeNamed(ctx, 0, q);
+      SetOutputShapeNamed(ctx, 1, k);
+      SetOutputShapeNamed(ctx, 2, v);
     });
   }
 };
@@ -537,7 +558,7 @@ struct PQLossOp : SptOp<PQLossOp, PQLossKernel> {
   static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
     return GuardInfer([&] {
       InferPQInputs("PQLoss", ctx, 0);
-      ctx.SetOutputShape(0, {});
+      SetOutputShapeNamed(ctx, 0, {});
     });
   }
 };
@@ -572,8 +593,8 @@ struct PQLossGradOp : SptOp<PQLossGradOp, PQLossGradKernel> {
   static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
     return GuardInfer([&] {
       InferPQInputs("PQLossGrad", ctx, 1);
-      ctx.SetOutputShape(0, ctx.GetInputShape(1));
-      ctx.SetOutputShape(1, ctx.GetInputShape(2));
+      SetOutputShapeNamed(ctx, 0, ctx.GetInputShape(1));
+      SetOutputShapeNamed(ctx, 1, ctx.GetInputShape(2));
     });
   }
 };
