@@ -443,7 +443,8 @@ class OrtParallel final : public cpu::Parallel {
   const Ort::KernelContext& ctx_;
 };
 
-// Rows per task when the kernel runs on ORT's pool; see bench_ffn.cc for the measurement.
+// Rows per task when the kernel runs on ORT's pool (bench_ffn.cc compares this with whole-block tasks
+// and with OpenBLAS-threaded GEMMs; on the shared 2-core machine the three were within noise).
 constexpr int64_t kChunkRows = 128;
 
 // OpenBLAS runs single-threaded inside our ops: the parallelism comes from ORT's intra-op pool (one
