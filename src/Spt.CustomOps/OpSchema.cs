@@ -1,66 +1,22 @@
 using System.Collections.ObjectModel;
 using System.Globalization;
+using Spt.Ir;
 
 namespace Spt.CustomOps;
 
-/// <summary>ONNX <c>TensorProto.DataType</c> codes used by the sptc op schemas.</summary>
-public static class OnnxDataType
+/// <summary>Dimension comparisons that shape rules need.</summary>
+public static class DimRules
 {
-    public const int Float = 1;
-    public const int UInt8 = 2;
-    public const int Int8 = 3;
-    public const int Int32 = 6;
-    public const int Int64 = 7;
-    public const int Bool = 9;
-    public const int Float16 = 10;
-    public const int Double = 11;
-    public const int BFloat16 = 16;
+    /// <summary>Whether two dims are provably equal (same size, or same symbol).</summary>
+    public static bool SameAs(this Dim a, Dim b) =>
+        (a.Value.HasValue && b.Value == a.Value) || (!string.IsNullOrEmpty(a.Param) && b.Param == a.Param);
 
-    /// <summary>Short lower-case name of a data type code (<c>f32</c>, <c>i32</c>, ...), for messages.</summary>
-    public static string Name(int dataType) => dataType switch
-    {
-        Float => "f32",
-        UInt8 => "u8",
-        Int8 => "i8",
-        Int32 => "i32",
-        Int64 => "i64",
-        Bool => "bool",
-        Float16 => "f16",
-        Double => "f64",
-        BFloat16 => "bf16",
-        _ => "type" + dataType.ToString(CultureInfo.InvariantCulture),
-    };
-}
+    /// <summary>Whether two dims are provably different (two different known sizes).</summary>
+    public static bool ConflictsWith(this Dim a, Dim b) => a.Value.HasValue && b.Value.HasValue && a.Value != b.Value;
 
-/// <summary>One dimension of a tensor shape: a known size, a named symbol, or unknown.</summary>
-public readonly record struct Dim(long? Value, string? Symbol)
-{
-    public static Dim Unknown => default;
-
-    public static Dim Of(long value) => new(value, null);
-
-    public static Dim Sym(string symbol) => new(null, symbol);
-
-    public bool IsKnown => Value.HasValue;
-
-    /// <summary>Whether two dims are provably equal (same value, or same symbol).</summary>
-    public bool SameAs(Dim other) =>
-        (Value.HasValue && other.Value == Value) || (Symbol is not null && other.Symbol == Symbol);
-
-    /// <summary>Whether two dims are provably different (two different known values).</summary>
-    public bool ConflictsWith(Dim other) => Value.HasValue && other.Value.HasValue && Value != other.Value;
-
-    public override string ToString() =>
-        Value?.ToString(CultureInfo.InvariantCulture) ?? Symbol ?? "?";
-}
-
-/// <summary>Element type and (possibly partial or absent) shape of an op's input or output.</summary>
-public sealed record TensorType(int DataType, IReadOnlyList<Dim>? Shape)
-{
-    public int? Rank => Shape?.Count;
-
-    public override string ToString() =>
-        OnnxDataType.Name(DataType) + (Shape is null ? "[*]" : "[" + string.Join(",", Shape) + "]");
+    /// <summary>Text of a type for messages, e.g. <c>f32[B,S,64]</c>.</summary>
+    public static string Describe(this TensorType type) =>
+        type.ElementType.ShortName() + (type.Shape is null ? "[*]" : "[" + string.Join(",", type.Shape) + "]");
 }
 
 /// <summary>Kinds of attribute value the sptc ops use.</summary>
@@ -86,7 +42,7 @@ public sealed record AttributeSpec(
 }
 
 /// <summary>A formal input or output of an op.</summary>
-public sealed record ParameterSpec(string Name, string Doc, IReadOnlyList<int> DataTypes, bool Optional = false);
+public sealed record ParameterSpec(string Name, string Doc, IReadOnlyList<ElementType> ElementTypes, bool Optional = false);
 
 /// <summary>Computes output types from input types and attribute values; throws <see cref="OpContractException"/>.</summary>
 public delegate IReadOnlyList<TensorType?> ShapeRule(ShapeContext context);
@@ -184,11 +140,11 @@ public sealed class OpSchema
                 continue;
             }
 
-            if (!spec.DataTypes.Contains(type.DataType))
+            if (!spec.ElementTypes.Contains(type.ElementType))
             {
                 throw new OpContractException(Name,
-                    $"input {i} '{spec.Name}' has element type {OnnxDataType.Name(type.DataType)}, expected one of " +
-                    string.Join("/", spec.DataTypes.Select(OnnxDataType.Name)));
+                    $"input {i} '{spec.Name}' has element type {type.ElementType.ShortName()}, expected " +
+                    string.Join("/", spec.ElementTypes.Select(t => t.ShortName())));
             }
         }
 
@@ -245,7 +201,7 @@ public sealed class ShapeContext(OpSchema schema, IReadOnlyList<TensorType?> inp
 
         return type.Shape.Count == rank
             ? type.Shape
-            : throw Fail($"input {index} '{Schema.Inputs[index].Name}' has shape {type}, expected {expected}");
+            : throw Fail($"input {index} '{Schema.Inputs[index].Name}' has shape {type.Describe()}, expected {expected}");
     }
 
     /// <summary>Fails when two dims are provably different.</summary>
