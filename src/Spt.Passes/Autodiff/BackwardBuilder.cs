@@ -63,7 +63,7 @@ public sealed class BackwardBuilder
                 continue;
             foreach (var o in n.Outputs)
             {
-                if (!o.IsOmitted && CanCarryGradient(n, o))
+                if (!o.IsOmitted && CanCarryGradient(n, o, facts))
                     varied.Add(o);
             }
         }
@@ -141,7 +141,7 @@ public sealed class BackwardBuilder
     }
 
     // A float output can carry a gradient; integer and bool outputs (Cast to int, comparisons) cannot.
-    private static bool CanCarryGradient(Node n, Value o)
+    private static bool CanCarryGradient(Node n, Value o, ShapeFacts facts)
     {
         if (n.IsDefaultDomain && n.OpType == "Cast")
         {
@@ -150,7 +150,7 @@ public sealed class BackwardBuilder
         }
         if (n.IsDefaultDomain && n.OpType == "Dropout" && o.ProducerOutputIndex == 1)
             return false;
-        return o.ElementType is not { } t || IsFloat(t);
+        return facts.ElementTypeOf(o) is not { } t || IsFloat(t);
     }
 
     private static bool IsFloat(ElementType t) =>

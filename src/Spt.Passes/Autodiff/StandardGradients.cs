@@ -405,7 +405,7 @@ public static class StandardGradients
 
     // y = cast(x): dx = cast(dy) back to x's type
     private static void Cast(GradientContext g) =>
-        g.Grad(0, () => g.Emit.Cast(g.DY, g.In(0).ElementType ?? ElementType.Float));
+        g.Grad(0, () => g.Emit.Cast(g.DY, g.Facts.ElementTypeOf(g.In(0)) ?? ElementType.Float));
 
     // Training mode: y = x * mask / (1 - ratio), so dx = dy * mask / (1 - ratio); inference mode: identity.
     private static void Dropout(GradientContext g) => g.Grad(0, () =>
