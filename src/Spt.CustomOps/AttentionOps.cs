@@ -1,3 +1,4 @@
+using Spt.Ir;
 using System.Globalization;
 
 namespace Spt.CustomOps;
@@ -14,11 +15,11 @@ namespace Spt.CustomOps;
 /// </remarks>
 public static class AttentionOps
 {
-    private static readonly int[] FloatOnly = [OnnxDataType.Float];
-    private static readonly int[] Int32Only = [OnnxDataType.Int32];
+    private static readonly ElementType[] FloatOnly = [ElementType.Float];
+    private static readonly ElementType[] Int32Only = [ElementType.Int32];
 
-    private static readonly int[] MaskTypes =
-        [OnnxDataType.Float, OnnxDataType.Bool, OnnxDataType.Int8, OnnxDataType.UInt8, OnnxDataType.Int32, OnnxDataType.Int64];
+    private static readonly ElementType[] MaskTypes =
+        [ElementType.Float, ElementType.Bool, ElementType.Int8, ElementType.UInt8, ElementType.Int32, ElementType.Int64];
 
     private static readonly AttributeSpec Causal = new(
         "causal", AttributeKind.Int, 1L,
@@ -49,7 +50,7 @@ public static class AttentionOps
         ctx =>
         {
             var (z, m, _, _) = PQShapes(ctx, 0);
-            return [new TensorType(OnnxDataType.Int32, z is null ? null : [.. z.Take(z.Count - 1), m])];
+            return [new TensorType(ElementType.Int32, z is null ? null : [.. z.Take(z.Count - 1), m])];
         });
 
     /// <summary>PQTopK(codes_q [B,H,Sq,M] i32, codes_k [B,H,Sk,M] i32, key_padding_mask? [B,Sk]) -> indices [B,H,Sq,L] i32.</summary>
@@ -92,13 +93,13 @@ public static class AttentionOps
             CheckMask(ctx, 2, q?[0] ?? Dim.Unknown, k?[2] ?? Dim.Unknown);
             if (q is null)
             {
-                return [new TensorType(OnnxDataType.Int32, null)];
+                return [new TensorType(ElementType.Int32, null)];
             }
 
             var l = k is not null && k[2].Value is { } sk
-                ? Dim.Of(KeysPerQuery(ctx.Int("top_k"), ctx.Float("top_k_ratio"), sk))
+                ? new Dim(KeysPerQuery(ctx.Int("top_k"), ctx.Float("top_k_ratio"), sk))
                 : Dim.Unknown;
-            return [new TensorType(OnnxDataType.Int32, [q[0], q[1], q[2], l])];
+            return [new TensorType(ElementType.Int32, [q[0], q[1], q[2], l])];
         });
 
     /// <summary>SparseAttention(Q, K, V, indices, key_padding_mask?) -> Y [B,H,Sq,Ev], P [B,H,Sq,L].</summary>
@@ -127,8 +128,8 @@ public static class AttentionOps
             var (q, v, idx) = AttentionShapes(ctx, 0, 4);
             return
             [
-                new TensorType(OnnxDataType.Float, q is null || v is null ? null : [q[0], q[1], q[2], v[3]]),
-                new TensorType(OnnxDataType.Float, idx),
+                new TensorType(ElementType.Float, q is null || v is null ? null : [q[0], q[1], q[2], v[3]]),
+                new TensorType(ElementType.Float, idx),
             ];
         });
 
@@ -172,9 +173,9 @@ public static class AttentionOps
 
             return
             [
-                new TensorType(OnnxDataType.Float, q),
-                new TensorType(OnnxDataType.Float, k),
-                new TensorType(OnnxDataType.Float, v),
+                new TensorType(ElementType.Float, q),
+                new TensorType(ElementType.Float, k),
+                new TensorType(ElementType.Float, v),
             ];
         });
 
@@ -194,7 +195,7 @@ public static class AttentionOps
         ctx =>
         {
             PQShapes(ctx, 0);
-            return [new TensorType(OnnxDataType.Float, [])];
+            return [new TensorType(ElementType.Float, [])];
         });
 
     /// <summary>PQLossGrad(dLoss [], Z [..., E], codebook [M, C, dc]) -> dZ [..., E], dCodebook [M, C, dc].</summary>
@@ -219,8 +220,8 @@ public static class AttentionOps
             var (z, _, _, _) = PQShapes(ctx, 1);
             return
             [
-                new TensorType(OnnxDataType.Float, z),
-                new TensorType(OnnxDataType.Float, ctx.Input(2)?.Shape),
+                new TensorType(ElementType.Float, z),
+                new TensorType(ElementType.Float, ctx.Input(2)?.Shape),
             ];
         });
 

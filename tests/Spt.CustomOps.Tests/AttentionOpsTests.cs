@@ -1,3 +1,4 @@
+using Spt.Ir;
 using Microsoft.ML.OnnxRuntime;
 using static Spt.CustomOps.Tests.AttentionTestModel;
 
@@ -6,8 +7,8 @@ namespace Spt.CustomOps.Tests;
 /// <summary>The attention-family ops run inside ORT sessions and match plain C# references.</summary>
 public class AttentionOpsTests
 {
-    private const int F = OnnxDataType.Float;
-    private const int I = OnnxDataType.Int32;
+    private const int F = (int)ElementType.Float;
+    private const int I = (int)ElementType.Int32;
 
     private static float[] Normal(int n, int seed, double stddev = 1.0)
     {
@@ -145,7 +146,7 @@ public class AttentionOpsTests
         switch (maskKind)
         {
             case "bool":
-                inputs.Add(("mask", OnnxDataType.Bool, Dims(b, sk)));
+                inputs.Add(("mask", (int)ElementType.Bool, Dims(b, sk)));
                 values.Add(Bool(keep, b, sk));
                 break;
             case "int":
@@ -260,7 +261,7 @@ public class AttentionOpsTests
         float[]? bias = null;
         if (maskKind == "bool")
         {
-            inputs.Add(("mask", OnnxDataType.Bool, Dims(b, sk)));
+            inputs.Add(("mask", (int)ElementType.Bool, Dims(b, sk)));
             values.Add(Bool(keep, b, sk));
             bias = keep.Select(kp => kp ? 0f : float.NegativeInfinity).ToArray();
         }
@@ -445,7 +446,7 @@ public class AttentionOpsTests
     [Fact]
     public void SparseAttention_RejectsFloat16WithOpAndInputInTheMessage()
     {
-        var message = ErrorOf(() => RunAttention(Dims(1, 2, 3, 8), Dims(1, 2, 4, 8), [1, 2, 3, 8], [1, 2, 4, 8], qType: OnnxDataType.Float16));
+        var message = ErrorOf(() => RunAttention(Dims(1, 2, 3, 8), Dims(1, 2, 4, 8), [1, 2, 3, 8], [1, 2, 4, 8], qType: (int)ElementType.Float16));
         Assert.Contains("SparseAttention: input 'Q' must be a float32 tensor on CPU; got float16", message);
     }
 

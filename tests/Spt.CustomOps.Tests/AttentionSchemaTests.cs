@@ -1,12 +1,13 @@
+using Spt.Ir;
 namespace Spt.CustomOps.Tests;
 
 /// <summary>The attention-family schemas: shape rules, defaults and attribute checks.</summary>
 public class AttentionSchemaTests
 {
-    private static TensorType T(int type, params long[] dims) => new(type, dims.Select(Dim.Of).ToArray());
+    private static TensorType T(ElementType type, params long[] dims) => new(type, dims.Select(d => new Dim(d)).ToArray());
 
-    private static readonly int F = OnnxDataType.Float;
-    private static readonly int I = OnnxDataType.Int32;
+    private static readonly ElementType F = ElementType.Float;
+    private static readonly ElementType I = ElementType.Int32;
 
     [Fact]
     public void Family_HasSixOpsInTheSptDomain()
@@ -33,7 +34,7 @@ public class AttentionSchemaTests
     {
         var out1 = AttentionOps.PQTopK.InferTypes([T(I, 1, 12, 512, 8), T(I, 1, 12, 512, 8)]);
         Assert.Equal("i32[1,12,512,64]", out1[0]!.ToString());
-        var out2 = AttentionOps.PQTopK.InferTypes([T(I, 1, 12, 5, 8), T(I, 1, 12, 9, 8), T(OnnxDataType.Bool, 1, 9)],
+        var out2 = AttentionOps.PQTopK.InferTypes([T(I, 1, 12, 5, 8), T(I, 1, 12, 9, 8), T(ElementType.Bool, 1, 9)],
             new Dictionary<string, object> { ["top_k"] = 20L });
         Assert.Equal("i32[1,12,5,9]", out2[0]!.ToString());  // clamped to Sk
         Assert.Throws<OpContractException>(() => AttentionOps.PQTopK.InferTypes([T(I, 1, 12, 5, 8), T(I, 1, 12, 9, 4)]));
@@ -50,7 +51,7 @@ public class AttentionSchemaTests
     public void SparseAttention_OutputsYAndP_AndRejectsMismatches()
     {
         var outputs = AttentionOps.SparseAttention.InferTypes(
-            [T(F, 2, 4, 10, 16), T(F, 2, 4, 12, 16), T(F, 2, 4, 12, 8), T(I, 2, 4, 10, 3), T(OnnxDataType.Bool, 2, 12)]);
+            [T(F, 2, 4, 10, 16), T(F, 2, 4, 12, 16), T(F, 2, 4, 12, 8), T(I, 2, 4, 10, 3), T(ElementType.Bool, 2, 12)]);
         Assert.Equal("f32[2,4,10,8]", outputs[0]!.ToString());
         Assert.Equal("f32[2,4,10,3]", outputs[1]!.ToString());
         var error = Assert.Throws<OpContractException>(() => AttentionOps.SparseAttention.InferTypes(
@@ -59,7 +60,7 @@ public class AttentionSchemaTests
         Assert.Throws<OpContractException>(() => AttentionOps.SparseAttention.InferTypes(
             [T(F, 2, 4, 10, 16), T(F, 2, 4, 12, 16), T(F, 2, 4, 12, 8), T(I, 2, 4, 10, 3), T(F, 2, 10)]));
         Assert.Throws<OpContractException>(() => AttentionOps.SparseAttention.InferTypes(
-            [T(OnnxDataType.Float16, 2, 4, 10, 16), T(F, 2, 4, 12, 16), T(F, 2, 4, 12, 8), T(I, 2, 4, 10, 3)]));
+            [T(ElementType.Float16, 2, 4, 10, 16), T(F, 2, 4, 12, 16), T(F, 2, 4, 12, 8), T(I, 2, 4, 10, 3)]));
         Assert.Throws<OpContractException>(() => AttentionOps.SparseAttention.InferTypes(
             [T(F, 2, 4, 10, 16), T(F, 2, 4, 12, 16), T(F, 2, 4, 12, 8), T(I, 2, 4, 10, 3)],
             new Dictionary<string, object> { ["clamp"] = -1f }));
