@@ -96,12 +96,6 @@ public static class OpGradients
         if (dy == null)
             return;
         bool frozenBase = n.GetInt("frozen_base", 1) == 1;
-        var inputs = new List<Value?> { dy };
-        for (int i = 0; i < RoutedFfnOps.ForwardInputCount; i++)
-            inputs.Add(i < n.Inputs.Count ? n.Inputs[i] : null);
-        inputs.Add(g.SavedOutput(RoutedFfnOps.P));
-        inputs.Add(g.SavedOutput(RoutedFfnOps.Sel));
-        inputs.Add(g.SavedOutput(RoutedFfnOps.U));
         var sources = RoutedFfnOps.GradSources;
         var wanted = new bool[sources.Count];
         for (int o = 0; o < wanted.Length; o++)
@@ -112,6 +106,12 @@ public static class OpGradients
             if (wanted[o] && frozenBase && FfnBaseWeights.Contains(source))
                 throw g.Fail($"input {source} is a base weight that is trainable here, but the node has frozen_base = 1; freeze it or rewrite with frozen_base = 0");
         }
+        var inputs = new List<Value?> { dy };
+        for (int i = 0; i < RoutedFfnOps.ForwardInputCount; i++)
+            inputs.Add(i < n.Inputs.Count ? n.Inputs[i] : null);
+        inputs.Add(g.SavedOutput(RoutedFfnOps.P));
+        inputs.Add(g.SavedOutput(RoutedFfnOps.Sel));
+        inputs.Add(g.SavedOutput(RoutedFfnOps.U));
         var outs = g.Emit(CustomOpLibrary.Domain, "RoutedFFNGrad", inputs, wanted, CopyAttributes(n));
         for (int o = 0; o < wanted.Length; o++)
         {
