@@ -414,7 +414,7 @@ public static class StandardGradients
         if (trainingMode == null)
             return g.DY;
         var constant = trainingMode.Initializer ?? ShapeFacts.ConstantTensor(trainingMode);
-        bool? training = constant?.ElementType == ElementType.Bool ? constant.ToArray<bool>()[0] : null;
+        bool? training = constant?.ElementType == ElementType.Bool ? constant.ToArray<byte>()[0] != 0 : null;
         if (training == false)
             return g.DY;
         var ratio = g.X(1) is { } r ? (r.ElementType is { } t && t != ElementType.Float ? g.Emit.Cast(r, ElementType.Float) : r) : g.C(0.5f);
