@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "binding/ort_api.h"
+#include "binding/ort_parallel.h"
 #include "cpu/parallel.h"
 #include "cpu/pq.h"
 #include "cpu/sparse_attention.h"
@@ -24,43 +25,6 @@ namespace {
 using cpu::Shape;
 
 // ----------------------------------------------------------------------------- plumbing
-
-// Runs Parallel tasks on the session's intra-op thread pool. Exceptions never cross ORT's pool: the first
-// one is kept and rethrown on the calling thread.
-class OrtParallel final : public cpu::Parallel {
- public:
-  explicit OrtParallel(const Ort::KernelContext& ctx) : ctx_(ctx) {}
-
-  void For(std::size_t n, const std::function<void(std::size_t)>& task) const override {
-    if (n == 0) return;
-    if (n == 1) {
-      task(0);
-      return;
-    }
-    struct Call {
-      const std::function<void(std::size_t)>* task;
-      std::exception_ptr error;
-      std::mutex mutex;
-    } call{&task, nullptr, {}};
-    ctx_.ParallelFor(
-        [](void* data, std::size_t i) {
-          auto* c = static_cast<Call*>(data);
-          try {
-            (*c->task)(i);
-          } catch (...) {
-            std::lock_guard<std::mutex> lock(c->mutex);
-            if (!c->error) c->error = std::current_exception();
-          }
-        },
-        n, 0, &call);
-    if (call.error) std::rethrow_exception(call.error);
-  }
-
-  int Workers() const override { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
-
- private:
-  const Ort::KernelContext& ctx_;
-};
 
 OrtStatus* ToStatus(const std::exception& e, OrtErrorCode code) { return Ort::GetApi().CreateStatus(code, e.what()); }
 
