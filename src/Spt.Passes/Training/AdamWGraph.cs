@@ -1,0 +1,72 @@
+using Spt.Ir;
+using Spt.Passes.Autodiff;
+
+namespace Spt.Passes.Training;
+
+/// <summary>
+/// Builds <c>optimizer.onnx</c>: one AdamW step over all trainable parameters with global-norm clipping, exactly as
+/// torch.optim.AdamW after torch.nn.utils.clip_grad_norm_. Inputs: <c>lr</c>, <c>step</c> (1-based),
+/// <c>grad_scale</c> (f32 scalars) and per parameter <c>&lt;name&gt;</c>, <c>grad.&lt;name&gt;</c>,
+/// <c>m.&lt;name&gt;</c>, <c>v.&lt;name&gt;</c>. Outputs: per parameter <c>new.&lt;name&gt;</c>,
+/// <c>new.m.&lt;name&gt;</c>, <c>new.v.&lt;name&gt;</c>, then <c>grad_norm</c> (of the scaled gradients, before
+/// clipping).
+/// </summary>
+public static class AdamWGraph
+{
+    /// <summary>Default-domain opset of the optimizer graph.</summary>
+    public const long Opset = 17;
+
+    /// <summary>Builds the optimizer model for parameters given as (name, shape).</summary>
+    public static Model Build(IReadOnlyList<(string Name, IReadOnlyList<long> Shape)> parameters, AdamWOptions o)
+    {
+        var b = new GraphBuilder(Opset, "adamw");
+        var lr = b.Input("lr", ElementType.Float);
+        var step = b.Input("step", ElementType.Float);
+        var gradScale = b.Input("grad_scale", ElementType.Float);
+        var e = new OpEmitter(b.Graph, Opset, "adamw");
+        var ps = new List<(string Name, Value P, Value G, Value M, Value V)>();
+        foreach (var (name, shape) in parameters)
+        {
+            object[] dims = [.. shape.Select(d => (object)d)];
+            ps.Add((name, b.Input(name, ElementType.Float, dims), b.Input("grad." + name, ElementType.Float, dims),
+                b.Input("m." + name, ElementType.Float, dims), b.Input("v." + name, ElementType.Float, dims)));
+        }
+
+        // g = grad * grad_scale; ||g|| over all parameters.
+        var grads = ps.Select(p => { e.Prefix = "adamw/" + p.Name; return e.Op("Mul", p.G, gradScale); }).ToList();
+        e.Prefix = "adamw/norm";
+        var squares = grads.Select(g => e.ReduceSum(e.Op("Mul", g, g), null, keepDims: false)).ToList();
+        var norm = e.Op("Sqrt", squares.Count == 0 ? e.Scalar(0f) : e.Sum(squares));
+        Value? clip = null;
+        if (o.MaxGradNorm > 0)
+        {
+            // torch: coef = min(1, max_norm / (norm + 1e-6))
+            clip = e.Op("Min", e.Op("Div", e.Scalar(o.MaxGradNorm), e.Op("Add", norm, e.Scalar(1e-6f))), e.Scalar(1f));
+        }
+
+        // Bias corrections and the per-step scalars.
+        var bc1 = e.Op("Sub", e.Scalar(1f), e.Op("Pow", e.Scalar(o.Beta1), step));
+        var bc2Sqrt = e.Op("Sqrt", e.Op("Sub", e.Scalar(1f), e.Op("Pow", e.Scalar(o.Beta2), step)));
+        var stepSize = e.Op("Div", lr, bc1);
+        var decay = e.Op("Sub", e.Scalar(1f), e.Op("Mul", lr, e.Scalar(o.WeightDecay)));
+
+        for (int i = 0; i < ps.Count; i++)
+        {
+            var (name, p, _, m, v) = ps[i];
+            e.Prefix = "adamw/" + name;
+            var g = clip == null ? grads[i] : e.Op("Mul", grads[i], clip);
+            // p <- p (1 - lr wd); m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2
+            var decayed = e.Op("Mul", p, decay);
+            var m1 = e.Op("Add", e.Op("Mul", m, e.Scalar(o.Beta1)), e.Op("Mul", g, e.Scalar(1 - o.Beta1)));
+            var v1 = e.Op("Add", e.Op("Mul", v, e.Scalar(o.Beta2)), e.Op("Mul", e.Op("Mul", g, g), e.Scalar(1 - o.Beta2)));
+            // p <- p - lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+            var denom = e.Op("Add", e.Op("Div", e.Op("Sqrt", v1), bc2Sqrt), e.Scalar(o.Epsilon));
+            var p1 = e.Op("Sub", decayed, e.Op("Mul", stepSize, e.Op("Div", m1, denom)));
+            b.Output(e.Op("Identity", p1), "new." + name);
+            b.Output(e.Op("Identity", m1), "new.m." + name);
+            b.Output(e.Op("Identity", v1), "new.v." + name);
+        }
+        b.Output(e.Op("Identity", norm), "grad_norm");
+        return b.Build();
+    }
+}
