@@ -1,0 +1,30 @@
+using Spt.Passes.Recognition;
+using Spt.Passes.Rewrites;
+
+namespace Spt.Passes;
+
+/// <summary>The standard pipelines, in one place. Each pass is listed explicitly, in the order it runs.</summary>
+public static class Pipelines
+{
+    /// <summary>
+    /// The SPT rewrite: recognize attention and FFN blocks and rewrite the selected ones to the SPT ops.
+    /// </summary>
+    public static Pipeline Optimize(SptOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        return new Pipeline("spt-optimize")
+            // Fused attention ops (ORT contrib, ONNX opset 23) become the same internal core as decomposed exports,
+            // so growth, lowering and the report treat every attention alike.
+            .Add(new FusedAttentionImport())
+            // Stage one: MatMul -> [scale] [mask] -> Softmax [-> Dropout] -> MatMul becomes an AttentionCore.
+            .Add(new AttentionCoreFusion())
+            // Stage two needs every core in place: it numbers layers in graph order.
+            .Add(new AttentionBlockGrowth())
+            // FFN recognition reads linears and activations only; running it before the attention lowering keeps
+            // the dense expansion of unselected attention cores (new MatMuls) out of its candidates.
+            .Add(new RoutedFfnRewrite(options))
+            // Stage three: lower each core to PQEncode/PQTopK/SparseAttention or expand it back to dense ops.
+            .Add(new SparseAttentionLowering(options));
+    }
+}
