@@ -12,12 +12,35 @@ public static class Program
     {
         var root = BuildRootCommand(stdout, stderr);
         var parse = root.Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            // One line per problem and exit code 2, instead of the full help text.
+            foreach (var error in parse.Errors)
+            {
+                stderr.WriteLine($"sptc: error: {error.Message}");
+            }
+
+            stderr.WriteLine($"sptc: see '{string.Join(' ', CommandPath(parse))} --help'");
+            return ExitCodes.BadInput;
+        }
+
         return parse.Invoke(new InvocationConfiguration
         {
             Output = stdout,
             Error = stderr,
             EnableDefaultExceptionHandler = false,
         });
+    }
+
+    private static IEnumerable<string> CommandPath(ParseResult parse)
+    {
+        var names = new List<string>();
+        for (var result = parse.CommandResult; result is not null; result = result.Parent as System.CommandLine.Parsing.CommandResult)
+        {
+            names.Insert(0, result.Command is RootCommand ? "sptc" : result.Command.Name);
+        }
+
+        return names;
     }
 
     internal static RootCommand BuildRootCommand(TextWriter stdout, TextWriter stderr)
@@ -28,7 +51,6 @@ public static class Program
         root.Options.Add(CliContext.VerboseOption);
         var context = new CliContext(stdout, stderr);
         root.Subcommands.Add(InspectCommand.Create(context));
-        root.Subcommands.Add(DemoCommand.Create(context));
         return root;
     }
 }

@@ -104,15 +104,21 @@ public sealed class GraphEditor
             if (node.InputList[i] is { } v)
                 CheckVisible(v, node, i);
         }
+        var explicitNames = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var o in node.OutputList)
+        {
+            if (!o.PendingName && o.Name.Length > 0 && (Graph.IsNameTaken(o.Name) || !explicitNames.Add(o.Name)))
+                throw new ArgumentException($"cannot add {OnnxModelException.Describe(node)}: value name '{o.Name}' is already defined");
+        }
         foreach (var o in node.OutputList)
         {
             if (o.PendingName)
             {
+                // Registered at once so that the node's next output gets another name.
                 o.Name = Graph.UniqueName(node.OpType.ToLowerInvariant() + "_out");
                 o.PendingName = false;
+                Graph.Register(o);
             }
-            else if (o.Name.Length > 0 && Graph.IsNameTaken(o.Name))
-                throw new ArgumentException($"cannot add {OnnxModelException.Describe(node)}: value name '{o.Name}' is already defined");
         }
         Graph.Attach(node);
     }

@@ -64,6 +64,12 @@ public sealed class SaveOptions
     /// <summary>Initializers with at least this many bytes go to the external file when external data is used (default 1024).</summary>
     public long ExternalDataThreshold { get; init; } = 1024;
 
+    /// <summary>
+    /// Whether to force written files to disk before renaming them into place (default true). The
+    /// rename is atomic either way; flushing also makes the result survive a power loss.
+    /// </summary>
+    public bool FlushToDisk { get; init; } = true;
+
     /// <summary>File name of the external data file, next to the model (default: the model's file name + ".data").</summary>
     public string? ExternalDataFileName { get; init; }
 }

@@ -87,6 +87,16 @@ internal static class ModelWriter
                 continue;
             p.ValueInfo.Add(WriteInfo(v, g.ValueInfoTemplates[i]));
         }
+        // Types given to intermediate values since reading (by passes or the builder) get annotations too.
+        var annotated = new HashSet<Value>(g.ValueInfoList, ReferenceEqualityComparer.Instance);
+        foreach (var n in g.Nodes)
+        {
+            foreach (var v in n.OutputList)
+            {
+                if (v.Type != null && !ReferenceEquals(v.Type, v.ImportedType) && !v.IsGraphOutput && !v.IsOmitted && annotated.Add(v))
+                    p.ValueInfo.Add(WriteInfo(v, null));
+            }
+        }
         p.QuantizationAnnotation.AddRange(g.QuantizationAnnotations);
         WriteMetadata(g.Metadata, g.MetadataTemplates, p.MetadataProps);
         return p;
@@ -226,7 +236,7 @@ internal static class ModelWriter
                         throw new InvalidOperationException($"tensor '{t.Name}' wrote {written} bytes, expected {t.ByteLength}");
                     placement[t] = (offset, written);
                 }
-                fs.Flush(flushToDisk: true);
+                fs.Flush(flushToDisk: options.FlushToDisk);
             }
             var proto = ToProto(model, t => placement.TryGetValue(t, out var at)
                 ? t.ToProtoExternal(dataName, at.Offset, at.Length)
@@ -234,7 +244,7 @@ internal static class ModelWriter
             using (var fs = new FileStream(modelTmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
             {
                 proto.WriteTo(fs);
-                fs.Flush(flushToDisk: true);
+                fs.Flush(flushToDisk: options.FlushToDisk);
             }
             if (external.Count > 0)
                 File.Move(dataTmp, Path.Combine(dir, dataName), overwrite: true);
