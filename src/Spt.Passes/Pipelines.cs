@@ -1,3 +1,4 @@
+using Spt.Passes.Canonicalization;
 using Spt.Passes.Recognition;
 using Spt.Passes.Rewrites;
 
@@ -14,6 +15,15 @@ public static class Pipelines
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         return new Pipeline("spt-optimize")
+            // Canonicalization first (the same steps as Canonicalize.Standard): recognizers then see MatMul(x, W)
+            // [+ b] linears with W [in, out], folded shape arithmetic and no Identity/no-op nodes.
+            .Add(new GemmToMatMul())
+            .AddFixpoint(10,
+                new NoOpElimination(),
+                new TransposedWeightFolding(),
+                new ConstantFolding(),
+                new CommonSubexpressionElimination(),
+                new DeadCodeElimination())
             // Fused attention ops (ORT contrib, ONNX opset 23) become the same internal core as decomposed exports,
             // so growth, lowering and the report treat every attention alike.
             .Add(new FusedAttentionImport())
@@ -25,6 +35,8 @@ public static class Pipelines
             // the dense expansion of unselected attention cores (new MatMuls) out of its candidates.
             .Add(new RoutedFfnRewrite(options))
             // Stage three: lower each core to PQEncode/PQTopK/SparseAttention or expand it back to dense ops.
-            .Add(new SparseAttentionLowering(options));
+            .Add(new SparseAttentionLowering(options))
+            // The rewrites leave the mask and shape arithmetic of replaced blocks behind when it had other readers.
+            .Add(new DeadCodeElimination());
     }
 }

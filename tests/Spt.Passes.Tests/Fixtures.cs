@@ -32,6 +32,9 @@ public static class Fixtures
         return data;
     }
 
+    /// <summary>Every fixture file name, sorted.</summary>
+    public static IEnumerable<string> Names => Entries.Value.Keys.Order(StringComparer.Ordinal);
+
     public static JsonElement Entry(string file) => Entries.Value[file];
 
     public static string PathOf(string file) => Path.Combine(RootDir.Value, "models", file);

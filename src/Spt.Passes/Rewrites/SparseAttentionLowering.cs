@@ -126,9 +126,10 @@ internal static class AttentionCoreExpansion
     {
         var graph = editor.Graph;
         int rank = (int)core.GetInt("rank", 4);
+        int count = 0;
         Value Emit(string op, Value?[] inputs, int outputs = 1, params Ir.Attribute[] attrs)
         {
-            var n = editor.CreateNode(op, inputs, outputs, attrs, "", graph.UniqueName(core.Name + "/dense_" + op));
+            var n = editor.CreateNode(op, inputs, outputs, attrs, "", $"{core.Name}/dense_{op}_{count++}");
             editor.InsertBefore(core, n);
             return n.Outputs[0];
         }
