@@ -20,6 +20,7 @@ public sealed class AttentionBlockGrowth : IPass
         var results = context.Result<RecognitionResults>();
         var shapes = new StaticShapes();
         results.Attention.Clear();
+        results.CoreInfo.Clear();
         int layer = 0;
         foreach (var core in model.Graph.Nodes.Where(AttentionCoreOp.Is))
         {
@@ -61,6 +62,7 @@ public sealed class AttentionBlockGrowth : IPass
             if (missing.Count > 0)
                 info.KeptDenseReason = $"attention core '{core.Name}' could not be grown to its block: no {string.Join(", ", missing)} found";
             results.Attention.Add(info);
+            results.CoreInfo[core] = info;
         }
         return false;
     }

@@ -73,6 +73,7 @@ public sealed class AttentionCoreFusion : IPass
         var found = context.Result<RecognitionResults>();
         var shapes = new StaticShapes();
         bool changed = false;
+        int fused = model.Graph.Nodes.Count(AttentionCoreOp.Is);
         foreach (var softmax in model.Graph.Nodes.Where(n => n.OpType == "Softmax" && n.IsDefaultDomain).ToList())
         {
             var m = Match(softmax, shapes);
@@ -81,7 +82,7 @@ public sealed class AttentionCoreFusion : IPass
                 found.AddUnmatched("attention", softmax, m.Reason!);
                 continue;
             }
-            Rewrite(model.Graph, m.Match);
+            Rewrite(model.Graph, m.Match, fused++);
             changed = true;
         }
         return changed;
@@ -295,7 +296,7 @@ public sealed class AttentionCoreFusion : IPass
         return null;
     }
 
-    private static void Rewrite(Graph graph, AttentionCoreMatch m)
+    private static void Rewrite(Graph graph, AttentionCoreMatch m, int coreIndex)
     {
         var editor = graph.Edit();
         foreach (var (scalar, consumer, index) in m.QBypass.Concat(m.KBypass))
@@ -328,7 +329,7 @@ public sealed class AttentionCoreFusion : IPass
             Ir.Attribute.FromString("region", string.Join(",", m.Region.Select(n => n.Name))),
         };
         var core = editor.CreateNode(AttentionCoreOp.OpType, inputs, 1, attrs, AttentionCoreOp.Domain,
-            name: graph.UniqueName((m.Softmax.Name.Length > 0 ? m.Softmax.Name : "attention") + "/AttentionCore"));
+            name: $"{(m.Softmax.Name.Length > 0 ? m.Softmax.Name : "attention")}/AttentionCore_{coreIndex}");
         editor.InsertBefore(m.OutputMatMul, core);
         editor.ReplaceAllUsesWith(m.OutputMatMul.Outputs[0], core.Outputs[0], replaceGraphOutputs: true);
         DeadCode.RemoveDeadFrom(editor, m.Region);

@@ -21,13 +21,17 @@ public sealed class FusedAttentionImport : IPass
         var found = context.Result<RecognitionResults>();
         var shapes = new StaticShapes();
         bool changed = false;
+        int imported = 0;
         foreach (var node in model.Graph.Nodes.Where(IsFusedAttention).ToList())
         {
-            var reason = TryImport(model.Graph, node, shapes);
+            var reason = TryImport(model.Graph, node, shapes, imported);
             if (reason != null)
                 found.AddUnmatched("attention", node, reason);
             else
+            {
                 changed = true;
+                imported++;
+            }
         }
         return changed;
     }
@@ -37,7 +41,7 @@ public sealed class FusedAttentionImport : IPass
 
     private static bool Present(Node n, int i) => i < n.Inputs.Count && n.Inputs[i] is not null;
 
-    private static string? TryImport(Graph graph, Node node, StaticShapes shapes)
+    private static string? TryImport(Graph graph, Node node, StaticShapes shapes, int index)
     {
         if (node.Outputs.Skip(1).Any(o => !o.IsOmitted && (o.Uses.Count > 0 || o.IsGraphOutput)))
             return "extra outputs (present key/value, attention probabilities) are used";
@@ -140,8 +144,11 @@ public sealed class FusedAttentionImport : IPass
         Value? bias = null;
         if (causal)
         {
-            var sq = Emit(editor, node, "Shape", [q4], Ir.Attribute.FromInt("start", 2), Ir.Attribute.FromInt("end", 3));
-            var sk = Emit(editor, node, "Shape", [k4], Ir.Attribute.FromInt("start", 2), Ir.Attribute.FromInt("end", 3));
+            // Shape's start/end need opset 15: slice the shapes instead.
+            var two = Const(editor, graph, node, "two", [2]);
+            var three = Const(editor, graph, node, "three", [3]);
+            var sq = Emit(editor, node, "Slice", [Emit(editor, node, "Shape", [q4]), two, three]);
+            var sk = Emit(editor, node, "Slice", [Emit(editor, node, "Shape", [k4]), two, three]);
             var square = Emit(editor, node, "Concat", [sq, sk], Ir.Attribute.FromInt("axis", 0));
             var full = Emit(editor, node, "ConstantOfShape", [square], Ir.Attribute.FromTensor("value", Tensor.Create("value", new[] { float.MinValue }, 1)));
             bias = Emit(editor, node, "Trilu", [full, Const(editor, graph, node, "one", [1], scalar: true)], Ir.Attribute.FromInt("upper", 1));
@@ -175,7 +182,7 @@ public sealed class FusedAttentionImport : IPass
             Ir.Attribute.FromInt("dropout", 0),
             Ir.Attribute.FromString("source", source),
             Ir.Attribute.FromString("region", node.Name),
-        ], AttentionCoreOp.Domain, graph.UniqueName((node.Name.Length > 0 ? node.Name : "attention") + "/AttentionCore"));
+        ], AttentionCoreOp.Domain, $"{(node.Name.Length > 0 ? node.Name : "attention")}/AttentionCore_{index}");
         editor.InsertBefore(node, core);
 
         // [B, H, S, E] -> [B, S, H·E]

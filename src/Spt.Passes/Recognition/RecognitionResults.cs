@@ -127,6 +127,9 @@ public sealed class RecognitionResults
     /// <summary>Candidates that did not match.</summary>
     public List<UnmatchedCandidate> Unmatched { get; } = [];
 
+    /// <summary>The block record of each attention core node (filled by growth, read by the lowering).</summary>
+    internal Dictionary<Node, AttentionBlockInfo> CoreInfo { get; } = [];
+
     /// <summary>Problems that stop recognition as a whole (unsupported opset, unknown ops).</summary>
     public List<string> Unsupported { get; } = [];
 

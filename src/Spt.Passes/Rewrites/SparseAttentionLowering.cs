@@ -29,7 +29,7 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         bool changed = false;
         foreach (var core in model.Graph.Nodes.Where(AttentionCoreOp.Is).ToList())
         {
-            var info = results.Attention.FirstOrDefault(a => a.CoreNode == core.Name);
+            var info = results.CoreInfo.GetValueOrDefault(core);
             string? keep = info?.KeptDenseReason
                 ?? (options.Attention == AttentionMode.Keep ? "attention rewrite not requested (--attention keep)"
                 : info != null && !options.Selects(info.Layer) ? $"layer {info.Layer} not selected"
@@ -104,8 +104,15 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
             Ir.Attribute.FromInt("causal", causal ? 1 : 0));
         if (folded)
         {
-            var axis1 = editor.AddInitializer(Tensor.Create(graph.UniqueName(prefix + "/axis1_out"), new long[] { 1 }, 1));
-            y = Emit("Squeeze", [y, axis1], "y3");
+            // [B·H, 1, Sq, Ev] -> [B·H, Sq, Ev]. A Reshape to the shape read from Q and V (rather than a Squeeze)
+            // leaves ORT's shape inference with dims it derives itself.
+            var q3 = core.Inputs[AttentionCoreOp.Q]!;
+            var v3 = core.Inputs[AttentionCoreOp.V]!;
+            // Shape's start/end need opset 15: slice the shapes instead.
+            Value I64(string what, long v) => editor.AddInitializer(Tensor.Create(graph.UniqueName($"{prefix}/{what}"), new[] { v }, 1));
+            var lead = Emit("Slice", [Emit("Shape", [q3], "q3_shape"), I64("zero", 0), I64("two", 2)], "q3_lead");
+            var last = Emit("Slice", [Emit("Shape", [v3], "v3_shape"), I64("two", 2), I64("three", 3)], "v3_last");
+            y = Emit("Reshape", [y, Emit("Concat", [lead, last], "y3_shape", 1, "", Ir.Attribute.FromInt("axis", 0))], "y3");
         }
         editor.ReplaceAllUsesWith(core.Outputs[0], y, replaceGraphOutputs: true);
         DeadCode.RemoveDeadFrom(editor, [core]);
