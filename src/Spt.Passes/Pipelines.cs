@@ -15,12 +15,14 @@ public static class Pipelines
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         return new Pipeline("spt-optimize")
-            // Canonicalization first (the same steps as Canonicalize.Standard): recognizers then see MatMul(x, W)
-            // [+ b] linears with W [in, out], folded shape arithmetic and no Identity/no-op nodes.
+            // Canonicalization first (Canonicalize.Standard's steps): recognizers then see MatMul(x, W) [+ b]
+            // linears, folded shape arithmetic and no Identity/no-op nodes. TransposedWeightFolding is left out on
+            // purpose: it rewrites every Linear weight (gigabytes for large models) while the recognizers read
+            // MatMul(x, Transpose(W)) directly and ORT folds those Transposes when it loads the model; without it
+            // the compile never touches weight data.
             .Add(new GemmToMatMul())
             .AddFixpoint(10,
                 new NoOpElimination(),
-                new TransposedWeightFolding(),
                 new ConstantFolding(),
                 new CommonSubexpressionElimination(),
                 new DeadCodeElimination())
