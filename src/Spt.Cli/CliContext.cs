@@ -12,6 +12,9 @@ public static class ExitCodes
     public const int InternalError = 1;
     public const int BadInput = 2;
     public const int NothingMatched = 3;
+
+    /// <summary><c>sptc verify</c>: both models ran, and at least one output differs beyond the tolerance.</summary>
+    public const int OutputsDiffer = 4;
 }
 
 /// <summary>Where a command writes, and how failures become one-line messages and exit codes.</summary>

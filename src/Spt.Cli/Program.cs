@@ -52,6 +52,7 @@ public static class Program
         var context = new CliContext(stdout, stderr);
         root.Subcommands.Add(InspectCommand.Create(context));
         root.Subcommands.Add(OptimizeCommand.Create(context));
+        root.Subcommands.Add(VerifyCommand.Create(context));
         return root;
     }
 }

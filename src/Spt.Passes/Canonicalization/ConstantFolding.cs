@@ -126,7 +126,8 @@ public sealed class ConstantFolding : IPass
             else
                 unresolved.Add(i);
         }
-        if (unresolved.Count > 1 || (unresolved.Count == 1 && (result.Contains(-1) || (allowZero && result.Contains(0)))))
+        var resolved = result.Where((_, i) => !unresolved.Contains(i)).ToList();
+        if (unresolved.Count > 1 || (unresolved.Count == 1 && (resolved.Contains(-1) || (allowZero && resolved.Contains(0)))))
         {
             context.Info("constant-folding", $"reshape target has {unresolved.Count} symbolic dimensions that are not copies of the input", node);
             return false;

@@ -38,8 +38,9 @@ public sealed class GemmToMatMul : IPass
         float alpha = gemm.GetFloat("alpha", 1f), beta = gemm.GetFloat("beta", 1f);
         string prefix = gemm.Name.Length > 0 ? gemm.Name : "gemm";
 
+        int count = 0;
         Node Insert(string op, Value?[] inputs, params Attribute[] attributes) =>
-            editor.InsertBefore(gemm, editor.CreateNode(op, inputs, 1, attributes, name: editor.Graph.UniqueName(prefix + "/" + op)));
+            editor.InsertBefore(gemm, editor.CreateNode(op, inputs, 1, attributes, name: $"{prefix}/{op}_{count++}"));
 
         if (gemm.GetInt("transA", 0) != 0)
             a = Insert("Transpose", [a], Attribute.FromInts("perm", [1, 0])).Outputs[0];

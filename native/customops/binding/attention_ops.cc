@@ -1,0 +1,561 @@
+// ORT binding of the sparse-attention family (domain "spt", opset 1, CPU, fp32):
+//   PQEncode, PQTopK, SparseAttention, SparseAttentionGrad, PQLoss, PQLossGrad.
+// Every input is declared with an open element type so that a wrong dtype (fp16, bf16, ...) reaches our own
+// check and fails with a message naming the op, the input and what was expected. The kernels in cpu/ do
+// the work; this file unpacks tensors, validates, converts masks and backs cpu::Parallel with ORT's pool.
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "binding/ort_api.h"
+#include "binding/ort_parallel.h"
+#include "cpu/parallel.h"
+#include "cpu/pq.h"
+#include "cpu/sparse_attention.h"
+
+namespace spt::binding {
+namespace {
+
+using cpu::Shape;
+
+// ----------------------------------------------------------------------------- plumbing
+
+OrtStatus* ToStatus(const std::exception& e, OrtErrorCode code) { return Ort::GetApi().CreateStatus(code, e.what()); }
+
+// Converts whatever a kernel body throws into an ORT status (argument errors -> ORT_INVALID_ARGUMENT).
+template <typename F>
+OrtStatus* Guard(F&& body) {
+  try {
+    body();
+    return nullptr;
+  } catch (const std::invalid_argument& e) {
+    return ToStatus(e, ORT_INVALID_ARGUMENT);
+  } catch (const Ort::Exception& e) {
+    return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
+  } catch (const std::exception& e) {
+    return ToStatus(e, ORT_FAIL);
+  }
+}
+
+int64_t AttrInt(const OrtKernelInfo* info, const char* name, int64_t fallback) {
+  int64_t v = 0;
+  if (OrtStatus* st = Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &v)) {
+    Ort::GetApi().ReleaseStatus(st);
+    return fallback;
+  }
+  return v;
+}
+
+float AttrFloat(const OrtKernelInfo* info, const char* name, float fallback) {
+  float v = 0;
+  if (OrtStatus* st = Ort::GetApi().KernelInfoGetAttribute_float(info, name, &v)) {
+    Ort::GetApi().ReleaseStatus(st);
+    return fallback;
+  }
+  return v;
+}
+
+std::string AttrString(const OrtKernelInfo* info, const char* name, const std::string& fallback) {
+  std::size_t size = 0;
+  if (OrtStatus* st = Ort::GetApi().KernelInfoGetAttribute_string(info, name, nullptr, &size)) {
+    Ort::GetApi().ReleaseStatus(st);
+    return fallback;
+  }
+  std::string v(size, '\0');
+  Ort::ThrowOnError(Ort::GetApi().KernelInfoGetAttribute_string(info, name, v.data(), &size));
+  v.resize(size > 0 ? size - 1 : 0);  // size includes the terminating NUL
+  return v;
+}
+
+bool BoolAttr(const char* op, const char* name, int64_t v) {
+  if (v != 0 && v != 1) cpu::FailAttribute(op, name, "must be 0 or 1; got " + std::to_string(v));
+  return v == 1;
+}
+
+const char* TypeName(ONNXTensorElementDataType t) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL: return "bool";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16: return "int16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
+    default: return "another element type";
+  }
+}
+
+// One input of the running node: absent (optional and not given) or a tensor with its type and shape.
+struct Input {
+  Ort::ConstValue value{nullptr};
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  Shape shape;
+  bool present() const { return static_cast<const OrtValue*>(value) != nullptr; }
+  template <typename T>
+  const T* data() const { return value.GetTensorData<T>(); }
+};
+
+Input GetInput(const Ort::KernelContext& ctx, std::size_t index) {
+  Input in;
+  if (index >= ctx.GetInputCount()) return in;
+  in.value = ctx.GetInput(index);
+  if (!in.present()) return in;
+  if (!in.value.IsTensor()) return in;
+  auto info = in.value.GetTensorTypeAndShapeInfo();
+  in.type = info.GetElementType();
+  in.shape = info.GetShape();
+  return in;
+}
+
+Input RequireInput(const Ort::KernelContext& ctx, std::size_t index, const char* op, const char* name,
+                   ONNXTensorElementDataType want) {
+  Input in = GetInput(ctx, index);
+  if (!in.present()) throw std::invalid_argument(std::string(op) + ": input '" + name + "' is required");
+  if (in.type != want) {
+    throw std::invalid_argument(std::string(op) + ": input '" + name + "' must be a " + TypeName(want) +
+                                " tensor on CPU; got " + TypeName(in.type));
+  }
+  return in;
+}
+
+bool IsKeepMaskType(ONNXTensorElementDataType t) {
+  return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL || t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 ||
+         t == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 || t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 ||
+         t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+}
+
+[[noreturn]] void FailMaskType(const char* op, const char* allowed, ONNXTensorElementDataType t) {
+  throw std::invalid_argument(std::string(op) + ": input 'key_padding_mask' must be " + allowed + "; got " +
+                              TypeName(t));
+}
+
+// Reads element e of an integer/bool keep-mask as "keep?".
+bool KeepAt(const Input& m, std::size_t e) {
+  switch (m.type) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL: return m.data<bool>()[e];
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return m.data<int8_t>()[e] != 0;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return m.data<uint8_t>()[e] != 0;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return m.data<int32_t>()[e] != 0;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return m.data<int64_t>()[e] != 0;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return m.data<float>()[e] != 0.f;
+    default: throw std::logic_error("unchecked mask type");
+  }
+}
+
+// SparseAttention's mask as the additive [B, Sk] bias the kernel takes: float is used as given, keep-masks
+// become 0 (keep) / -inf (padded). Returns nullptr when there is no mask.
+const float* AdditiveMask(const char* op, const Input& m, std::vector<float>& converted) {
+  if (!m.present()) return nullptr;
+  if (m.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) return m.data<float>();
+  if (!IsKeepMaskType(m.type)) {
+    FailMaskType(op, "float32 (additive) or bool/int8/uint8/int32/int64 (1 = keep, 0 = padded)", m.type);
+  }
+  converted.resize(static_cast<std::size_t>(cpu::NumElements(m.shape)));
+  for (std::size_t e = 0; e < converted.size(); ++e) {
+    converted[e] = KeepAt(m, e) ? 0.f : -std::numeric_limits<float>::infinity();
+  }
+  return converted.data();
+}
+
+template <typename T>
+T* Output(const Ort::KernelContext& ctx, std::size_t index, const Shape& shape) {
+  return ctx.GetOutput(index, shape).GetTensorMutableData<T>();
+}
+
+// ----------------------------------------------------------------------------- shape inference
+
+using InferShape = Ort::ShapeInferContext::Shape;
+using Dim = Ort::ShapeInferContext::SymbolicInteger;
+
+bool Known(const Dim& d) { return d.IsInt() && d.AsInt() >= 0; }
+
+std::string DimString(const Dim& d) { return d.IsInt() ? (d.AsInt() >= 0 ? std::to_string(d.AsInt()) : "?") : d.AsSym(); }
+
+std::string InferShapeString(const InferShape& s) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + DimString(s[i]);
+  return out + "]";
+}
+
+// Graph-time check: rank must match (a rank-0 shape may mean "unknown" and is left to run time) and every
+// dim known on both sides must agree. `expected` uses nullptr for "any".
+void InferExpect(const char* op, const char* input, const InferShape& got, std::vector<const Dim*> expected,
+                 const char* pattern) {
+  if (got.empty() && !expected.empty()) return;
+  bool ok = got.size() == expected.size();
+  for (std::size_t i = 0; ok && i < expected.size(); ++i) {
+    if (expected[i] && Known(*expected[i]) && Known(got[i])) ok = expected[i]->AsInt() == got[i].AsInt();
+  }
+  if (!ok) {
+    std::string want = std::string(pattern) + " = [";
+    for (std::size_t i = 0; i < expected.size(); ++i) want += (i ? ", " : "") + (expected[i] ? DimString(*expected[i]) : "?");
+    throw std::invalid_argument(std::string(op) + ": input '" + input + "' must have shape " + want + "]; got " +
+                                InferShapeString(got));
+  }
+}
+
+InferShape InputShapeOrEmpty(Ort::ShapeInferContext& ctx, std::size_t i) {
+  return i < ctx.GetInputCount() ? ctx.GetInputShape(i) : InferShape{};
+}
+
+template <typename F>
+Ort::Status GuardInfer(F&& body) {
+  return Ort::Status(Guard(std::forward<F>(body)));
+}
+
+// ----------------------------------------------------------------------------- op base
+
+// Common OrtCustomOp plumbing: CPU, V2 kernels returning a status, open input types, optional trailing inputs.
+template <typename TOp, typename TKernel>
+struct SptOp : Ort::CustomOpBase<TOp, TKernel, /*WithStatus=*/true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return Guard([&] { *kernel = new TKernel(info); });
+  }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  ONNXTensorElementDataType GetInputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(std::size_t i) const {
+    return i < TOp::kRequiredInputs ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  std::size_t GetInputTypeCount() const { return TOp::kInputs; }
+};
+
+// ----------------------------------------------------------------------------- PQEncode
+
+struct PQEncodeKernel {
+  explicit PQEncodeKernel(const OrtKernelInfo* info) {
+    const std::string metric = AttrString(info, "metric", "l1");
+    if (metric != "l1") cpu::FailAttribute("PQEncode", "metric", "must be \"l1\" (the only metric); got \"" + metric + "\"");
+  }
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return Guard([&] {
+      Ort::KernelContext ctx(raw);
+      const Input z = RequireInput(ctx, 0, "PQEncode", "Z", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+      const Input w = RequireInput(ctx, 1, "PQEncode", "codebook", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+      const cpu::PQDims d = cpu::CheckPQInputs("PQEncode", z.shape, w.shape);
+      Shape out = z.shape;
+      out.back() = d.M;
+      int32_t* codes = Output<int32_t>(ctx, 0, out);
+      cpu::PQEncode(d, z.data<float>(), w.data<float>(), codes, OrtParallel(ctx));
+    });
+  }
+};
+
+struct PQEncodeOp : SptOp<PQEncodeOp, PQEncodeKernel> {
+  static constexpr std::size_t kInputs = 2, kRequiredInputs = 2;
+  const char* GetName() const { return "PQEncode"; }
+  std::size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32; }
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
+    return GuardInfer([&] {
+      const InferShape z = ctx.GetInputShape(0), w = ctx.GetInputShape(1);
+      InferExpect("PQEncode", "codebook", w, {nullptr, nullptr, nullptr}, "[M, C, dc]");
+      if (z.empty() || w.size() != 3) return;
+      if (Known(z.back()) && Known(w[0]) && Known(w[2]) && z.back().AsInt() != w[0].AsInt() * w[2].AsInt()) {
+        cpu::CheckPQInputs("PQEncode", {z.back().AsInt()}, {w[0].AsInt(), 1, w[2].AsInt()});
+      }
+      InferShape out = z;
+      out.back() = w[0];
+      ctx.SetOutputShape(0, out, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+    });
+  }
+};
+
+// ----------------------------------------------------------------------------- PQTopK
+
+struct PQTopKKernel {
+  explicit PQTopKKernel(const OrtKernelInfo* info)
+      : mode_(cpu::ParseTopKMode(AttrString(info, "mode", "exact"))),
+        causal_(BoolAttr("PQTopK", "causal", AttrInt(info, "causal", 1))),
+        top_k_(AttrInt(info, "top_k", 0)),
+        ratio_(AttrFloat(info, "top_k_ratio", 0.125f)) {
+    // Validate top_k and top_k_ratio now (the ratio even when top_k overrides it, as the schema does).
+    cpu::ResolveTopK(top_k_, ratio_, 1);
+    cpu::ResolveTopK(0, ratio_, 1);
+  }
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return Guard([&] {
+      Ort::KernelContext ctx(raw);
+      const Input q = RequireInput(ctx, 0, "PQTopK", "codes_q", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+      const Input k = RequireInput(ctx, 1, "PQTopK", "codes_k", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+      const Input mask = GetInput(ctx, 2);
+      if (mask.present() && !IsKeepMaskType(mask.type) && mask.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+        FailMaskType("PQTopK", "bool/int8/uint8/int32/int64/float32 (nonzero = keep, 0 = padded)", mask.type);
+      }
+      cpu::PQTopKDims d = cpu::CheckPQTopKInputs(q.shape, k.shape, mask.present() ? &mask.shape : nullptr);
+      d.L = cpu::ResolveTopK(top_k_, ratio_, d.Sk);
+      std::vector<uint8_t> keep;
+      if (mask.present()) {
+        keep.resize(static_cast<std::size_t>(d.B * d.Sk));
+        for (std::size_t e = 0; e < keep.size(); ++e) keep[e] = KeepAt(mask, e);
+      }
+      int32_t* out = Output<int32_t>(ctx, 0, {d.B, d.H, d.Sq, d.L});
+      cpu::PQTopK(d, mode_, causal_, q.data<int32_t>(), k.data<int32_t>(), keep.empty() ? nullptr : keep.data(), out,
+                  OrtParallel(ctx));
+    });
+  }
+
+ private:
+  cpu::TopKMode mode_;
+  bool causal_;
+  int64_t top_k_;
+  float ratio_;
+};
+
+// Reads an attribute in shape inference, falling back to the default when the node does not set it.
+template <typename T, typename F>
+T InferAttr(F&& get, T fallback) {
+  try {
+    return get();
+  } catch (const Ort::Exception&) {
+    return fallback;
+  }
+}
+
+struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
+  static constexpr std::size_t kInputs = 3, kRequiredInputs = 2;
+  const char* GetName() const { return "PQTopK"; }
+  std::size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32; }
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
+    return GuardInfer([&] {
+      const InferShape q = ctx.GetInputShape(0), k = ctx.GetInputShape(1), m = InputShapeOrEmpty(ctx, 2);
+      InferExpect("PQTopK", "codes_q", q, {nullptr, nullptr, nullptr, nullptr}, "[B, H, Sq, M]");
+      if (q.size() != 4) return;
+      InferExpect("PQTopK", "codes_k", k, {&q[0], &q[1], nullptr, &q[3]}, "[B, H, Sk, M]");
+      if (k.size() != 4) return;
+      InferExpect("PQTopK", "key_padding_mask", m, {&q[0], &k[2]}, "[B, Sk]");
+      const int64_t top_k = InferAttr([&] { return ctx.GetAttrInt("top_k"); }, int64_t{0});
+      const float ratio = InferAttr([&] { return ctx.GetAttrFloat("top_k_ratio"); }, 0.125f);
+      Dim l = Known(k[2]) ? Dim(cpu::ResolveTopK(top_k, ratio, k[2].AsInt())) : Dim(int64_t{-1});
+      ctx.SetOutputShape(0, {q[0], q[1], q[2], l}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+    });
+  }
+};
+
+// ----------------------------------------------------------------------------- SparseAttention(+Grad)
+
+struct AttentionAttributes {
+  double scale, clamp;
+  bool causal;
+  AttentionAttributes(const OrtKernelInfo* info, const char* op)
+      : scale(AttrFloat(info, "scale", 0.f)),
+        clamp(AttrFloat(info, "clamp", 10.f)),
+        causal(BoolAttr(op, "causal", AttrInt(info, "causal", 1))) {
+    cpu::ResolveSparseAttentionParams(op, scale, clamp, causal, 1);  // validates now
+  }
+};
+
+struct SparseAttentionKernel {
+  explicit SparseAttentionKernel(const OrtKernelInfo* info) : attrs_(info, "SparseAttention") {}
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return Guard([&] {
+      constexpr const char* op = "SparseAttention";
+      constexpr auto f32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+      Ort::KernelContext ctx(raw);
+      const Input q = RequireInput(ctx, 0, op, "Q", f32), k = RequireInput(ctx, 1, op, "K", f32);
+      const Input v = RequireInput(ctx, 2, op, "V", f32);
+      const Input idx = RequireInput(ctx, 3, op, "indices", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+      const Input mask = GetInput(ctx, 4);
+      const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
+                                                     mask.present() ? &mask.shape : nullptr);
+      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      std::vector<float> converted;
+      const float* bias = AdditiveMask(op, mask, converted);
+      cpu::CheckSparseAttentionIndices(op, d, idx.data<int32_t>());
+      float* y = Output<float>(ctx, 0, {d.B, d.H, d.Sq, d.Ev});
+      float* probs = Output<float>(ctx, 1, {d.B, d.H, d.Sq, d.L});
+      cpu::SparseAttentionForward<float>(d, p, q.data<float>(), k.data<float>(), v.data<float>(), idx.data<int32_t>(),
+                                         bias, y, probs, OrtParallel(ctx));
+    });
+  }
+
+ private:
+  AttentionAttributes attrs_;
+};
+
+// Checks Q, K, V, indices (inputs offset..offset+3) and the optional mask at mask_index; fills unknown shapes.
+void InferAttentionInputs(const char* op, Ort::ShapeInferContext& ctx, std::size_t offset, std::size_t mask_index,
+                          InferShape& q, InferShape& k, InferShape& v, InferShape& idx) {
+  q = ctx.GetInputShape(offset);
+  k = ctx.GetInputShape(offset + 1);
+  v = ctx.GetInputShape(offset + 2);
+  idx = ctx.GetInputShape(offset + 3);
+  InferExpect(op, "Q", q, {nullptr, nullptr, nullptr, nullptr}, "[B, H, Sq, E]");
+  if (q.size() != 4) q = {Dim(int64_t{-1}), Dim(int64_t{-1}), Dim(int64_t{-1}), Dim(int64_t{-1})};
+  InferExpect(op, "K", k, {&q[0], &q[1], nullptr, &q[3]}, "[B, H, Sk, E]");
+  if (k.size() != 4) k = q;
+  InferExpect(op, "V", v, {&q[0], &q[1], &k[2], nullptr}, "[B, H, Sk, Ev]");
+  if (v.size() != 4) v = {q[0], q[1], k[2], Dim(int64_t{-1})};
+  InferExpect(op, "indices", idx, {&q[0], &q[1], &q[2], nullptr}, "[B, H, Sq, L]");
+  if (idx.size() != 4) idx = {q[0], q[1], q[2], Dim(int64_t{-1})};
+  InferExpect(op, "key_padding_mask", InputShapeOrEmpty(ctx, mask_index), {&q[0], &k[2]},
+              "[B, Sk]");
+}
+
+struct SparseAttentionOp : SptOp<SparseAttentionOp, SparseAttentionKernel> {
+  static constexpr std::size_t kInputs = 5, kRequiredInputs = 4;
+  const char* GetName() const { return "SparseAttention"; }
+  std::size_t GetOutputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
+    return GuardInfer([&] {
+      InferShape q, k, v, idx;
+      InferAttentionInputs("SparseAttention", ctx, 0, 4, q, k, v, idx);
+      ctx.SetOutputShape(0, {q[0], q[1], q[2], v[3]});
+      ctx.SetOutputShape(1, idx);
+    });
+  }
+};
+
+struct SparseAttentionGradKernel {
+  explicit SparseAttentionGradKernel(const OrtKernelInfo* info) : attrs_(info, "SparseAttentionGrad") {}
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return Guard([&] {
+      constexpr const char* op = "SparseAttentionGrad";
+      constexpr auto f32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+      Ort::KernelContext ctx(raw);
+      const Input dy = RequireInput(ctx, 0, op, "dY", f32);
+      const Input q = RequireInput(ctx, 1, op, "Q", f32), k = RequireInput(ctx, 2, op, "K", f32);
+      const Input v = RequireInput(ctx, 3, op, "V", f32);
+      const Input idx = RequireInput(ctx, 4, op, "indices", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+      const Input probs = RequireInput(ctx, 5, op, "P", f32);
+      const Input mask = GetInput(ctx, 6);
+      const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
+                                                     mask.present() ? &mask.shape : nullptr);
+      cpu::CheckSparseAttentionGradInputs(d, dy.shape, probs.shape);
+      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      // The mask's effect is already in P (masked slots have P = 0); it is only type- and shape-checked here.
+      std::vector<float> converted;
+      AdditiveMask(op, mask, converted);
+      cpu::CheckSparseAttentionIndices(op, d, idx.data<int32_t>());
+      float* dq = Output<float>(ctx, 0, q.shape);
+      float* dk = Output<float>(ctx, 1, k.shape);
+      float* dv = Output<float>(ctx, 2, v.shape);
+      cpu::SparseAttentionBackward<float>(d, p, dy.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(),
+                                          idx.data<int32_t>(), probs.data<float>(), dq, dk, dv, OrtParallel(ctx));
+    });
+  }
+
+ private:
+  AttentionAttributes attrs_;
+};
+
+struct SparseAttentionGradOp : SptOp<SparseAttentionGradOp, SparseAttentionGradKernel> {
+  static constexpr std::size_t kInputs = 7, kRequiredInputs = 6;
+  const char* GetName() const { return "SparseAttentionGrad"; }
+  std::size_t GetOutputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
+    return GuardInfer([&] {
+      constexpr const char* op = "SparseAttentionGrad";
+      InferShape q, k, v, idx;
+      InferAttentionInputs(op, ctx, 1, 6, q, k, v, idx);
+      InferExpect(op, "dY", ctx.GetInputShape(0), {&q[0], &q[1], &q[2], &v[3]}, "[B, H, Sq, Ev]");
+      InferExpect(op, "P", ctx.GetInputShape(5), {&idx[0], &idx[1], &idx[2], &idx[3]}, "[B, H, Sq, L]");
+      ctx.SetOutputShape(0, q);
+      ctx.SetOutputShape(1, k);
+      ctx.SetOutputShape(2, v);
+    });
+  }
+};
+
+// ----------------------------------------------------------------------------- PQLoss(+Grad)
+
+void InferPQInputs(const char* op, Ort::ShapeInferContext& ctx, std::size_t offset) {
+  const InferShape z = ctx.GetInputShape(offset), w = ctx.GetInputShape(offset + 1);
+  InferExpect(op, "codebook", w, {nullptr, nullptr, nullptr}, "[M, C, dc]");
+  if (!z.empty() && w.size() == 3 && Known(z.back()) && Known(w[0]) && Known(w[2]) &&
+      z.back().AsInt() != w[0].AsInt() * w[2].AsInt()) {
+    cpu::CheckPQInputs(op, {z.back().AsInt()}, {w[0].AsInt(), 1, w[2].AsInt()});
+  }
+}
+
+struct PQLossKernel {
+  explicit PQLossKernel(const OrtKernelInfo*) {}
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return Guard([&] {
+      Ort::KernelContext ctx(raw);
+      const Input z = RequireInput(ctx, 0, "PQLoss", "Z", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+      const Input w = RequireInput(ctx, 1, "PQLoss", "codebook", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+      const auto d = cpu::CheckPQInputs("PQLoss", z.shape, w.shape);
+      float* loss = Output<float>(ctx, 0, {});
+      *loss = static_cast<float>(cpu::PQLoss(d, z.data<float>(), w.data<float>(), OrtParallel(ctx)));
+    });
+  }
+};
+
+struct PQLossOp : SptOp<PQLossOp, PQLossKernel> {
+  static constexpr std::size_t kInputs = 2, kRequiredInputs = 2;
+  const char* GetName() const { return "PQLoss"; }
+  std::size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
+    return GuardInfer([&] {
+      InferPQInputs("PQLoss", ctx, 0);
+      ctx.SetOutputShape(0, {});
+    });
+  }
+};
+
+struct PQLossGradKernel {
+  explicit PQLossGradKernel(const OrtKernelInfo* info)
+      : detach_(BoolAttr("PQLossGrad", "detach_inputs", AttrInt(info, "detach_inputs", 0))) {}
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return Guard([&] {
+      constexpr const char* op = "PQLossGrad";
+      Ort::KernelContext ctx(raw);
+      const Input dl = RequireInput(ctx, 0, op, "dLoss", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+      const Input z = RequireInput(ctx, 1, op, "Z", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+      const Input w = RequireInput(ctx, 2, op, "codebook", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+      if (cpu::NumElements(dl.shape) != 1) cpu::FailInput(op, "dLoss", "[] (a scalar, or one element)", dl.shape);
+      const auto d = cpu::CheckPQInputs(op, z.shape, w.shape);
+      float* dz = Output<float>(ctx, 0, z.shape);
+      float* dw = Output<float>(ctx, 1, w.shape);
+      cpu::PQLossGrad(d, *dl.data<float>(), z.data<float>(), w.data<float>(), detach_, dz, dw, OrtParallel(ctx));
+    });
+  }
+
+ private:
+  bool detach_;
+};
+
+struct PQLossGradOp : SptOp<PQLossGradOp, PQLossGradKernel> {
+  static constexpr std::size_t kInputs = 3, kRequiredInputs = 3;
+  const char* GetName() const { return "PQLossGrad"; }
+  std::size_t GetOutputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
+    return GuardInfer([&] {
+      InferPQInputs("PQLossGrad", ctx, 1);
+      ctx.SetOutputShape(0, ctx.GetInputShape(1));
+      ctx.SetOutputShape(1, ctx.GetInputShape(2));
+    });
+  }
+};
+
+}  // namespace
+
+void AddAttentionOps(Ort::CustomOpDomain& domain) {
+  // Created once per process (ORT keeps raw pointers in every session that registers the domain).
+  static PQEncodeOp pq_encode;
+  static PQTopKOp pq_topk;
+  static SparseAttentionOp sparse_attention;
+  static SparseAttentionGradOp sparse_attention_grad;
+  static PQLossOp pq_loss;
+  static PQLossGradOp pq_loss_grad;
+  for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&pq_encode, &pq_topk, &sparse_attention,
+                                                             &sparse_attention_grad, &pq_loss, &pq_loss_grad}) {
+    domain.Add(op);
+  }
+}
+
+}  // namespace spt::binding

@@ -1,0 +1,406 @@
+#include "cpu/pq.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace spt::cpu {
+
+namespace {
+
+// Rows per parallel task. Fixed (not derived from the worker count) so reductions are deterministic.
+constexpr int64_t kRowsPerChunk = 256;
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// L1 distance between a dc-wide chunk of z and one codeword.
+inline float L1(const float* a, const float* b, int64_t n) {
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  int64_t d = 0;
+  for (; d + 4 <= n; d += 4) {
+    acc[0] += std::fabs(a[d] - b[d]);
+    acc[1] += std::fabs(a[d + 1] - b[d + 1]);
+    acc[2] += std::fabs(a[d + 2] - b[d + 2]);
+    acc[3] += std::fabs(a[d + 3] - b[d + 3]);
+  }
+  float s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  for (; d < n; ++d) s += std::fabs(a[d] - b[d]);
+  return s;
+}
+
+inline double Sign(double x) { return x > 0 ? 1.0 : (x < 0 ? -1.0 : 0.0); }
+
+}  // namespace
+
+PQDims CheckPQInputs(const char* op, const Shape& z, const Shape& codebook) {
+  if (codebook.size() != 3 || codebook[0] < 1 || codebook[1] < 1 || codebook[2] < 1) {
+    FailInput(op, "codebook", "[M, C, dc] with M, C, dc >= 1", codebook);
+  }
+  if (z.empty()) FailInput(op, "Z", "[..., E] (rank >= 1)", z);
+  PQDims d;
+  d.M = codebook[0];
+  d.C = codebook[1];
+  d.dc = codebook[2];
+  d.E = z.back();
+  if (d.E != d.M * d.dc) {
+    FailInput(op, "Z",
+              "[..., E] with E = M * dc = " + std::to_string(d.M) + " * " + std::to_string(d.dc) + " = " +
+                  std::to_string(d.M * d.dc) + " (the last dim must split into M codeword-sized subspaces)",
+              z);
+  }
+  for (int64_t v : z) {
+    if (v < 0) FailInput(op, "Z", "[..., E] with non-negative dims", z);
+  }
+  d.N = NumElements(Shape(z.begin(), z.end() - 1));
+  return d;
+}
+
+void PQEncode(const PQDims& d, const float* z, const float* codebook, int32_t* codes, const Parallel& par) {
+  par.For(static_cast<std::size_t>(CeilDiv(d.N, kRowsPerChunk)), [&](std::size_t chunk) {
+    const int64_t n0 = static_cast<int64_t>(chunk) * kRowsPerChunk, n1 = std::min(d.N, n0 + kRowsPerChunk);
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t m = 0; m < d.M; ++m) {
+        const float* zm = z + n * d.E + m * d.dc;
+        const float* wm = codebook + m * d.C * d.dc;
+        int32_t best = 0;
+        float best_dist = L1(zm, wm, d.dc);
+        for (int64_t c = 1; c < d.C; ++c) {
+          const float dist = L1(zm, wm + c * d.dc, d.dc);
+          if (dist < best_dist) {  // strict: ties keep the lowest index
+            best_dist = dist;
+            best = static_cast<int32_t>(c);
+          }
+        }
+        codes[n * d.M + m] = best;
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+TopKMode ParseTopKMode(const std::string& mode) {
+  if (mode == "exact") return TopKMode::kExact;
+  if (mode == "bucketed") return TopKMode::kBucketed;
+  FailAttribute("PQTopK", "mode", "must be \"exact\" or \"bucketed\"; got \"" + mode + "\"");
+}
+
+int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk) {
+  if (top_k < 0) FailAttribute("PQTopK", "top_k", "must be >= 0 (0 = use top_k_ratio); got " + std::to_string(top_k));
+  int64_t l = top_k;
+  if (l == 0) {
+    if (!(ratio > 0.f && ratio <= 1.f)) {
+      FailAttribute("PQTopK", "top_k_ratio", "must be in (0, 1]; got " + std::to_string(ratio));
+    }
+    l = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(static_cast<double>(ratio) * static_cast<double>(sk))));
+  }
+  return std::max<int64_t>(std::min(l, sk), sk > 0 ? 1 : 0);
+}
+
+PQTopKDims CheckPQTopKInputs(const Shape& q, const Shape& k, const Shape* mask) {
+  ExpectShape("PQTopK", "codes_q", q, {-1, -1, -1, -1}, "[B, H, Sq, M]");
+  ExpectShape("PQTopK", "codes_k", k, {q[0], q[1], -1, q[3]}, "[B, H, Sk, M]");
+  if (mask) ExpectShape("PQTopK", "key_padding_mask", *mask, {q[0], k[2]}, "[B, Sk]");
+  PQTopKDims d;
+  d.B = q[0];
+  d.H = q[1];
+  d.Sq = q[2];
+  d.Sk = k[2];
+  d.M = q[3];
+  return d;
+}
+
+namespace {
+
+// Picks `need` keys among the candidates (key index ascending) with the highest level, ties to the earliest
+// key: finds the threshold level t such that #(level > t) < need <= #(level >= t), then marks every key above
+// t and the earliest ones at t. `levels[j]` < 0 means "not a candidate". Returns the number marked.
+[[gnu::always_inline]] inline int64_t MarkTop(const int16_t* levels, int64_t sk, int64_t first, int64_t stride, int64_t max_level, int64_t need,
+                int64_t* histogram, uint8_t* marked) {
+  if (need <= 0) return 0;
+  std::fill(histogram, histogram + max_level + 1, 0);
+  for (int64_t j = first; j < sk; j += stride) {
+    if (levels[j] >= 0 && !marked[j]) ++histogram[levels[j]];
+  }
+  int64_t above = 0, threshold = max_level;
+  for (; threshold >= 0; --threshold) {
+    if (above + histogram[threshold] >= need) break;
+    above += histogram[threshold];
+  }
+  if (threshold < 0) threshold = 0;  // fewer candidates than `need`: take them all
+  int64_t at_threshold = need - above, taken = 0;
+  for (int64_t j = first; j < sk; j += stride) {
+    const int16_t lv = levels[j];
+    if (lv < 0 || marked[j]) continue;
+    if (lv > threshold || (lv == threshold && at_threshold > 0)) {
+      if (lv == threshold) --at_threshold;
+      marked[j] = 1;
+      ++taken;
+    }
+  }
+  return taken;
+}
+
+}  // namespace
+
+namespace {
+
+struct TopKProblem {
+  const PQTopKDims& d;
+  TopKMode mode;
+  bool causal;
+  const int32_t* codes_q;
+  const int32_t* codes_k;
+  const uint8_t* key_keep;
+  int32_t* indices;
+  const int16_t* level_of_count;  // [M + 1]: match count -> level (itself, or its bucket)
+  int64_t max_level;
+};
+
+struct TopKScratch {
+  int32_t* key_codes;  // [M, Sk] this head's key codes, subspace-major
+  int32_t* counts;     // [Sk]
+  int16_t* levels;     // [Sk]
+  uint8_t* marked;     // [Sk]
+  int64_t* histogram;  // [max_level + 1]
+};
+
+// Query rows [i0, i1) of head bh.
+[[gnu::always_inline]] inline void TopKRowsImpl(const TopKProblem& w, int64_t bh, int64_t i0, int64_t i1,
+                                                const TopKScratch& s) {
+  const PQTopKDims& d = w.d;
+  // Exclusive bound on the keys row i may see (causal rule aligned to the end for Sq != Sk).
+  auto limit_of = [&](int64_t i) { return w.causal ? std::clamp<int64_t>(i + d.Sk - d.Sq + 1, 0, d.Sk) : d.Sk; };
+  const int64_t key_end = limit_of(i1 - 1);
+  // Subspace-major copy of the visible keys' codes so the match count vectorizes over keys.
+  const int32_t* kc = w.codes_k + bh * d.Sk * d.M;
+  for (int64_t j = 0; j < key_end; ++j) {
+    for (int64_t m = 0; m < d.M; ++m) s.key_codes[m * d.Sk + j] = kc[j * d.M + m];
+  }
+  const uint8_t* keep = w.key_keep ? w.key_keep + (bh / d.H) * d.Sk : nullptr;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int32_t* qc = w.codes_q + (bh * d.Sq + i) * d.M;
+    const int64_t limit = limit_of(i);
+    std::fill(s.counts, s.counts + limit, 0);
+    for (int64_t m = 0; m < d.M; ++m) {
+      const int32_t code = qc[m];
+      const int32_t* col = s.key_codes + m * d.Sk;
+      for (int64_t j = 0; j < limit; ++j) s.counts[j] += col[j] == code;
+    }
+    int32_t* out = w.indices + (bh * d.Sq + i) * d.L;
+    if (w.mode == TopKMode::kExact) {
+      // One pass for the count histogram, one to emit: every key above the threshold count and the earliest
+      // ones at it, in ascending key order.
+      std::fill(s.histogram, s.histogram + d.M + 1, 0);
+      for (int64_t j = 0; j < limit; ++j) {
+        if (!keep || keep[j]) ++s.histogram[s.counts[j]];
+      }
+      int64_t above = 0, threshold = d.M;
+      for (; threshold > 0 && above + s.histogram[threshold] < d.L; --threshold) above += s.histogram[threshold];
+      int64_t at_threshold = d.L - above, t = 0;
+      for (int64_t j = 0; j < limit && t < d.L; ++j) {
+        if (keep && !keep[j]) continue;
+        const int32_t n = s.counts[j];
+        if (n > threshold || (n == threshold && at_threshold-- > 0)) out[t++] = static_cast<int32_t>(j);
+      }
+      for (; t < d.L; ++t) out[t] = -1;
+      continue;
+    }
+    int64_t eligible = 0;
+    for (int64_t j = 0; j < limit; ++j) {
+      const bool ok = !keep || keep[j];
+      s.levels[j] = ok ? w.level_of_count[s.counts[j]] : int16_t{-1};
+      eligible += ok;
+    }
+    std::fill(s.marked, s.marked + limit, 0);
+    const int64_t want = std::min(d.L, eligible);
+    {
+      int64_t taken = 0;
+      for (int64_t c = 0; c < 4; ++c) {
+        const int64_t quota = c < d.L ? (d.L - c + 3) / 4 : 0;  // slots p < L with p % 4 == c
+        taken += MarkTop(s.levels, limit, c, 4, w.max_level, quota, s.histogram, s.marked);
+      }
+      // Slots left by classes with too few keys of their own go to the best remaining keys of any class.
+      MarkTop(s.levels, limit, 0, 1, w.max_level, want - taken, s.histogram, s.marked);
+    }
+    int64_t t = 0;
+    for (int64_t j = 0; j < limit && t < d.L; ++j) {
+      if (s.marked[j]) out[t++] = static_cast<int32_t>(j);
+    }
+    for (; t < d.L; ++t) out[t] = -1;
+  }
+}
+
+SPT_CPU_CLONES void TopKRows(const TopKProblem& w, int64_t bh, int64_t i0, int64_t i1, const TopKScratch& s) {
+  TopKRowsImpl(w, bh, i0, i1, s);
+}
+
+}  // namespace
+
+void PQTopK(const PQTopKDims& d, TopKMode mode, bool causal, const int32_t* codes_q, const int32_t* codes_k,
+            const uint8_t* key_keep, int32_t* indices, const Parallel& par) {
+  constexpr int64_t kRowsPerTask = 32;
+  const int64_t blocks = CeilDiv(d.Sq, kRowsPerTask);
+  const int64_t bucket_width = std::max<int64_t>(1, d.M / 4);
+  const int64_t max_level = mode == TopKMode::kExact ? d.M : 3;
+  std::vector<int16_t> level_of_count(static_cast<std::size_t>(d.M + 1));
+  for (int64_t n = 0; n <= d.M; ++n) {
+    level_of_count[n] = static_cast<int16_t>(mode == TopKMode::kExact ? n : std::min<int64_t>(3, n / bucket_width));
+  }
+  const TopKProblem w{d, mode, causal, codes_q, codes_k, key_keep, indices, level_of_count.data(), max_level};
+  par.For(static_cast<std::size_t>(d.B * d.H * blocks), [&](std::size_t task) {
+    const int64_t bh = static_cast<int64_t>(task) / blocks, block = static_cast<int64_t>(task) % blocks;
+    // Per-task scratch, reused by the task's rows.
+    std::vector<int32_t> ints(static_cast<std::size_t>((d.M + 1) * d.Sk));
+    std::vector<int16_t> levels(static_cast<std::size_t>(d.Sk));
+    std::vector<uint8_t> marked(static_cast<std::size_t>(d.Sk));
+    std::vector<int64_t> histogram(static_cast<std::size_t>(max_level + 1));
+    const TopKScratch s{ints.data(), ints.data() + d.M * d.Sk, levels.data(), marked.data(), histogram.data()};
+    TopKRows(w, bh, block * kRowsPerTask, std::min(d.Sq, (block + 1) * kRowsPerTask), s);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+namespace {
+
+// Everything the loss and its gradient need for one (row, subspace): distances, argmin, soft weights and
+// the soft centroid. Scratch sized C (dist, alpha) and dc (soft).
+struct SubspaceState {
+  int64_t hard = 0;
+  double* dist;   // [C] raw L1 distances
+  double* alpha;  // [C] soft weights
+  double* soft;   // [dc] soft centroid
+};
+
+void ComputeSubspace(const PQDims& d, const float* zm, const float* wm, SubspaceState& st) {
+  int64_t hard = 0;
+  double inv_sum = 0.0;
+  for (int64_t c = 0; c < d.C; ++c) {
+    const float* w = wm + c * d.dc;
+    double dist = 0.0;
+    for (int64_t k = 0; k < d.dc; ++k) dist += std::fabs(static_cast<double>(zm[k]) - w[k]);
+    st.dist[c] = dist;
+    if (dist < st.dist[hard]) hard = c;
+    st.alpha[c] = 1.0 / std::max(dist, kPQDistanceFloor);
+    inv_sum += st.alpha[c];
+  }
+  st.hard = hard;
+  std::fill(st.soft, st.soft + d.dc, 0.0);
+  for (int64_t c = 0; c < d.C; ++c) {
+    st.alpha[c] /= inv_sum;
+    const float* w = wm + c * d.dc;
+    for (int64_t k = 0; k < d.dc; ++k) st.soft[k] += st.alpha[c] * w[k];
+  }
+}
+
+}  // namespace
+
+double PQLoss(const PQDims& d, const float* z, const float* codebook, const Parallel& par) {
+  const int64_t chunks = CeilDiv(d.N, kRowsPerChunk);
+  if (chunks == 0 || d.M == 0) return 0.0;
+  std::vector<double> partial(static_cast<std::size_t>(chunks), 0.0);
+  par.For(static_cast<std::size_t>(chunks), [&](std::size_t chunk) {
+    std::vector<double> scratch(static_cast<std::size_t>(2 * d.C + d.dc));
+    SubspaceState st{0, scratch.data(), scratch.data() + d.C, scratch.data() + 2 * d.C};
+    const int64_t n0 = static_cast<int64_t>(chunk) * kRowsPerChunk, n1 = std::min(d.N, n0 + kRowsPerChunk);
+    double sum = 0.0;
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t m = 0; m < d.M; ++m) {
+        const float* zm = z + n * d.E + m * d.dc;
+        const float* wm = codebook + m * d.C * d.dc;
+        ComputeSubspace(d, zm, wm, st);
+        const float* hard = wm + st.hard * d.dc;
+        for (int64_t k = 0; k < d.dc; ++k) {
+          const double a = st.soft[k] - hard[k], b = static_cast<double>(zm[k]) - hard[k];
+          sum += a * a + b * b;
+        }
+      }
+    }
+    partial[chunk] = sum;
+  });
+  double total = 0.0;
+  for (double p : partial) total += p;  // fixed order: deterministic
+  return total / static_cast<double>(d.N * d.M * d.dc);
+}
+
+void PQLossGrad(const PQDims& d, float dloss, const float* z, const float* codebook, bool detach_inputs, float* dz,
+                float* dcodebook, const Parallel& par) {
+  const int64_t w_size = d.M * d.C * d.dc;
+  const int64_t chunks = CeilDiv(d.N, kRowsPerChunk);
+  std::fill(dcodebook, dcodebook + w_size, 0.f);
+  if (dz && d.N * d.E > 0) std::fill(dz, dz + d.N * d.E, 0.f);
+  if (chunks == 0 || d.M == 0) return;
+  // g = dloss * d(mean)/d(square term) * 1/2 folded: each squared error e^2 contributes (2/P) e.
+  const double g = 2.0 * static_cast<double>(dloss) / static_cast<double>(d.N * d.M * d.dc);
+  // Per-chunk partial codebook gradients, summed in chunk order afterwards (no atomics, deterministic).
+  std::vector<double> partial(static_cast<std::size_t>(chunks * w_size), 0.0);
+  par.For(static_cast<std::size_t>(chunks), [&](std::size_t chunk) {
+    std::vector<double> scratch(static_cast<std::size_t>(3 * d.C + 3 * d.dc));
+    SubspaceState st{0, scratch.data(), scratch.data() + d.C, scratch.data() + 2 * d.C};
+    double* dalpha = scratch.data() + 2 * d.C + d.dc;  // [C]
+    double* dsoft = dalpha + d.C;                      // [dc]
+    double* dzm = dsoft + d.dc;                        // [dc]
+    double* dw_chunk = partial.data() + static_cast<int64_t>(chunk) * w_size;
+    const int64_t n0 = static_cast<int64_t>(chunk) * kRowsPerChunk, n1 = std::min(d.N, n0 + kRowsPerChunk);
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t m = 0; m < d.M; ++m) {
+        const float* zm = z + n * d.E + m * d.dc;
+        const float* wm = codebook + m * d.C * d.dc;
+        double* dwm = dw_chunk + m * d.C * d.dc;
+        ComputeSubspace(d, zm, wm, st);
+        const float* hard = wm + st.hard * d.dc;
+        double* dhard = dwm + st.hard * d.dc;
+        for (int64_t k = 0; k < d.dc; ++k) {
+          const double zs = st.soft[k], zh = hard[k], zk = zm[k];
+          dhard[k] += g * ((zh - zs) + (zh - zk));  // dL/dzh, gathered from W[m, h]
+          dsoft[k] = g * (zs - zh);                  // dL/dzs
+          dzm[k] = g * (zk - zh);                    // direct term of (z - zh)^2
+        }
+        // zs = sum_c a_c W_c: dW_c += a_c dzs, da_c = <dzs, W_c>.
+        double weighted = 0.0;
+        for (int64_t c = 0; c < d.C; ++c) {
+          const float* w = wm + c * d.dc;
+          double* dw = dwm + c * d.dc;
+          double dot = 0.0;
+          for (int64_t k = 0; k < d.dc; ++k) {
+            dw[k] += st.alpha[c] * dsoft[k];
+            dot += dsoft[k] * w[k];
+          }
+          dalpha[c] = dot;
+          weighted += st.alpha[c] * dot;
+        }
+        // a = softmax(l), l_c = -log D~_c: dl_c = a_c (da_c - sum a da); dD_c = -dl_c / D_c where D_c > floor.
+        for (int64_t c = 0; c < d.C; ++c) {
+          if (!(st.dist[c] > kPQDistanceFloor)) continue;
+          const double dl = st.alpha[c] * (dalpha[c] - weighted);
+          const double dd = -dl / st.dist[c];
+          const float* w = wm + c * d.dc;
+          double* dw = dwm + c * d.dc;
+          // D_c = sum_k |z_k - W_ck|: dz_k += dD sign(z_k - W_ck), dW_ck -= dD sign(z_k - W_ck).
+          for (int64_t k = 0; k < d.dc; ++k) {
+            const double s = Sign(static_cast<double>(zm[k]) - w[k]) * dd;
+            dzm[k] += s;
+            dw[k] -= s;
+          }
+        }
+        if (!detach_inputs) {
+          float* out = dz + n * d.E + m * d.dc;
+          for (int64_t k = 0; k < d.dc; ++k) out[k] = static_cast<float>(dzm[k]);
+        }
+      }
+    }
+  });
+  // Reduce the chunk partials; split over codebook rows so the reduction is parallel yet order-fixed.
+  const int64_t rows = d.M * d.C;
+  par.For(static_cast<std::size_t>(rows), [&](std::size_t row) {
+    for (int64_t k = 0; k < d.dc; ++k) {
+      const int64_t off = static_cast<int64_t>(row) * d.dc + k;
+      double s = 0.0;
+      for (int64_t c = 0; c < chunks; ++c) s += partial[c * w_size + off];
+      dcodebook[off] = static_cast<float>(s);
+    }
+  });
+}
+
+}  // namespace spt::cpu

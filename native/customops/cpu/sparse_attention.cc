@@ -1,0 +1,323 @@
+#include "cpu/sparse_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace spt::cpu {
+
+namespace {
+
+constexpr int64_t kRowsPerTask = 32;
+constexpr int64_t kKeysPerTask = 32;
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// <a, b> with eight independent partial sums (vectorizes, and is bit-identical between forward and backward).
+template <typename T>
+[[gnu::always_inline]] inline T Dot(const T* a, const T* b, int64_t n) {
+  T acc[8] = {};
+  int64_t d = 0;
+  for (; d + 8 <= n; d += 8) {
+    for (int u = 0; u < 8; ++u) acc[u] += a[d + u] * b[d + u];
+  }
+  T s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+// y += alpha * x
+template <typename T>
+[[gnu::always_inline]] inline void Axpy(T alpha, const T* x, T* y, int64_t n) {
+  for (int64_t d = 0; d < n; ++d) y[d] += alpha * x[d];
+}
+
+// Last key (inclusive) a query row may see under the causal rule, aligned to the end when Sq != Sk.
+inline int64_t CausalLimit(const SparseAttentionDims& d, bool causal, int64_t i) {
+  return causal ? i + d.Sk - d.Sq : d.Sk - 1;
+}
+
+}  // namespace
+
+SparseAttentionDims CheckSparseAttentionInputs(const char* op, const Shape& q, const Shape& k, const Shape& v,
+                                               const Shape& indices, const Shape* mask) {
+  ExpectShape(op, "Q", q, {-1, -1, -1, -1}, "[B, H, Sq, E]");
+  ExpectShape(op, "K", k, {q[0], q[1], -1, q[3]}, "[B, H, Sk, E]");
+  ExpectShape(op, "V", v, {q[0], q[1], k[2], -1}, "[B, H, Sk, Ev]");
+  ExpectShape(op, "indices", indices, {q[0], q[1], q[2], -1}, "[B, H, Sq, L]");
+  if (mask) ExpectShape(op, "key_padding_mask", *mask, {q[0], k[2]}, "[B, Sk]");
+  SparseAttentionDims d{q[0], q[1], q[2], k[2], q[3], v[3], indices[3]};
+  constexpr int64_t kInt32Max = 2147483647;
+  if (d.Sk > kInt32Max || d.Sq * d.L > kInt32Max) {
+    throw std::invalid_argument(std::string(op) + ": Sk and Sq * L must fit in int32 (got Sk = " +
+                                std::to_string(d.Sk) + ", Sq * L = " + std::to_string(d.Sq * d.L) + ")");
+  }
+  return d;
+}
+
+void CheckSparseAttentionGradInputs(const SparseAttentionDims& d, const Shape& dy, const Shape& p) {
+  ExpectShape("SparseAttentionGrad", "dY", dy, {d.B, d.H, d.Sq, d.Ev}, "[B, H, Sq, Ev]");
+  ExpectShape("SparseAttentionGrad", "P", p, {d.B, d.H, d.Sq, d.L}, "[B, H, Sq, L]");
+}
+
+SparseAttentionParams ResolveSparseAttentionParams(const char* op, double scale, double clamp, bool causal,
+                                                   int64_t e) {
+  if (!std::isfinite(clamp) || clamp < 0) {
+    FailAttribute(op, "clamp", "must be finite and >= 0 (0 = off); got " + std::to_string(clamp));
+  }
+  if (!std::isfinite(scale)) FailAttribute(op, "scale", "must be finite (0 = 1/sqrt(E)); got " + std::to_string(scale));
+  SparseAttentionParams p;
+  p.scale = scale != 0.0 ? scale : (e > 0 ? 1.0 / std::sqrt(static_cast<double>(e)) : 1.0);
+  p.clamp = clamp;
+  p.causal = causal;
+  return p;
+}
+
+void CheckSparseAttentionIndices(const char* op, const SparseAttentionDims& d, const int32_t* indices) {
+  const int64_t n = d.B * d.H * d.Sq * d.L;
+  for (int64_t e = 0; e < n; ++e) {
+    const int32_t j = indices[e];
+    if (j < -1 || j >= d.Sk) {
+      const int64_t t = e % d.L, i = (e / d.L) % d.Sq, bh = e / (d.L * d.Sq);
+      throw std::invalid_argument(std::string(op) + ": input 'indices' holds " + std::to_string(j) + " at [" +
+                                  std::to_string(bh / d.H) + ", " + std::to_string(bh % d.H) + ", " +
+                                  std::to_string(i) + ", " + std::to_string(t) + "]; entries must be -1 (empty) or in [0, Sk = " +
+                                  std::to_string(d.Sk) + ")");
+    }
+  }
+}
+
+namespace {
+
+// Everything a block of work needs; the hot loops below take it by reference.
+template <typename T>
+struct Problem {
+  const SparseAttentionDims& d;
+  T scale, clamp;
+  bool causal;
+  const T *q, *k, *v, *dy, *p, *key_bias;
+  const int32_t* indices;
+  T *y, *probs, *ds, *dq, *dk, *dv;
+  const int64_t* offsets;  // [BH, Sk + 1] key-major pattern
+  const int32_t* entries;  // [BH, Sq * L]
+};
+
+// Forward for rows [i0, i1) of head bh: SDDMM, clamp, mask, softmax, SpMM.
+template <typename T>
+[[gnu::always_inline]] inline void ForwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1) {
+  const SparseAttentionDims& d = w.d;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  const T* kb = w.k + bh * d.Sk * d.E;
+  const T* vb = w.v + bh * d.Sk * d.Ev;
+  const T* bias = w.key_bias ? w.key_bias + (bh / d.H) * d.Sk : nullptr;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t row = bh * d.Sq + i;
+    const T* qi = w.q + row * d.E;
+    const int32_t* idx = w.indices + row * d.L;
+    T* pr = w.probs + row * d.L;  // [L]: logits first (-inf = skipped slot), then probabilities
+    T* yr = w.y + row * d.Ev;
+    const int64_t limit = CausalLimit(d, w.causal, i);
+    T mx = neg_inf;
+    for (int64_t t = 0; t < d.L; ++t) {
+      const int64_t j = idx[t];
+      if (j < 0 || j > limit || (bias && !(bias[j] > kMaskedBias))) {
+        pr[t] = neg_inf;
+        continue;
+      }
+      T a = w.scale * Dot(qi, kb + j * d.E, d.E);
+      if (w.clamp > 0) a = std::min(std::max(a, -w.clamp), w.clamp);
+      if (bias) a += bias[j];
+      pr[t] = a;
+      mx = std::max(mx, a);
+    }
+    std::fill(yr, yr + d.Ev, T(0));
+    if (mx == neg_inf) {  // nothing kept: y = 0, P = 0
+      std::fill(pr, pr + d.L, T(0));
+      continue;
+    }
+    double sum = 0.0;
+    for (int64_t t = 0; t < d.L; ++t) {
+      const T e = pr[t] == neg_inf ? T(0) : std::exp(pr[t] - mx);
+      pr[t] = e;
+      sum += e;
+    }
+    const T inv = static_cast<T>(1.0 / sum);
+    for (int64_t t = 0; t < d.L; ++t) {
+      if (pr[t] == T(0)) continue;
+      pr[t] *= inv;
+      Axpy(pr[t], vb + static_cast<int64_t>(idx[t]) * d.Ev, yr, d.Ev);
+    }
+  }
+}
+
+// Backward for rows [i0, i1) of head bh: ds (kept for dK) and dQ. `pass` is scratch for L flags.
+template <typename T>
+[[gnu::always_inline]] inline void BackwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1,
+                                                uint8_t* pass) {
+  const SparseAttentionDims& d = w.d;
+  const T* kb = w.k + bh * d.Sk * d.E;
+  const T* vb = w.v + bh * d.Sk * d.Ev;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t row = bh * d.Sq + i;
+    const T* qi = w.q + row * d.E;
+    const T* dyi = w.dy + row * d.Ev;
+    const T* pr = w.p + row * d.L;
+    const int32_t* idx = w.indices + row * d.L;
+    T* dsr = w.ds + row * d.L;
+    T* dqi = w.dq + row * d.E;
+    // First pass: dp_t = <dy_i, v_j> (into dsr), c_i = sum_t p_t dp_t (plain sum, no floor), and the clamp mask
+    // rebuilt from the recomputed scaled logit (the gradient passes on the boundary, like torch.clamp).
+    double c = 0.0;
+    for (int64_t t = 0; t < d.L; ++t) {
+      const int64_t j = idx[t];
+      if (j < 0 || pr[t] == T(0)) {
+        pass[t] = 0;
+        continue;
+      }
+      dsr[t] = Dot(dyi, vb + j * d.Ev, d.Ev);
+      c += static_cast<double>(pr[t]) * dsr[t];
+      if (w.clamp > 0) {
+        const T a = w.scale * Dot(qi, kb + j * d.E, d.E);
+        pass[t] = !(a < -w.clamp || a > w.clamp);
+      } else {
+        pass[t] = 1;
+      }
+    }
+    // Second pass: ds_t = p_t (dp_t - c_i) * scale where the clamp passes; dQ_i = sum_t ds_t k_j.
+    std::fill(dqi, dqi + d.E, T(0));
+    for (int64_t t = 0; t < d.L; ++t) {
+      if (!pass[t]) {
+        dsr[t] = T(0);
+        continue;
+      }
+      const T g = pr[t] * static_cast<T>(dsr[t] - c) * w.scale;
+      dsr[t] = g;
+      Axpy(g, kb + static_cast<int64_t>(idx[t]) * d.E, dqi, d.E);
+    }
+  }
+}
+
+// dK_j = sum ds q_i and dV_j = sum p dy_i over the entries that point at key j, for keys [j0, j1) of head bh.
+template <typename T>
+[[gnu::always_inline]] inline void BackwardKeys(const Problem<T>& w, int64_t bh, int64_t j0, int64_t j1) {
+  const SparseAttentionDims& d = w.d;
+  const int64_t nnz = d.Sq * d.L;
+  const int64_t* off = w.offsets + bh * (d.Sk + 1);
+  const int32_t* ent = w.entries + bh * nnz;
+  const T* dsb = w.ds + bh * nnz;
+  const T* pb = w.p + bh * nnz;
+  const T* qb = w.q + bh * d.Sq * d.E;
+  const T* dyb = w.dy + bh * d.Sq * d.Ev;
+  for (int64_t j = j0; j < j1; ++j) {
+    T* dkj = w.dk + (bh * d.Sk + j) * d.E;
+    T* dvj = w.dv + (bh * d.Sk + j) * d.Ev;
+    std::fill(dkj, dkj + d.E, T(0));
+    std::fill(dvj, dvj + d.Ev, T(0));
+    for (int64_t e = off[j]; e < off[j + 1]; ++e) {
+      const int64_t slot = ent[e], i = slot / d.L;
+      if (dsb[slot] != T(0)) Axpy(dsb[slot], qb + i * d.E, dkj, d.E);
+      if (pb[slot] != T(0)) Axpy(pb[slot], dyb + i * d.Ev, dvj, d.Ev);
+    }
+  }
+}
+
+// fp32 entry points, compiled twice where SPT_CPU_CLONES allows (see sparse_attention_common.h).
+SPT_CPU_CLONES void ForwardRowsF32(const Problem<float>& w, int64_t bh, int64_t i0, int64_t i1) {
+  ForwardRows(w, bh, i0, i1);
+}
+SPT_CPU_CLONES void BackwardRowsF32(const Problem<float>& w, int64_t bh, int64_t i0, int64_t i1, uint8_t* pass) {
+  BackwardRows(w, bh, i0, i1, pass);
+}
+SPT_CPU_CLONES void BackwardKeysF32(const Problem<float>& w, int64_t bh, int64_t j0, int64_t j1) {
+  BackwardKeys(w, bh, j0, j1);
+}
+
+template <typename T>
+void RunForwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1) {
+  if constexpr (std::is_same_v<T, float>) ForwardRowsF32(w, bh, i0, i1); else ForwardRows(w, bh, i0, i1);
+}
+template <typename T>
+void RunBackwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1, uint8_t* pass) {
+  if constexpr (std::is_same_v<T, float>) BackwardRowsF32(w, bh, i0, i1, pass); else BackwardRows(w, bh, i0, i1, pass);
+}
+template <typename T>
+void RunBackwardKeys(const Problem<T>& w, int64_t bh, int64_t j0, int64_t j1) {
+  if constexpr (std::is_same_v<T, float>) BackwardKeysF32(w, bh, j0, j1); else BackwardKeys(w, bh, j0, j1);
+}
+
+}  // namespace
+
+template <typename T>
+void SparseAttentionForward(const SparseAttentionDims& d, const SparseAttentionParams& params, const T* q,
+                            const T* k, const T* v, const int32_t* indices, const T* key_bias, T* y, T* p,
+                            const Parallel& par) {
+  const Problem<T> w{d,       static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, q, k, v,
+                     nullptr, nullptr, key_bias, indices, y, p, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  const int64_t blocks = CeilDiv(d.Sq, kRowsPerTask);
+  par.For(static_cast<std::size_t>(d.B * d.H * blocks), [&](std::size_t task) {
+    const int64_t bh = static_cast<int64_t>(task) / blocks, block = static_cast<int64_t>(task) % blocks;
+    RunForwardRows(w, bh, block * kRowsPerTask, std::min(d.Sq, (block + 1) * kRowsPerTask));
+  });
+}
+
+template <typename T>
+void SparseAttentionBackward(const SparseAttentionDims& d, const SparseAttentionParams& params, const T* dy,
+                             const T* q, const T* k, const T* v, const int32_t* indices, const T* p, T* dq, T* dk,
+                             T* dv, const Parallel& par) {
+  const int64_t bh_count = d.B * d.H, nnz = d.Sq * d.L;
+
+  // Key-major copy of each (b, h) pattern: offsets [BH, Sk + 1], entries [BH, Sq * L] holding i * L + t,
+  // in ascending (i, t) order within each key (counting sort, stable).
+  std::vector<int64_t> offsets(static_cast<std::size_t>(bh_count * (d.Sk + 1)));
+  std::vector<int32_t> entries(static_cast<std::size_t>(bh_count * nnz));
+  par.For(static_cast<std::size_t>(bh_count), [&](std::size_t task) {
+    const int64_t bh = static_cast<int64_t>(task);
+    const int32_t* idx = indices + bh * nnz;
+    int64_t* off = offsets.data() + bh * (d.Sk + 1);
+    int32_t* ent = entries.data() + bh * nnz;
+    std::fill(off, off + d.Sk + 1, 0);
+    for (int64_t e = 0; e < nnz; ++e) {
+      if (idx[e] >= 0) ++off[idx[e] + 1];
+    }
+    for (int64_t j = 0; j < d.Sk; ++j) off[j + 1] += off[j];
+    // Fill using a running cursor per key; off[j] is restored afterwards by shifting.
+    for (int64_t e = 0; e < nnz; ++e) {
+      if (idx[e] >= 0) ent[off[idx[e]]++] = static_cast<int32_t>(e);
+    }
+    for (int64_t j = d.Sk; j > 0; --j) off[j] = off[j - 1];
+    off[0] = 0;
+  });
+
+  std::vector<T> ds(static_cast<std::size_t>(bh_count * nnz));  // [BH, Sq, L]
+  const Problem<T> w{d,  static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, q, k, v, dy, p,
+                     nullptr, indices, nullptr, nullptr, ds.data(), dq, dk, dv, offsets.data(), entries.data()};
+  const int64_t row_blocks = CeilDiv(d.Sq, kRowsPerTask);
+  par.For(static_cast<std::size_t>(bh_count * row_blocks), [&](std::size_t task) {
+    const int64_t bh = static_cast<int64_t>(task) / row_blocks, block = static_cast<int64_t>(task) % row_blocks;
+    std::vector<uint8_t> pass(static_cast<std::size_t>(d.L));  // per-task scratch, reused by its rows
+    RunBackwardRows(w, bh, block * kRowsPerTask, std::min(d.Sq, (block + 1) * kRowsPerTask), pass.data());
+  });
+  const int64_t key_blocks = CeilDiv(d.Sk, kKeysPerTask);
+  par.For(static_cast<std::size_t>(bh_count * key_blocks), [&](std::size_t task) {
+    const int64_t bh = static_cast<int64_t>(task) / key_blocks, block = static_cast<int64_t>(task) % key_blocks;
+    RunBackwardKeys(w, bh, block * kKeysPerTask, std::min(d.Sk, (block + 1) * kKeysPerTask));
+  });
+}
+
+template void SparseAttentionForward<float>(const SparseAttentionDims&, const SparseAttentionParams&, const float*,
+                                            const float*, const float*, const int32_t*, const float*, float*, float*,
+                                            const Parallel&);
+template void SparseAttentionForward<double>(const SparseAttentionDims&, const SparseAttentionParams&, const double*,
+                                             const double*, const double*, const int32_t*, const double*, double*,
+                                             double*, const Parallel&);
+template void SparseAttentionBackward<float>(const SparseAttentionDims&, const SparseAttentionParams&, const float*,
+                                             const float*, const float*, const float*, const int32_t*, const float*,
+                                             float*, float*, float*, const Parallel&);
+template void SparseAttentionBackward<double>(const SparseAttentionDims&, const SparseAttentionParams&,
+                                              const double*, const double*, const double*, const double*,
+                                              const int32_t*, const double*, double*, double*, double*,
+                                              const Parallel&);
+
+}  // namespace spt::cpu

@@ -1,0 +1,67 @@
+// Shape and attribute checks shared by the PQ and sparse-attention kernels. They throw
+// std::invalid_argument with a message that names the op, the input and the expected shape; the ORT
+// binding turns that into an ORT error, and the kernels themselves assume checked inputs.
+#pragma once
+
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+// Marks a hot function to be compiled twice on x86-64 GCC, for AVX2+FMA (x86-64-v3) and for the baseline;
+// the loader picks the clone the CPU supports. Elsewhere it expands to nothing.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SPT_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SPT_CPU_CLONES
+#endif
+
+namespace spt::cpu {
+
+using Shape = std::vector<int64_t>;
+
+inline std::string ShapeString(const Shape& shape) {
+  std::ostringstream s;
+  s << '[';
+  for (std::size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << ']';
+  return s.str();
+}
+
+inline int64_t NumElements(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+[[noreturn]] inline void FailInput(const char* op, const char* input, const std::string& expected,
+                                   const Shape& got) {
+  throw std::invalid_argument(std::string(op) + ": input '" + input + "' must have shape " + expected +
+                              "; got " + ShapeString(got));
+}
+
+[[noreturn]] inline void FailAttribute(const char* op, const char* attribute, const std::string& what) {
+  throw std::invalid_argument(std::string(op) + ": attribute '" + attribute + "' " + what);
+}
+
+// Checks that `shape` has exactly `rank` dims and that every dim listed in `expected` (-1 = any) matches.
+// `pattern` is the symbolic shape used in the message, e.g. "[B, H, Sk, E]".
+inline void ExpectShape(const char* op, const char* input, const Shape& shape, const Shape& expected,
+                        const char* pattern) {
+  bool ok = shape.size() == expected.size();
+  for (std::size_t i = 0; ok && i < expected.size(); ++i) ok = expected[i] < 0 || expected[i] == shape[i];
+  for (std::size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] >= 0;
+  if (!ok) {
+    std::ostringstream want;
+    want << pattern << " = [";
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+      want << (i ? ", " : "");
+      if (expected[i] < 0) want << '?'; else want << expected[i];
+    }
+    want << ']';
+    FailInput(op, input, want.str(), shape);
+  }
+}
+
+}  // namespace spt::cpu

@@ -1,0 +1,454 @@
+// SparseAttention forward/backward against plain double-precision dense and sparse references, and against
+// central finite differences.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu/sparse_attention.h"
+#include "tests/attention_test_util.h"
+
+namespace spt::cpu {
+namespace {
+
+using test::RandomNormal;
+using test::RelL2Error;
+using test::RelMaxError;
+using test::ToDouble;
+
+struct Case {
+  int64_t B, H, Sq, Sk, E, Ev;
+};
+
+std::string Describe(const Case& c, const SparseAttentionParams& p, bool masked) {
+  return "B=" + std::to_string(c.B) + " H=" + std::to_string(c.H) + " Sq=" + std::to_string(c.Sq) +
+         " Sk=" + std::to_string(c.Sk) + " E=" + std::to_string(c.E) + " Ev=" + std::to_string(c.Ev) +
+         " causal=" + std::to_string(p.causal) + " clamp=" + std::to_string(p.clamp) + " mask=" + std::to_string(masked);
+}
+
+// Additive key mask: mostly 0, some -inf (excluded), some finite negative biases (added as given).
+std::vector<float> RandomBias(int64_t b, int64_t sk, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::vector<float> bias(b * sk);
+  for (auto& x : bias) {
+    const auto r = gen() % 10;
+    x = r < 6 ? 0.f : (r < 8 ? -std::numeric_limits<float>::infinity() : -0.5f * static_cast<float>(r - 7));
+  }
+  return bias;
+}
+
+bool Kept(const SparseAttentionDims& d, const SparseAttentionParams& p, const double* bias, int64_t i, int64_t j) {
+  if (j < 0 || (p.causal && j > i + d.Sk - d.Sq)) return false;
+  return !bias || bias[j] > kMaskedBias;
+}
+
+double Logit(const SparseAttentionDims& d, const SparseAttentionParams& p, const double* qi, const double* kj,
+             const double* bias, int64_t j) {
+  double s = 0;
+  for (int64_t e = 0; e < d.E; ++e) s += qi[e] * kj[e];
+  double a = p.scale * s;
+  if (p.clamp > 0) a = std::clamp(a, -p.clamp, p.clamp);
+  return a + (bias ? bias[j] : 0.0);
+}
+
+// Plain dense attention over all Sk keys in double: Y [B, H, Sq, Ev] and the probabilities [B, H, Sq, Sk].
+void DenseReference(const SparseAttentionDims& d, const SparseAttentionParams& p, const std::vector<double>& q,
+                    const std::vector<double>& k, const std::vector<double>& v, const std::vector<double>* bias,
+                    std::vector<double>& y, std::vector<double>& probs) {
+  y.assign(d.B * d.H * d.Sq * d.Ev, 0.0);
+  probs.assign(d.B * d.H * d.Sq * d.Sk, 0.0);
+  for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
+    const double* bb = bias ? bias->data() + (bh / d.H) * d.Sk : nullptr;
+    for (int64_t i = 0; i < d.Sq; ++i) {
+      const int64_t row = bh * d.Sq + i;
+      std::vector<double> a(d.Sk, -INFINITY);
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < d.Sk; ++j) {
+        if (!Kept(d, p, bb, i, j)) continue;
+        a[j] = Logit(d, p, &q[row * d.E], &k[(bh * d.Sk + j) * d.E], bb, j);
+        mx = std::max(mx, a[j]);
+      }
+      if (mx == -INFINITY) continue;
+      double sum = 0;
+      for (int64_t j = 0; j < d.Sk; ++j) sum += a[j] == -INFINITY ? 0.0 : std::exp(a[j] - mx);
+      for (int64_t j = 0; j < d.Sk; ++j) {
+        const double pj = a[j] == -INFINITY ? 0.0 : std::exp(a[j] - mx) / sum;
+        probs[row * d.Sk + j] = pj;
+        for (int64_t e = 0; e < d.Ev; ++e) y[row * d.Ev + e] += pj * v[(bh * d.Sk + j) * d.Ev + e];
+      }
+    }
+  }
+}
+
+// Plain fixed-k sparse attention in double: every slot is its own entry (duplicates count twice).
+void SparseReference(const SparseAttentionDims& d, const SparseAttentionParams& p, const std::vector<double>& q,
+                     const std::vector<double>& k, const std::vector<double>& v, const std::vector<int32_t>& idx,
+                     const std::vector<double>* bias, std::vector<double>& y, std::vector<double>& probs) {
+  y.assign(d.B * d.H * d.Sq * d.Ev, 0.0);
+  probs.assign(d.B * d.H * d.Sq * d.L, 0.0);
+  for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
+    const double* bb = bias ? bias->data() + (bh / d.H) * d.Sk : nullptr;
+    for (int64_t i = 0; i < d.Sq; ++i) {
+      const int64_t row = bh * d.Sq + i;
+      std::vector<double> a(d.L, -INFINITY);
+      double mx = -INFINITY;
+      for (int64_t t = 0; t < d.L; ++t) {
+        const int64_t j = idx[row * d.L + t];
+        if (!Kept(d, p, bb, i, j)) continue;
+        a[t] = Logit(d, p, &q[row * d.E], &k[(bh * d.Sk + j) * d.E], bb, j);
+        mx = std::max(mx, a[t]);
+      }
+      if (mx == -INFINITY) continue;
+      double sum = 0;
+      for (int64_t t = 0; t < d.L; ++t) sum += a[t] == -INFINITY ? 0.0 : std::exp(a[t] - mx);
+      for (int64_t t = 0; t < d.L; ++t) {
+        if (a[t] == -INFINITY) continue;
+        const double pt = std::exp(a[t] - mx) / sum;
+        probs[row * d.L + t] = pt;
+        const int64_t j = idx[row * d.L + t];
+        for (int64_t e = 0; e < d.Ev; ++e) y[row * d.Ev + e] += pt * v[(bh * d.Sk + j) * d.Ev + e];
+      }
+    }
+  }
+}
+
+// Every key once per row, in a random order per row (the kernel must not assume sorted indices).
+std::vector<int32_t> AllKeysShuffled(const SparseAttentionDims& d, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::vector<int32_t> idx(d.B * d.H * d.Sq * d.Sk);
+  for (int64_t row = 0; row < d.B * d.H * d.Sq; ++row) {
+    int32_t* r = idx.data() + row * d.Sk;
+    for (int64_t j = 0; j < d.Sk; ++j) r[j] = static_cast<int32_t>(j);
+    std::shuffle(r, r + d.Sk, gen);
+  }
+  return idx;
+}
+
+// Random slots in [-1, Sk): sentinels and duplicates included.
+std::vector<int32_t> RandomIndices(const SparseAttentionDims& d, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<int32_t> dist(-1, static_cast<int32_t>(d.Sk) - 1);
+  std::vector<int32_t> idx(d.B * d.H * d.Sq * d.L);
+  for (auto& x : idx) x = dist(gen);
+  return idx;
+}
+
+const std::vector<Case> kCases = {
+    {1, 1, 5, 5, 4, 4}, {2, 3, 9, 9, 16, 8}, {2, 2, 6, 11, 8, 8}, {1, 2, 10, 6, 8, 5}, {1, 1, 17, 17, 64, 64},
+};
+
+TEST(SparseAttention, AllKeysSelectedEqualsDenseAttention) {
+  const ThreadParallel par(2);
+  for (const auto& c : kCases) {
+    for (bool causal : {true, false}) {
+      for (bool masked : {false, true}) {
+        for (double clamp : {0.0, 0.9}) {
+          const auto q = RandomNormal(c.B * c.H * c.Sq * c.E, 1), k = RandomNormal(c.B * c.H * c.Sk * c.E, 2);
+          const auto v = RandomNormal(c.B * c.H * c.Sk * c.Ev, 3);
+          const auto bias = RandomBias(c.B, c.Sk, 4);
+          const Shape mshape{c.B, c.Sk};
+          auto d = CheckSparseAttentionInputs("SparseAttention", {c.B, c.H, c.Sq, c.E}, {c.B, c.H, c.Sk, c.E},
+                                              {c.B, c.H, c.Sk, c.Ev}, {c.B, c.H, c.Sq, c.Sk}, masked ? &mshape : nullptr);
+          const auto p = ResolveSparseAttentionParams("SparseAttention", 0.0, clamp, causal, c.E);
+          const auto idx = AllKeysShuffled(d, 5);
+          std::vector<float> y(c.B * c.H * c.Sq * c.Ev, NAN), probs(c.B * c.H * c.Sq * c.Sk, NAN);
+          SparseAttentionForward<float>(d, p, q.data(), k.data(), v.data(), idx.data(), masked ? bias.data() : nullptr,
+                                        y.data(), probs.data(), par);
+          std::vector<double> yr, pr;
+          const auto bias_d = ToDouble(bias);
+          DenseReference(d, p, ToDouble(q), ToDouble(k), ToDouble(v), masked ? &bias_d : nullptr, yr, pr);
+          // The kernel's P is in slot order: map the dense probabilities through the permutation.
+          std::vector<double> pr_slots(probs.size());
+          for (int64_t row = 0; row < c.B * c.H * c.Sq; ++row) {
+            for (int64_t t = 0; t < c.Sk; ++t) pr_slots[row * c.Sk + t] = pr[row * c.Sk + idx[row * c.Sk + t]];
+          }
+          const std::string what = Describe(c, p, masked);
+          EXPECT_LT(RelMaxError(y, yr), 1e-5) << what;
+          EXPECT_LT(RelMaxError(probs, pr_slots), 1e-5) << what;
+          for (float x : y) ASSERT_TRUE(std::isfinite(x)) << what;
+        }
+      }
+    }
+  }
+}
+
+TEST(SparseAttention, ClampIsActiveInTheClampCases) {
+  // Guards the test above: with clamp 0.9 and 1/sqrt(E) scaling, some logits of N(0,1) data exceed the clamp.
+  const auto q = RandomNormal(9 * 16, 1), k = RandomNormal(9 * 16, 2);
+  int64_t clamped = 0;
+  for (int64_t i = 0; i < 9; ++i) {
+    for (int64_t j = 0; j < 9; ++j) {
+      double s = 0;
+      for (int64_t e = 0; e < 16; ++e) s += double(q[i * 16 + e]) * k[j * 16 + e];
+      clamped += std::fabs(s / 4.0) > 0.9;
+    }
+  }
+  EXPECT_GT(clamped, 5);
+}
+
+TEST(SparseAttention, RandomIndicesWithSentinelsAndDuplicatesMatchSparseReference) {
+  const ThreadParallel par(3);
+  for (const auto& c : kCases) {
+    for (int64_t l : {1, 4, 13}) {
+      for (bool causal : {true, false}) {
+        const auto q = RandomNormal(c.B * c.H * c.Sq * c.E, 6), k = RandomNormal(c.B * c.H * c.Sk * c.E, 7);
+        const auto v = RandomNormal(c.B * c.H * c.Sk * c.Ev, 8);
+        const auto bias = RandomBias(c.B, c.Sk, 9);
+        const Shape mshape{c.B, c.Sk};
+        auto d = CheckSparseAttentionInputs("SparseAttention", {c.B, c.H, c.Sq, c.E}, {c.B, c.H, c.Sk, c.E},
+                                            {c.B, c.H, c.Sk, c.Ev}, {c.B, c.H, c.Sq, l}, &mshape);
+        const auto p = ResolveSparseAttentionParams("SparseAttention", 0.0, 10.0, causal, c.E);
+        const auto idx = RandomIndices(d, 10);
+        CheckSparseAttentionIndices("SparseAttention", d, idx.data());
+        std::vector<float> y(c.B * c.H * c.Sq * c.Ev), probs(c.B * c.H * c.Sq * l);
+        SparseAttentionForward<float>(d, p, q.data(), k.data(), v.data(), idx.data(), bias.data(), y.data(),
+                                      probs.data(), par);
+        std::vector<double> yr, pr;
+        const auto bias_d = ToDouble(bias);
+        SparseReference(d, p, ToDouble(q), ToDouble(k), ToDouble(v), idx, &bias_d, yr, pr);
+        EXPECT_LT(RelMaxError(y, yr), 1e-5) << Describe(c, p, true) << " L=" << l;
+        EXPECT_LT(RelMaxError(probs, pr), 1e-5) << Describe(c, p, true) << " L=" << l;
+      }
+    }
+  }
+}
+
+TEST(SparseAttention, FullyMaskedRowsGiveZeroWithoutNaN) {
+  // Sq > Sk with causal alignment to the end: the first Sq - Sk rows see no key. Batch 1 pads every key.
+  const auto q = RandomNormal(2 * 6 * 4, 11), k = RandomNormal(2 * 3 * 4, 12), v = RandomNormal(2 * 3 * 4, 13);
+  std::vector<float> bias = {0.f, 0.f, 0.f, -INFINITY, -INFINITY, -INFINITY};
+  const Shape mshape{2, 3};
+  auto d = CheckSparseAttentionInputs("SparseAttention", {2, 1, 6, 4}, {2, 1, 3, 4}, {2, 1, 3, 4}, {2, 1, 6, 3}, &mshape);
+  const auto p = ResolveSparseAttentionParams("SparseAttention", 0.0, 10.0, true, 4);
+  const auto idx = AllKeysShuffled(d, 14);
+  std::vector<float> y(2 * 6 * 4, NAN), probs(2 * 6 * 3, NAN);
+  SparseAttentionForward<float>(d, p, q.data(), k.data(), v.data(), idx.data(), bias.data(), y.data(), probs.data(),
+                                Serial());
+  for (int64_t row = 0; row < 12; ++row) {
+    const bool empty = row >= 6 || row < 3;
+    for (int64_t e = 0; e < 4; ++e) {
+      ASSERT_TRUE(std::isfinite(y[row * 4 + e]));
+      if (empty) {
+        EXPECT_EQ(y[row * 4 + e], 0.f) << "row " << row;
+      }
+    }
+    double sum = 0;
+    for (int64_t t = 0; t < 3; ++t) sum += probs[row * 3 + t];
+    EXPECT_NEAR(sum, empty ? 0.0 : 1.0, 1e-6) << "row " << row;
+  }
+  std::vector<float> dy = RandomNormal(2 * 6 * 4, 15), dq(2 * 6 * 4, NAN), dk(2 * 3 * 4, NAN), dv(2 * 3 * 4, NAN);
+  SparseAttentionBackward<float>(d, p, dy.data(), q.data(), k.data(), v.data(), idx.data(), probs.data(), dq.data(),
+                                 dk.data(), dv.data(), Serial());
+  for (float x : dq) ASSERT_TRUE(std::isfinite(x));
+  for (int64_t x = 6 * 4; x < 12 * 4; ++x) EXPECT_EQ(dq[x], 0.f);
+  for (int64_t x = 3 * 4; x < 6 * 4; ++x) EXPECT_EQ(dv[x], 0.f);
+}
+
+// Gradient check: loss = <G, Y>. The analytic gradients of the fp32 kernel (and of its double instance) are
+// compared with central differences of a double forward, by relative L2 error over each whole tensor.
+struct GradResult {
+  double dq32, dk32, dv32, dq64, dk64, dv64;
+};
+
+template <typename Forward>
+GradResult CheckGradients(const SparseAttentionDims& d, const SparseAttentionParams& p, const std::vector<int32_t>& idx,
+                          const std::vector<float>* bias, Forward&& forward_double, uint32_t seed) {
+  const auto qf = RandomNormal(d.B * d.H * d.Sq * d.E, seed), kf = RandomNormal(d.B * d.H * d.Sk * d.E, seed + 1);
+  const auto vf = RandomNormal(d.B * d.H * d.Sk * d.Ev, seed + 2), gf = RandomNormal(d.B * d.H * d.Sq * d.Ev, seed + 3);
+  auto q = ToDouble(qf), k = ToDouble(kf), v = ToDouble(vf);
+  const auto g = ToDouble(gf);
+  auto loss = [&] {
+    const auto y = forward_double(q, k, v);
+    double s = 0;
+    for (std::size_t i = 0; i < y.size(); ++i) s += g[i] * y[i];
+    return s;
+  };
+  const auto fq = test::FiniteDifference(q, loss), fk = test::FiniteDifference(k, loss), fv = test::FiniteDifference(v, loss);
+
+  GradResult r{};
+  {  // fp32 kernel
+    std::vector<float> y(gf.size()), probs(d.B * d.H * d.Sq * d.L), dq(qf.size()), dk(kf.size()), dv(vf.size());
+    SparseAttentionForward<float>(d, p, qf.data(), kf.data(), vf.data(), idx.data(), bias ? bias->data() : nullptr,
+                                  y.data(), probs.data(), Serial());
+    SparseAttentionBackward<float>(d, p, gf.data(), qf.data(), kf.data(), vf.data(), idx.data(), probs.data(),
+                                   dq.data(), dk.data(), dv.data(), ThreadParallel(2));
+    r.dq32 = RelL2Error(dq, fq), r.dk32 = RelL2Error(dk, fk), r.dv32 = RelL2Error(dv, fv);
+  }
+  {  // double instance of the same kernel
+    const auto bd = bias ? ToDouble(*bias) : std::vector<double>();
+    std::vector<double> y(g.size()), probs(d.B * d.H * d.Sq * d.L), dq(q.size()), dk(k.size()), dv(v.size());
+    SparseAttentionForward<double>(d, p, q.data(), k.data(), v.data(), idx.data(), bias ? bd.data() : nullptr,
+                                   y.data(), probs.data(), Serial());
+    SparseAttentionBackward<double>(d, p, g.data(), q.data(), k.data(), v.data(), idx.data(), probs.data(), dq.data(),
+                                    dk.data(), dv.data(), Serial());
+    r.dq64 = RelL2Error(dq, fq), r.dk64 = RelL2Error(dk, fk), r.dv64 = RelL2Error(dv, fv);
+  }
+  return r;
+}
+
+void ExpectGradientsClose(const GradResult& r, const std::string& what) {
+  EXPECT_LT(r.dq32, 1e-3) << what;
+  EXPECT_LT(r.dk32, 1e-3) << what;
+  EXPECT_LT(r.dv32, 1e-3) << what;
+  EXPECT_LT(r.dq64, 1e-6) << what;
+  EXPECT_LT(r.dk64, 1e-6) << what;
+  EXPECT_LT(r.dv64, 1e-6) << what;
+}
+
+TEST(SparseAttentionGrad, AllKeysSelectedMatchesFiniteDifferencesOfDenseAttention) {
+  for (const Case& c : {Case{1, 2, 5, 5, 4, 3}, Case{2, 1, 4, 7, 8, 8}}) {
+    for (bool causal : {true, false}) {
+      for (double clamp : {0.0, 0.8}) {
+        const Shape mshape{c.B, c.Sk};
+        auto d = CheckSparseAttentionInputs("SparseAttentionGrad", {c.B, c.H, c.Sq, c.E}, {c.B, c.H, c.Sk, c.E},
+                                            {c.B, c.H, c.Sk, c.Ev}, {c.B, c.H, c.Sq, c.Sk}, &mshape);
+        auto bias = RandomBias(c.B, c.Sk, 20);
+        bias[0] = 0.f;  // keep key 0 so no row is empty under the causal mask
+        if (c.B > 1) bias[c.Sk] = 0.f;
+        const auto bias_d = ToDouble(bias);
+        const auto p = ResolveSparseAttentionParams("SparseAttentionGrad", 0.0, clamp, causal, c.E);
+        const auto idx = AllKeysShuffled(d, 21);
+        auto dense = [&](const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v) {
+          std::vector<double> y, probs;
+          DenseReference(d, p, q, k, v, &bias_d, y, probs);
+          return y;
+        };
+        ExpectGradientsClose(CheckGradients(d, p, idx, &bias, dense, 22), Describe(c, p, true));
+      }
+    }
+  }
+}
+
+TEST(SparseAttentionGrad, RandomIndicesWithActiveClampMatchFiniteDifferences) {
+  // scale 1 and clamp 1.5 on N(0,1) data with E = 4: a good share of the logits sit beyond the clamp.
+  const Case c{1, 2, 6, 7, 4, 3};
+  for (bool causal : {true, false}) {
+    auto d = CheckSparseAttentionInputs("SparseAttentionGrad", {1, 2, 6, 4}, {1, 2, 7, 4}, {1, 2, 7, 3}, {1, 2, 6, 5},
+                                        nullptr);
+    const auto p = ResolveSparseAttentionParams("SparseAttentionGrad", 1.0, 1.5, causal, c.E);
+    const auto idx = RandomIndices(d, 30);
+    auto sparse = [&](const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v) {
+      std::vector<double> y(d.B * d.H * d.Sq * d.Ev), probs(d.B * d.H * d.Sq * d.L);
+      SparseAttentionForward<double>(d, p, q.data(), k.data(), v.data(), idx.data(), nullptr, y.data(), probs.data(),
+                                     Serial());
+      return y;
+    };
+    // The double forward used for the differences is itself checked against the plain sparse reference.
+    {
+      const auto q = ToDouble(RandomNormal(48, 31)), k = ToDouble(RandomNormal(56, 32)), v = ToDouble(RandomNormal(42, 33));
+      std::vector<double> yr, pr;
+      SparseReference(d, p, q, k, v, idx, nullptr, yr, pr);
+      EXPECT_LT(RelMaxError(sparse(q, k, v), yr), 1e-12);
+    }
+    const auto r = CheckGradients(d, p, idx, nullptr, sparse, 31);
+    ExpectGradientsClose(r, Describe(c, p, false));
+    // The clamp must actually cut some of the gradient: count the clamped slots on the same data.
+    const auto q = RandomNormal(48, 31), k = RandomNormal(56, 32);
+    int64_t clamped = 0, kept = 0;
+    for (int64_t bh = 0; bh < 2; ++bh) {
+      for (int64_t i = 0; i < 6; ++i) {
+        for (int64_t t = 0; t < 5; ++t) {
+          const int32_t j = idx[(bh * 6 + i) * 5 + t];
+          if (j < 0 || (causal && j > i + 1)) continue;
+          double s = 0;
+          for (int64_t e = 0; e < 4; ++e) s += double(q[(bh * 6 + i) * 4 + e]) * k[(bh * 7 + j) * 4 + e];
+          ++kept;
+          clamped += std::fabs(s) > 1.5;
+        }
+      }
+    }
+    EXPECT_GT(clamped, 0);
+    EXPECT_LT(clamped, kept);
+  }
+}
+
+TEST(SparseAttentionGrad, IsDeterministicAcrossWorkerCounts) {
+  auto d = CheckSparseAttentionInputs("SparseAttentionGrad", {2, 2, 70, 16}, {2, 2, 70, 16}, {2, 2, 70, 16},
+                                      {2, 2, 70, 9}, nullptr);
+  const auto p = ResolveSparseAttentionParams("SparseAttentionGrad", 0.0, 10.0, true, 16);
+  const auto idx = RandomIndices(d, 40);
+  const auto q = RandomNormal(2 * 2 * 70 * 16, 41), k = RandomNormal(2 * 2 * 70 * 16, 42);
+  const auto v = RandomNormal(2 * 2 * 70 * 16, 43), dy = RandomNormal(2 * 2 * 70 * 16, 44);
+  std::vector<float> y(q.size()), probs(2 * 2 * 70 * 9);
+  SparseAttentionForward<float>(d, p, q.data(), k.data(), v.data(), idx.data(), nullptr, y.data(), probs.data(), Serial());
+  std::vector<float> a[3], b[3];
+  for (auto* set : {a, b}) {
+    for (int x = 0; x < 3; ++x) set[x].assign(q.size(), 0.f);
+  }
+  SparseAttentionBackward<float>(d, p, dy.data(), q.data(), k.data(), v.data(), idx.data(), probs.data(), a[0].data(),
+                                 a[1].data(), a[2].data(), Serial());
+  SparseAttentionBackward<float>(d, p, dy.data(), q.data(), k.data(), v.data(), idx.data(), probs.data(), b[0].data(),
+                                 b[1].data(), b[2].data(), ThreadParallel(4));
+  for (int x = 0; x < 3; ++x) EXPECT_EQ(a[x], b[x]);
+}
+
+// ---------------------------------------------------------------- validation helpers
+
+std::string ErrorOf(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(SparseAttentionValidation, NamesOpInputAndExpectedShape) {
+  const std::string k_err = ErrorOf([] {
+    CheckSparseAttentionInputs("SparseAttention", {2, 4, 8, 16}, {2, 4, 8, 12}, {2, 4, 8, 16}, {2, 4, 8, 2}, nullptr);
+  });
+  EXPECT_EQ(k_err, "SparseAttention: input 'K' must have shape [B, H, Sk, E] = [2, 4, ?, 16]; got [2, 4, 8, 12]");
+  EXPECT_NE(ErrorOf([] {
+              CheckSparseAttentionInputs("SparseAttention", {2, 4, 8, 16}, {2, 4, 8, 16}, {2, 4, 9, 16}, {2, 4, 8, 2},
+                                         nullptr);
+            }).find("input 'V' must have shape [B, H, Sk, Ev] = [2, 4, 8, ?]"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf([] {
+              CheckSparseAttentionInputs("SparseAttentionGrad", {2, 4, 8, 16}, {2, 4, 8, 16}, {2, 4, 8, 16}, {2, 4, 8},
+                                         nullptr);
+            }).find("SparseAttentionGrad: input 'indices' must have shape [B, H, Sq, L]"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf([] { CheckSparseAttentionInputs("SparseAttention", {2, 8, 16}, {2, 8, 16}, {2, 8, 16}, {2, 8, 2}, nullptr); })
+                .find("input 'Q' must have shape [B, H, Sq, E]"),
+            std::string::npos);
+  const Shape bad_mask{2, 7};
+  EXPECT_NE(ErrorOf([&] {
+              CheckSparseAttentionInputs("SparseAttention", {2, 4, 8, 16}, {2, 4, 8, 16}, {2, 4, 8, 16}, {2, 4, 8, 2},
+                                         &bad_mask);
+            }).find("'key_padding_mask' must have shape [B, Sk] = [2, 8]"),
+            std::string::npos);
+  const auto d = CheckSparseAttentionInputs("SparseAttentionGrad", {1, 1, 3, 4}, {1, 1, 5, 4}, {1, 1, 5, 2},
+                                            {1, 1, 3, 2}, nullptr);
+  EXPECT_NE(ErrorOf([&] { CheckSparseAttentionGradInputs(d, {1, 1, 3, 4}, {1, 1, 3, 2}); }).find("input 'dY'"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf([&] { CheckSparseAttentionGradInputs(d, {1, 1, 3, 2}, {1, 1, 3, 5}); }).find("input 'P'"),
+            std::string::npos);
+  EXPECT_EQ(ErrorOf([&] { CheckSparseAttentionGradInputs(d, {1, 1, 3, 2}, {1, 1, 3, 2}); }), "");
+}
+
+TEST(SparseAttentionValidation, RejectsBadAttributesAndIndices) {
+  EXPECT_NE(ErrorOf([] { ResolveSparseAttentionParams("SparseAttention", 0.0, -1.0, true, 8); })
+                .find("SparseAttention: attribute 'clamp'"),
+            std::string::npos);
+  EXPECT_THROW(ResolveSparseAttentionParams("SparseAttention", INFINITY, 1.0, true, 8), std::invalid_argument);
+  EXPECT_DOUBLE_EQ(ResolveSparseAttentionParams("SparseAttention", 0.0, 0.0, true, 64).scale, 0.125);
+  EXPECT_DOUBLE_EQ(ResolveSparseAttentionParams("SparseAttention", 0.3, 0.0, true, 64).scale, 0.3);
+  const auto d = CheckSparseAttentionInputs("SparseAttention", {1, 2, 2, 4}, {1, 2, 3, 4}, {1, 2, 3, 4}, {1, 2, 2, 2},
+                                            nullptr);
+  std::vector<int32_t> idx = {0, 1, 2, -1, 0, 0, 2, 2};
+  EXPECT_EQ(ErrorOf([&] { CheckSparseAttentionIndices("SparseAttention", d, idx.data()); }), "");
+  idx[6] = 3;
+  EXPECT_EQ(ErrorOf([&] { CheckSparseAttentionIndices("SparseAttention", d, idx.data()); }),
+            "SparseAttention: input 'indices' holds 3 at [0, 1, 1, 0]; entries must be -1 (empty) or in [0, Sk = 3)");
+  idx[6] = -2;
+  EXPECT_NE(ErrorOf([&] { CheckSparseAttentionIndices("SparseAttention", d, idx.data()); }), "");
+}
+
+}  // namespace
+}  // namespace spt::cpu
