@@ -3,6 +3,7 @@
 // Every input is declared with an open element type so that a wrong dtype (fp16, bf16, ...) reaches our own
 // check and fails with a message naming the op, the input and what was expected. The kernels in cpu/ do
 // the work; this file unpacks tensors, validates, converts masks and backs cpu::Parallel with ORT's pool.
+#include <atomic>
 #include <cmath>
 #include <exception>
 #include <limits>
@@ -203,6 +204,26 @@ void InferExpect(const char* op, const char* input, const InferShape& got, std::
   }
 }
 
+// ORT reads an integer dim of -1 as a known size (and, e.g., a following Squeeze then rejects it), so unknown
+// dims are set as fresh symbols that ORT never equates with another tensor's dims.
+void SetShape(Ort::ShapeInferContext& ctx, std::size_t index, const InferShape& shape,
+              ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+  static std::atomic<int> counter{0};
+  std::vector<std::unique_ptr<std::string>> names;  // must outlive SetOutputShape
+  InferShape out;
+  out.reserve(shape.size());
+  for (const Dim& d : shape) {
+    if (d.IsInt() && d.AsInt() < 0) {
+      names.push_back(std::make_unique<std::string>("spt_attention_dim_" + std::to_string(counter++)));
+      out.emplace_back(names.back()->c_str());
+    } else {
+      out.push_back(d);
+    }
+  }
+  Ort::Status status = ctx.SetOutputShape(index, out, type);
+  (void)status;  // an output the node does not have: nothing to set
+}
+
 InferShape InputShapeOrEmpty(Ort::ShapeInferContext& ctx, std::size_t i) {
   return i < ctx.GetInputCount() ? ctx.GetInputShape(i) : InferShape{};
 }
@@ -264,7 +285,7 @@ struct PQEncodeOp : SptOp<PQEncodeOp, PQEncodeKernel> {
       }
       InferShape out = z;
       out.back() = w[0];
-      ctx.SetOutputShape(0, out, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+      SetShape(ctx, 0, out, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
     });
   }
 };
@@ -336,7 +357,7 @@ struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
       const int64_t top_k = InferAttr([&] { return ctx.GetAttrInt("top_k"); }, int64_t{0});
       const float ratio = InferAttr([&] { return ctx.GetAttrFloat("top_k_ratio"); }, 0.125f);
       Dim l = Known(k[2]) ? Dim(cpu::ResolveTopK(top_k, ratio, k[2].AsInt())) : Dim(int64_t{-1});
-      ctx.SetOutputShape(0, {q[0], q[1], q[2], l}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+      SetShape(ctx, 0, {q[0], q[1], q[2], l}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
     });
   }
 };
@@ -410,8 +431,8 @@ struct SparseAttentionOp : SptOp<SparseAttentionOp, SparseAttentionKernel> {
     return GuardInfer([&] {
       InferShape q, k, v, idx;
       InferAttentionInputs("SparseAttention", ctx, 0, 4, q, k, v, idx);
-      ctx.SetOutputShape(0, {q[0], q[1], q[2], v[3]});
-      ctx.SetOutputShape(1, idx);
+      SetShape(ctx, 0, {q[0], q[1], q[2], v[3]});
+      SetShape(ctx, 1, idx);
     });
   }
 };
@@ -461,9 +482,9 @@ struct SparseAttentionGradOp : SptOp<SparseAttentionGradOp, SparseAttentionGradK
       InferAttentionInputs(op, ctx, 1, 6, q, k, v, idx);
       InferExpect(op, "dY", ctx.GetInputShape(0), {&q[0], &q[1], &q[2], &v[3]}, "[B, H, Sq, Ev]");
       InferExpect(op, "P", ctx.GetInputShape(5), {&idx[0], &idx[1], &idx[2], &idx[3]}, "[B, H, Sq, L]");
-      ctx.SetOutputShape(0, q);
-      ctx.SetOutputShape(1, k);
-      ctx.SetOutputShape(2, v);
+      SetShape(ctx, 0, q);
+      SetShape(ctx, 1, k);
+      SetShape(ctx, 2, v);
     });
   }
 };
@@ -501,7 +522,7 @@ struct PQLossOp : SptOp<PQLossOp, PQLossKernel> {
   static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
     return GuardInfer([&] {
       InferPQInputs("PQLoss", ctx, 0);
-      ctx.SetOutputShape(0, {});
+      SetShape(ctx, 0, {});
     });
   }
 };
@@ -536,8 +557,8 @@ struct PQLossGradOp : SptOp<PQLossGradOp, PQLossGradKernel> {
   static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
     return GuardInfer([&] {
       InferPQInputs("PQLossGrad", ctx, 1);
-      ctx.SetOutputShape(0, ctx.GetInputShape(1));
-      ctx.SetOutputShape(1, ctx.GetInputShape(2));
+      SetShape(ctx, 0, ctx.GetInputShape(1));
+      SetShape(ctx, 1, ctx.GetInputShape(2));
     });
   }
 };
