@@ -51,6 +51,7 @@ public static class Program
         root.Options.Add(CliContext.VerboseOption);
         var context = new CliContext(stdout, stderr);
         root.Subcommands.Add(InspectCommand.Create(context));
+        root.Subcommands.Add(OptimizeCommand.Create(context));
         root.Subcommands.Add(VerifyCommand.Create(context));
         root.Subcommands.Add(CompileTrainingCommand.Create(context));
         root.Subcommands.Add(TrainCommand.Create(context));

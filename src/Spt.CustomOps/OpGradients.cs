@@ -78,14 +78,12 @@ public static class OpGradients
         }
     }
 
-    // RoutedFFN input positions: X, W1, b1, W2, b2, Wr, br, W3, A1, B1, A2, B2, A3, B3; outputs Y, P, Sel, U.
-    private const int FfnInputCount = 14;
+    // The base weights RoutedFFNGrad computes no gradient for when frozen_base = 1.
+    private static readonly HashSet<int> FfnBaseWeights =
+        [RoutedFfnOps.W1, RoutedFfnOps.B1, RoutedFfnOps.W2, RoutedFfnOps.B2, RoutedFfnOps.W3];
 
-    // RoutedFFNGrad outputs in order, each the gradient of this forward input.
-    private static readonly int[] FfnGradSources = [0, 5, 6, 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13];
-    private static readonly HashSet<int> FfnBaseWeights = [1, 2, 3, 4, 7];
-
-    // RoutedFFNGrad(dY, the 14 forward inputs, P, Sel, U) -> dX, dWr, dbr, dW1, db1, dW2, db2, dW3, dA1.. dB3.
+    // RoutedFFNGrad(dY, the 14 forward inputs, P, Sel, U) -> dX, dWr, dbr, dW1, db1, dW2, db2, dW3, dA1.. dB3
+    // (positions from RoutedFfnOps).
     private static void RoutedFfn(IGradientContext g)
     {
         var n = g.Node;
@@ -98,26 +96,27 @@ public static class OpGradients
         if (dy == null)
             return;
         bool frozenBase = n.GetInt("frozen_base", 1) == 1;
-        var inputs = new List<Value?> { dy };
-        for (int i = 0; i < FfnInputCount; i++)
-            inputs.Add(i < n.Inputs.Count ? n.Inputs[i] : null);
-        inputs.Add(g.SavedOutput(1));
-        inputs.Add(g.SavedOutput(2));
-        inputs.Add(g.SavedOutput(3));
-        var wanted = new bool[FfnGradSources.Length];
+        var sources = RoutedFfnOps.GradSources;
+        var wanted = new bool[sources.Count];
         for (int o = 0; o < wanted.Length; o++)
         {
-            int source = FfnGradSources[o];
+            int source = sources[o];
             bool present = source < n.Inputs.Count && n.Inputs[source] != null;
             wanted[o] = o == 0 || (present && g.NeedsGradient(source));
             if (wanted[o] && frozenBase && FfnBaseWeights.Contains(source))
                 throw g.Fail($"input {source} is a base weight that is trainable here, but the node has frozen_base = 1; freeze it or rewrite with frozen_base = 0");
         }
+        var inputs = new List<Value?> { dy };
+        for (int i = 0; i < RoutedFfnOps.ForwardInputCount; i++)
+            inputs.Add(i < n.Inputs.Count ? n.Inputs[i] : null);
+        inputs.Add(g.SavedOutput(RoutedFfnOps.P));
+        inputs.Add(g.SavedOutput(RoutedFfnOps.Sel));
+        inputs.Add(g.SavedOutput(RoutedFfnOps.U));
         var outs = g.Emit(CustomOpLibrary.Domain, "RoutedFFNGrad", inputs, wanted, CopyAttributes(n));
         for (int o = 0; o < wanted.Length; o++)
         {
-            if (wanted[o] && g.NeedsGradient(FfnGradSources[o]))
-                g.AddGradient(FfnGradSources[o], outs[o]);
+            if (wanted[o] && g.NeedsGradient(sources[o]))
+                g.AddGradient(sources[o], outs[o]);
         }
     }
 

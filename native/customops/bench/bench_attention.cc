@@ -5,6 +5,7 @@
 //
 // Threads: both sides use ThreadParallel over (b, h) blocks with single-threaded OpenBLAS calls inside
 // (openblas_set_num_threads(1)), so neither competes with the other's pool.
+// The CPU column is process CPU time (all threads): on a shared machine it is steadier than wall time.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
@@ -166,7 +167,7 @@ void Shapes(benchmark::internal::Benchmark* b) {
   for (int64_t h : {12, 32}) {
     for (int64_t s : {512, 1024, 2048}) b->Args({h, s});
   }
-  b->ArgNames({"H", "S"})->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
+  b->ArgNames({"H", "S"})->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime()->Iterations(2);
 }
 
 BENCHMARK(BM_SparseAttentionFwdBwd)->Apply(Shapes);

@@ -9,9 +9,12 @@
 //   Dense/lora     dense,  frozen base, LoRA r=16: grads dX, LoRA
 //   Dense/plain    dense,  frozen base, no LoRA:   grad dX
 //   Dense/full     dense full finetune:            grads dX, dW1, db1, dW2, db2
-// Threading: "tasks" = OpenBLAS single-threaded, the kernel's chunk tasks on 2 threads (the setting
-// the ORT binding uses); "blas" = OpenBLAS on 2 threads, one GEMM chain per block, serial tasks.
-// Dense always uses OpenBLAS on 2 threads (large GEMMs) and 2 threads for its elementwise loops.
+// Routed threading argument: 0 = one thread (OpenBLAS single-threaded, one GEMM chain per block);
+// 1 = OpenBLAS single-threaded, the kernel's 128-row chunk tasks on 2 threads (what the ORT binding
+// does); 2 = OpenBLAS on 2 threads, one GEMM chain per block, serial tasks; 3 = like 1, 512-row chunks.
+// Dense "threads": OpenBLAS threads (large GEMMs) and threads for its elementwise loops.
+// Both wall time and process CPU time are reported: on a shared machine the one-thread CPU times
+// give the most stable routed/dense ratio.
 // Each case runs 3 single-iteration repetitions and reports their minimum (the "_min" rows).
 // Counters: saved_MiB = activations kept between forward and backward (routed: P, Sel, U;
 // dense: the pre-activation [T, d_ff]; x·A1 and h·A2 for LoRA are counted for both).
@@ -59,10 +62,10 @@ struct Weights {
 
 const float* Ptr(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
 
-// args: d, d_ff, tokens, lora (0/1), threading (0 = tasks, 1 = blas)
+// args: d, d_ff, tokens, lora (0/1), threading (see the file comment)
 void BM_FfnRouted(benchmark::State& state) {
-  const int64_t d = state.range(0), f = state.range(1), T = state.range(2);
-  const bool lora = state.range(3) != 0, blas_threads = state.range(4) != 0;
+  const int64_t d = state.range(0), f = state.range(1), T = state.range(2), threading = state.range(4);
+  const bool lora = state.range(3) != 0, blas_threads = threading == 2;
   Weights w(d, f, T, lora);
   spt::cpu::RoutedFfnConfig cfg;
   cfg.tokens = T;
@@ -73,10 +76,11 @@ void BM_FfnRouted(benchmark::State& state) {
   cfg.rank1 = cfg.rank2 = lora ? kRank : 0;
   cfg.activation = spt::cpu::FfnActivation::kRelu;
   cfg.gate = spt::cpu::FfnGate::kFrozenOnly;
-  cfg.chunk_rows = blas_threads ? 0 : 128;
+  cfg.chunk_rows = threading == 1 ? 128 : (threading == 3 ? 512 : 0);
   spt::cpu::SetBlasThreads(blas_threads ? kThreads : 1);
   const spt::cpu::ThreadParallel tasks(kThreads);
-  const spt::cpu::Parallel& par = blas_threads ? spt::cpu::Serial() : static_cast<const spt::cpu::Parallel&>(tasks);
+  const bool use_tasks = threading == 1 || threading == 3;
+  const spt::cpu::Parallel& par = use_tasks ? static_cast<const spt::cpu::Parallel&>(tasks) : spt::cpu::Serial();
   const spt::cpu::RoutedFfnWeights rw{Ptr(w.w1), Ptr(w.b1), Ptr(w.w2), Ptr(w.b2), Ptr(w.wr), Ptr(w.br), nullptr,
                                       Ptr(w.a1), Ptr(w.lb1), Ptr(w.a2), Ptr(w.lb2), nullptr, nullptr};
   std::vector<float> y(T * d), probs(T * 4), pre(cfg.Rows() * cfg.PreWidth());
@@ -111,14 +115,15 @@ void BM_FfnRouted(benchmark::State& state) {
   spt::cpu::SetBlasThreads(kThreads);
 }
 
-// args: d, d_ff, tokens, mode (0 = frozen plain, 1 = frozen LoRA, 2 = full finetune)
+// args: d, d_ff, tokens, mode (0 = frozen plain, 1 = frozen LoRA, 2 = full finetune), threads (1 or 2)
 void BM_FfnDense(benchmark::State& state) {
   const int64_t d = state.range(0), F = state.range(1), T = state.range(2), mode = state.range(3);
+  const int threads = static_cast<int>(state.range(4));
   const bool lora = mode == 1, full = mode == 2;
   const int64_t r = kRank;
   Weights w(d, F, T, lora);
-  spt::cpu::SetBlasThreads(kThreads);
-  const spt::cpu::ThreadParallel par(kThreads);
+  spt::cpu::SetBlasThreads(threads);
+  const spt::cpu::ThreadParallel par(threads);
   std::vector<float> a(T * F), h(T * F), y(T * d), xa1, ha2, eb, q;
   std::vector<float> dh(T * F), dx(T * d), da1, dlb1, da2, dlb2, dw1, db1, dw2, db2;
   if (lora) {
@@ -222,20 +227,22 @@ void Shapes(benchmark::internal::Benchmark* b, const std::vector<std::vector<int
 }
 
 BENCHMARK(BM_FfnRouted)
-    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, {{1, 0}, {1, 1}, {0, 0}, {0, 1}}); })
-    ->ArgNames({"d", "d_ff", "T", "lora", "blas_mt"})
+    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, {{1, 0}, {1, 1}, {1, 2}, {1, 3}, {0, 0}, {0, 1}}); })
+    ->ArgNames({"d", "d_ff", "T", "lora", "threading"})
     ->Unit(benchmark::kMillisecond)
     ->Iterations(1)
     ->Repetitions(3)
     ->ComputeStatistics("min", MinOf)
+    ->MeasureProcessCPUTime()
     ->UseRealTime();
 BENCHMARK(BM_FfnDense)
-    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, {{1}, {0}, {2}}); })
-    ->ArgNames({"d", "d_ff", "T", "mode"})
+    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, {{1, 1}, {0, 1}, {2, 1}, {1, 2}, {0, 2}, {2, 2}}); })
+    ->ArgNames({"d", "d_ff", "T", "mode", "threads"})
     ->Unit(benchmark::kMillisecond)
     ->Iterations(1)
     ->Repetitions(3)
     ->ComputeStatistics("min", MinOf)
+    ->MeasureProcessCPUTime()
     ->UseRealTime();
 
 }  // namespace

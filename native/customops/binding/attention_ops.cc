@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "binding/ort_api.h"
+#include "binding/ort_parallel.h"
 #include "cpu/parallel.h"
 #include "cpu/pq.h"
 #include "cpu/sparse_attention.h"
@@ -25,43 +26,6 @@ namespace {
 using cpu::Shape;
 
 // ----------------------------------------------------------------------------- plumbing
-
-// Runs Parallel tasks on the session's intra-op thread pool. Exceptions never cross ORT's pool: the first
-// one is kept and rethrown on the calling thread.
-class OrtParallel final : public cpu::Parallel {
- public:
-  explicit OrtParallel(const Ort::KernelContext& ctx) : ctx_(ctx) {}
-
-  void For(std::size_t n, const std::function<void(std::size_t)>& task) const override {
-    if (n == 0) return;
-    if (n == 1) {
-      task(0);
-      return;
-    }
-    struct Call {
-      const std::function<void(std::size_t)>* task;
-      std::exception_ptr error;
-      std::mutex mutex;
-    } call{&task, nullptr, {}};
-    ctx_.ParallelFor(
-        [](void* data, std::size_t i) {
-          auto* c = static_cast<Call*>(data);
-          try {
-            (*c->task)(i);
-          } catch (...) {
-            std::lock_guard<std::mutex> lock(c->mutex);
-            if (!c->error) c->error = std::current_exception();
-          }
-        },
-        n, 0, &call);
-    if (call.error) std::rethrow_exception(call.error);
-  }
-
-  int Workers() const override { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
-
- private:
-  const Ort::KernelContext& ctx_;
-};
 
 OrtStatus* ToStatus(const std::exception& e, OrtErrorCode code) { return Ort::GetApi().CreateStatus(code, e.what()); }
 
@@ -240,24 +204,24 @@ void InferExpect(const char* op, const char* input, const InferShape& got, std::
   }
 }
 
-// ORT hands an unknown dim to shape inference as the integer -1; set back as a value it becomes a literal -1 in
-// the graph, and ONNX's shape-data propagation then turns Reshape(x, Shape(y)) (as a backward graph writes it) into
-// a target with several -1s, which fails the model at load. Unknown dims get a fresh symbol instead.
-Ort::Status SetOutputShapeNamed(Ort::ShapeInferContext& ctx, std::size_t index, const InferShape& shape,
-                                ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+// ORT reads an integer dim of -1 as a known size (and, e.g., a following Squeeze then rejects it), so unknown
+// dims are set as fresh symbols that ORT never equates with another tensor's dims.
+void SetShape(Ort::ShapeInferContext& ctx, std::size_t index, const InferShape& shape,
+              ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
   static std::atomic<int> counter{0};
-  std::vector<std::string> names;
-  names.reserve(shape.size());  // no reallocation: the dims below point into these strings
-  InferShape named;
-  for (const auto& d : shape) {
+  std::vector<std::unique_ptr<std::string>> names;  // must outlive SetOutputShape
+  InferShape out;
+  out.reserve(shape.size());
+  for (const Dim& d : shape) {
     if (d.IsInt() && d.AsInt() < 0) {
-      names.push_back("spt_attn_dim_" + std::to_string(counter++));
-      named.emplace_back(names.back().c_str());
+      names.push_back(std::make_unique<std::string>("spt_attention_dim_" + std::to_string(counter++)));
+      out.emplace_back(names.back()->c_str());
     } else {
-      named.push_back(d);
+      out.push_back(d);
     }
   }
-  return ctx.SetOutputShape(index, named, type);
+  Ort::Status status = ctx.SetOutputShape(index, out, type);
+  (void)status;  // an output the node does not have: nothing to set
 }
 
 InferShape InputShapeOrEmpty(Ort::ShapeInferContext& ctx, std::size_t i) {
@@ -321,7 +285,7 @@ struct PQEncodeOp : SptOp<PQEncodeOp, PQEncodeKernel> {
       }
       InferShape out = z;
       out.back() = w[0];
-      SetOutputShapeNamed(ctx, 0, out, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+      SetShape(ctx, 0, out, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
     });
   }
 };
@@ -393,7 +357,7 @@ struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
       const int64_t top_k = InferAttr([&] { return ctx.GetAttrInt("top_k"); }, int64_t{0});
       const float ratio = InferAttr([&] { return ctx.GetAttrFloat("top_k_ratio"); }, 0.125f);
       Dim l = Known(k[2]) ? Dim(cpu::ResolveTopK(top_k, ratio, k[2].AsInt())) : Dim(int64_t{-1});
-      SetOutputShapeNamed(ctx, 0, {q[0], q[1], q[2], l}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+      SetShape(ctx, 0, {q[0], q[1], q[2], l}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
     });
   }
 };
@@ -467,8 +431,8 @@ struct SparseAttentionOp : SptOp<SparseAttentionOp, SparseAttentionKernel> {
     return GuardInfer([&] {
       InferShape q, k, v, idx;
       InferAttentionInputs("SparseAttention", ctx, 0, 4, q, k, v, idx);
-      SetOutputShapeNamed(ctx, 0, {q[0], q[1], q[2], v[3]});
-      SetOutputShapeNamed(ctx, 1, idx);
+      SetShape(ctx, 0, {q[0], q[1], q[2], v[3]});
+      SetShape(ctx, 1, idx);
     });
   }
 };
@@ -518,9 +482,9 @@ struct SparseAttentionGradOp : SptOp<SparseAttentionGradOp, SparseAttentionGradK
       InferAttentionInputs(op, ctx, 1, 6, q, k, v, idx);
       InferExpect(op, "dY", ctx.GetInputShape(0), {&q[0], &q[1], &q[2], &v[3]}, "[B, H, Sq, Ev]");
       InferExpect(op, "P", ctx.GetInputShape(5), {&idx[0], &idx[1], &idx[2], &idx[3]}, "[B, H, Sq, L]");
-      SetOutputShapeNamed(ctx, 0, q);
-      SetOutputShapeNamed(ctx, 1, k);
-      SetOutputShapeNamed(ctx, 2, v);
+      SetShape(ctx, 0, q);
+      SetShape(ctx, 1, k);
+      SetShape(ctx, 2, v);
     });
   }
 };
@@ -558,7 +522,7 @@ struct PQLossOp : SptOp<PQLossOp, PQLossKernel> {
   static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
     return GuardInfer([&] {
       InferPQInputs("PQLoss", ctx, 0);
-      SetOutputShapeNamed(ctx, 0, {});
+      SetShape(ctx, 0, {});
     });
   }
 };
@@ -593,8 +557,8 @@ struct PQLossGradOp : SptOp<PQLossGradOp, PQLossGradKernel> {
   static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
     return GuardInfer([&] {
       InferPQInputs("PQLossGrad", ctx, 1);
-      SetOutputShapeNamed(ctx, 0, ctx.GetInputShape(1));
-      SetOutputShapeNamed(ctx, 1, ctx.GetInputShape(2));
+      SetShape(ctx, 0, ctx.GetInputShape(1));
+      SetShape(ctx, 1, ctx.GetInputShape(2));
     });
   }
 };

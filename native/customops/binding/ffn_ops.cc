@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "binding/ort_api.h"
+#include "binding/ort_parallel.h"
 #include "cpu/blas.h"
 #include "cpu/parallel.h"
 #include "cpu/routed_ffn.h"
@@ -409,41 +410,8 @@ OrtStatusPtr InferRoutedFfnGrad(Ort::ShapeInferContext& ctx, OrtShapeInferContex
   return nullptr;
 }
 
-// The ORT intra-op pool as a spt::cpu::Parallel. Exceptions thrown by tasks are carried back.
-class OrtParallel final : public cpu::Parallel {
- public:
-  explicit OrtParallel(const Ort::KernelContext& ctx) : ctx_(ctx) {}
-  void For(std::size_t n, const std::function<void(std::size_t)>& task) const override {
-    if (n == 0) return;
-    if (n == 1) {
-      task(0);
-      return;
-    }
-    struct Payload {
-      const std::function<void(std::size_t)>* task;
-      std::exception_ptr error;
-      std::mutex mutex;
-    } payload{&task, nullptr, {}};
-    ctx_.ParallelFor(
-        [](void* data, std::size_t i) {
-          auto* p = static_cast<Payload*>(data);
-          try {
-            (*p->task)(i);
-          } catch (...) {
-            std::lock_guard<std::mutex> lock(p->mutex);
-            if (!p->error) p->error = std::current_exception();
-          }
-        },
-        n, 0, &payload);
-    if (payload.error) std::rethrow_exception(payload.error);
-  }
-  int Workers() const override { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
-
- private:
-  const Ort::KernelContext& ctx_;
-};
-
-// Rows per task when the kernel runs on ORT's pool; see bench_ffn.cc for the measurement.
+// Rows per task when the kernel runs on ORT's pool (bench_ffn.cc compares this with whole-block tasks
+// and with OpenBLAS-threaded GEMMs; on the shared 2-core machine the three were within noise).
 constexpr int64_t kChunkRows = 128;
 
 // OpenBLAS runs single-threaded inside our ops: the parallelism comes from ORT's intra-op pool (one

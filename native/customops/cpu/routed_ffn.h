@@ -131,7 +131,7 @@ std::string ValidateSelection(const int32_t* selection, int64_t tokens, int64_t 
 // Scratch bytes the forward needs. Saved-state pointers left null in `state` are placed in the
 // workspace (inference runs need only y).
 std::size_t RoutedFfnForwardWorkspaceBytes(const RoutedFfnConfig& cfg, const RoutedFfnState& state);
-// y [T, d]; `workspace` must hold RoutedFfnForwardWorkspaceBytes bytes (any alignment of 64 is best).
+// y [T, d]; `workspace` must hold RoutedFfnForwardWorkspaceBytes bytes (64-byte aligned is best).
 void RoutedFfnForward(const RoutedFfnConfig& cfg, const RoutedFfnWeights& w, const float* x, float* y,
                       RoutedFfnState state, void* workspace, const Parallel& parallel);
 

@@ -1,4 +1,5 @@
 using System.Globalization;
+using Spt.CustomOps;
 using Spt.Ir;
 
 namespace Spt.Passes.Autodiff;
@@ -63,7 +64,7 @@ public sealed class BackwardBuilder
                 continue;
             foreach (var o in n.Outputs)
             {
-                if (!o.IsOmitted && CanCarryGradient(n, o))
+                if (!o.IsOmitted && CanCarryGradient(n, o, facts))
                     varied.Add(o);
             }
         }
@@ -115,6 +116,7 @@ public sealed class BackwardBuilder
             return list[0];
         }
 
+        var replaced = new Dictionary<Node, Node>();
         emitter.Prefix = prefix + "/seed";
         Add(loss, facts.Rank(loss) == 0
             ? emitter.Op("Identity", emitter.Scalar(1f))
@@ -129,7 +131,7 @@ public sealed class BackwardBuilder
             var needs = n.Inputs.Select(v => v != null && varied.Contains(v)).ToList();
             string label = n.Name.Length > 0 ? n.Name : n.OpType + "_" + nodes.IndexOf(n).ToString(CultureInfo.InvariantCulture);
             emitter.Prefix = $"{prefix}/{label}";
-            var ctx = new GradientContext(n, outputGrads, needs, emitter, facts, (i, g) => Add(n.Inputs[i]!, g), Materialize);
+            var ctx = new GradientContext(n, outputGrads, needs, emitter, facts, (i, g) => Add(n.Inputs[i]!, g), (node, i) => Materialize(node, i, replaced));
             _registry.Find(n.Domain, n.OpType)!.Rule!(ctx);
         }
 
@@ -141,7 +143,7 @@ public sealed class BackwardBuilder
     }
 
     // A float output can carry a gradient; integer and bool outputs (Cast to int, comparisons) cannot.
-    private static bool CanCarryGradient(Node n, Value o)
+    private static bool CanCarryGradient(Node n, Value o, ShapeFacts facts)
     {
         if (n.IsDefaultDomain && n.OpType == "Cast")
         {
@@ -150,15 +152,18 @@ public sealed class BackwardBuilder
         }
         if (n.IsDefaultDomain && n.OpType == "Dropout" && o.ProducerOutputIndex == 1)
             return false;
-        return o.ElementType is not { } t || IsFloat(t);
+        return facts.ElementTypeOf(o) is not { } t || IsFloat(t);
     }
 
     private static bool IsFloat(ElementType t) =>
         t is ElementType.Float or ElementType.Double or ElementType.Float16 or ElementType.BFloat16;
 
-    // Gives forward output i of n a name (re-creating the node with more outputs when it declared fewer).
-    private static Value Materialize(Node n, int outputIndex)
+    // Gives forward output i of n a name (re-creating the node with more outputs when it declared fewer; later
+    // requests for the same forward node go to the re-created one).
+    private static Value Materialize(Node n, int outputIndex, Dictionary<Node, Node> replaced)
     {
+        while (replaced.TryGetValue(n, out var newer))
+            n = newer;
         var graph = n.Graph ?? throw new InvalidOperationException("node is not in a graph");
         var editor = graph.Edit();
         string baseName = (n.Name.Length > 0 ? n.Name : n.OpType) + "/saved";
@@ -169,33 +174,36 @@ public sealed class BackwardBuilder
                 editor.Rename(o, graph.UniqueName(baseName + outputIndex.ToString(CultureInfo.InvariantCulture)));
             return o;
         }
-        int count = outputIndex + 1;
-        var replacement = editor.CreateNode(n.OpType, n.Inputs, count, n.Attributes.ToList(), n.Domain, n.Name, DistinctNames(graph, baseName, count));
+        // All declared outputs at once (omitted but the requested one), so that later requests only rename.
+        int count = Math.Max(outputIndex + 1, DeclaredOutputCount(n));
+        var names = new string[count];
+        for (int i = 0; i < count; i++)
+            names[i] = "";
+        var replacement = editor.CreateNode(n.OpType, n.Inputs, count, n.Attributes.ToList(), n.Domain, n.Name, names);
         editor.InsertAfter(n, replacement);
         var oldNames = n.Outputs.Select(o => o.Name).ToList();
         for (int i = 0; i < n.Outputs.Count; i++)
             editor.ReplaceAllUsesWith(n.Outputs[i], replacement.Outputs[i], replaceGraphOutputs: true);
         editor.Remove(n);
+        replaced[n] = replacement;
         for (int i = 0; i < oldNames.Count; i++)
         {
             if (oldNames[i].Length > 0)
                 editor.Rename(replacement.Outputs[i], oldNames[i]);
         }
-        return replacement.Outputs[outputIndex];
+        var saved = replacement.Outputs[outputIndex];
+        editor.Rename(saved, graph.UniqueName(baseName + outputIndex.ToString(CultureInfo.InvariantCulture)));
+        return saved;
     }
 
-    private static string[] DistinctNames(Graph graph, string baseName, int count)
+    // Outputs an op declares (spt ops from their schemas; Dropout's mask), 0 when unknown.
+    private static int DeclaredOutputCount(Node n)
     {
-        var names = new string[count];
-        var used = new HashSet<string>(StringComparer.Ordinal);
-        for (int i = 0; i < count; i++)
+        if (n.Domain == CustomOpLibrary.Domain)
         {
-            string candidate = baseName + i.ToString(CultureInfo.InvariantCulture);
-            int k = 0;
-            while (graph.FindValue(candidate) != null || graph.Lookup(candidate) != null || !used.Add(candidate))
-                candidate = baseName + i.ToString(CultureInfo.InvariantCulture) + "_" + (++k).ToString(CultureInfo.InvariantCulture);
-            names[i] = candidate;
+            var schema = AttentionOps.All.Append(RoutedFfnOps.RoutedFfn).Append(RoutedFfnOps.RoutedFfnGrad).FirstOrDefault(s => s.Name == n.OpType);
+            return schema?.Outputs.Count ?? 0;
         }
-        return names;
+        return n.IsDefaultDomain && n.OpType == "Dropout" ? 2 : 0;
     }
 }

@@ -12,6 +12,7 @@ public sealed class ShapeFacts
     private readonly Dictionary<Value, int> _ranks = [];
     private readonly Dictionary<Value, long[]> _shapes = [];
     private readonly Dictionary<Value, long> _lengths = [];
+    private readonly Dictionary<Value, ElementType> _types = [];
 
     /// <summary>Computes the facts for every node of <paramref name="graph"/> (which must be in topological order).</summary>
     public ShapeFacts(Graph graph)
@@ -19,7 +20,49 @@ public sealed class ShapeFacts
         foreach (var v in graph.Inputs.Concat(graph.Initializers))
             Declare(v);
         foreach (var n in graph.Nodes)
+        {
             Infer(n);
+            InferTypes(n);
+        }
+    }
+
+    /// <summary>The element type of <paramref name="v"/>, or null when unknown.</summary>
+    public ElementType? ElementTypeOf(Value? v)
+    {
+        if (v == null)
+            return null;
+        return v.ElementType ?? (_types.TryGetValue(v, out var t) ? t : null);
+    }
+
+    // Element types: declared, or by op (Cast's target, integer shape ops, bool predicates), else the first input's.
+    private void InferTypes(Node n)
+    {
+        ElementType? first = n.Inputs.Where(v => v != null).Select(ElementTypeOf).FirstOrDefault();
+        for (int i = 0; i < n.Outputs.Count; i++)
+        {
+            var o = n.Outputs[i];
+            if (o.IsOmitted || o.ElementType != null)
+                continue;
+            ElementType? t = (n.IsDefaultDomain, n.OpType) switch
+            {
+                (true, "Cast") => (ElementType)n.GetInt("to", (long)ElementType.Float),
+                (true, "CastLike") => ElementTypeOf(n.Inputs[1]),
+                (true, "Shape" or "Size" or "NonZero" or "ArgMax" or "ArgMin") => ElementType.Int64,
+                (true, "Equal" or "Less" or "Greater" or "LessOrEqual" or "GreaterOrEqual" or "Not" or "And" or "Or" or "Xor"
+                    or "IsNaN" or "IsInf") => ElementType.Bool,
+                (true, "Dropout") => i == 1 ? ElementType.Bool : first,
+                (true, "Constant") => ConstantTensor(o)?.ElementType,
+                (true, "ConstantOfShape") => n.GetAttribute("value")?.AsTensor().ElementType ?? ElementType.Float,
+                (true, "Where") => n.Inputs.Count > 1 ? ElementTypeOf(n.Inputs[1]) : null,
+                (true, "OneHot") => n.Inputs.Count > 2 ? ElementTypeOf(n.Inputs[2]) : null,
+                (false, "PQEncode" or "PQTopK") => ElementType.Int32,
+                (false, "RoutedFFN") => i == 2 ? ElementType.Int32 : ElementType.Float,
+                (false, _) => ElementType.Float,
+                _ => first,
+            };
+            if (t is { } known)
+                _types[o] = known;
+        }
     }
 
     /// <summary>The rank of <paramref name="v"/>, or null when unknown.</summary>

@@ -405,7 +405,7 @@ public static class StandardGradients
 
     // y = cast(x): dx = cast(dy) back to x's type
     private static void Cast(GradientContext g) =>
-        g.Grad(0, () => g.Emit.Cast(g.DY, g.In(0).ElementType ?? ElementType.Float));
+        g.Grad(0, () => g.Emit.Cast(g.DY, g.Facts.ElementTypeOf(g.In(0)) ?? ElementType.Float));
 
     // Training mode: y = x * mask / (1 - ratio), so dx = dy * mask / (1 - ratio); inference mode: identity.
     private static void Dropout(GradientContext g) => g.Grad(0, () =>
@@ -414,7 +414,7 @@ public static class StandardGradients
         if (trainingMode == null)
             return g.DY;
         var constant = trainingMode.Initializer ?? ShapeFacts.ConstantTensor(trainingMode);
-        bool? training = constant?.ElementType == ElementType.Bool ? constant.ToArray<bool>()[0] : null;
+        bool? training = constant?.ElementType == ElementType.Bool ? constant.ToArray<byte>()[0] != 0 : null;
         if (training == false)
             return g.DY;
         var ratio = g.X(1) is { } r ? (r.ElementType is { } t && t != ElementType.Float ? g.Emit.Cast(r, ElementType.Float) : r) : g.C(0.5f);

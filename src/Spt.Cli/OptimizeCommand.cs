@@ -1,0 +1,165 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Spectre.Console;
+using Spt.Ir;
+using Spt.Passes;
+
+namespace Spt.Cli;
+
+/// <summary>
+/// <c>sptc optimize MODEL.onnx -o OUT.onnx [...]</c>: recognizes attention and FFN blocks and rewrites them to the SPT
+/// ops. Exit 0 on success, 3 when a rewrite was asked for and nothing matched (with the reasons), 2 on bad input.
+/// </summary>
+internal static class OptimizeCommand
+{
+    public static Command Create(CliContext context)
+    {
+        var model = new Argument<FileInfo>("MODEL") { Description = "The ONNX model to optimize" };
+        var output = new Option<FileInfo>("--output", "-o") { Description = "Where to write the optimized model", Required = true };
+        var attention = new Option<string>("--attention") { Description = "sparse (default) or keep", DefaultValueFactory = _ => "sparse" };
+        attention.AcceptOnlyFromAmong("sparse", "keep");
+        var ffn = new Option<string>("--ffn") { Description = "routed (default) or keep", DefaultValueFactory = _ => "routed" };
+        ffn.AcceptOnlyFromAmong("routed", "keep");
+        var lora = new Option<int>("--lora") { Description = "LoRA rank for the rewritten FFNs (0 = none)" };
+        var topkRatio = new Option<double?>("--topk-ratio") { Description = "Keys per query as a fraction of the sequence (default 0.125)" };
+        var topk = new Option<int?>("--topk") { Description = "Keys per query as a count" };
+        var blocks = new Option<int>("--blocks") { Description = "FFN blocks (default 4)", DefaultValueFactory = _ => 4 };
+        var active = new Option<int>("--active") { Description = "Active FFN blocks per token (default 2)", DefaultValueFactory = _ => 2 };
+        var codebook = new Option<int>("--codebook-size") { Description = "Codewords per subspace (default 16)", DefaultValueFactory = _ => 16 };
+        var codeword = new Option<int>("--codeword-dim") { Description = "Codeword dim; the head dim must be a multiple (default 8)", DefaultValueFactory = _ => 8 };
+        var exact = new Option<bool>("--exact") { Description = "Dense-equivalent configuration (all keys, no clamp, all blocks, no gate)" };
+        var report = new Option<FileInfo?>("--report") { Description = "Write the report as JSON to this file" };
+        var explain = new Option<bool>("--explain") { Description = "Print why each candidate did not match" };
+        var layers = new Option<string?>("--layers") { Description = "Layer indices to rewrite, e.g. 0,2,5-7 (default: all)" };
+        var seed = new Option<int>("--seed") { Description = "Seed of the new parameters (default 0)" };
+        var command = new Command("optimize", "Rewrite attention to PQ sparse attention and FFNs to routed FFNs")
+        {
+            model, output, attention, ffn, lora, topkRatio, topk, blocks, active, codebook, codeword, exact, report, explain, layers, seed,
+        };
+        command.SetAction(parse => context.Guard(parse, () =>
+        {
+            if (parse.GetValue(topkRatio) is not null && parse.GetValue(topk) is not null)
+                throw new CliUsageException("give --topk-ratio or --topk, not both");
+            var options = new SptOptions
+            {
+                Attention = parse.GetValue(attention) == "keep" ? AttentionMode.Keep : AttentionMode.Sparse,
+                Ffn = parse.GetValue(ffn) == "keep" ? FfnMode.Keep : FfnMode.Routed,
+                LoraRank = parse.GetValue(lora),
+                TopKRatio = parse.GetValue(topkRatio) ?? 0.125,
+                TopK = parse.GetValue(topk),
+                Blocks = parse.GetValue(blocks),
+                Active = parse.GetValue(active),
+                CodebookSize = parse.GetValue(codebook),
+                CodewordDim = parse.GetValue(codeword),
+                Exact = parse.GetValue(exact),
+                Layers = ParseLayers(parse.GetValue(layers)),
+                Seed = parse.GetValue(seed),
+            };
+            try
+            {
+                options.Validate();
+            }
+            catch (ArgumentException e)
+            {
+                throw new CliUsageException(e.Message);
+            }
+            var outFile = parse.GetRequiredValue(output);
+            var result = Run(parse.GetRequiredValue(model), outFile, options);
+            Render(context.Console, result);
+            if (parse.GetValue(report) is { } reportFile)
+                File.WriteAllText(reportFile.FullName, result.ToJson());
+            bool wanted = options.Attention == AttentionMode.Sparse || options.Ffn == FfnMode.Routed;
+            bool nothing = result.AttentionRewritten == 0 && result.FfnRewritten == 0;
+            if (parse.GetValue(explain) || (wanted && nothing))
+                Explain(context.Out, result);
+            if (wanted && nothing)
+            {
+                context.Error.WriteLine(result.NoTransformerBlocks
+                    ? "sptc: nothing matched: the model has no recognizable attention or FFN block (see the reasons above)"
+                    : "sptc: nothing was rewritten (see the reasons above)");
+                return ExitCodes.NothingMatched;
+            }
+            return ExitCodes.Ok;
+        }));
+        return command;
+    }
+
+    /// <summary>Loads, optimizes and (when something was rewritten) saves atomically; timings go into the report.</summary>
+    internal static OptimizeReport Run(FileInfo input, FileInfo output, SptOptions options)
+    {
+        var watch = Stopwatch.StartNew();
+        using var loaded = ModelFiles.Load(input);
+        var load = watch.Elapsed;
+        var result = SptOptimizer.Optimize(loaded, options);
+        result.LoadTime = load;
+        if (result.AttentionRewritten > 0 || result.FfnRewritten > 0 || (options.Attention == AttentionMode.Keep && options.Ffn == FfnMode.Keep))
+        {
+            watch.Restart();
+            loaded.Save(output.FullName);
+            result.SaveTime = watch.Elapsed;
+        }
+        return result;
+    }
+
+    internal static IReadOnlySet<int>? ParseLayers(string? text)
+    {
+        if (string.IsNullOrWhiteSpace(text))
+            return null;
+        var set = new HashSet<int>();
+        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var range = part.Split('-');
+            if (range.Length == 1 && int.TryParse(range[0], NumberStyles.None, CultureInfo.InvariantCulture, out var one))
+                set.Add(one);
+            else if (range.Length == 2 && int.TryParse(range[0], NumberStyles.None, CultureInfo.InvariantCulture, out var lo)
+                && int.TryParse(range[1], NumberStyles.None, CultureInfo.InvariantCulture, out var hi) && lo <= hi)
+                set.UnionWith(Enumerable.Range(lo, hi - lo + 1));
+            else
+                throw new CliUsageException($"--layers: '{part}' is not a layer index or range (e.g. 0,2,5-7)");
+        }
+        return set;
+    }
+
+    private static void Render(IAnsiConsole console, OptimizeReport r)
+    {
+        var table = new Table().Border(TableBorder.Rounded).Title("sptc optimize");
+        table.AddColumns("layer", "attention", "causal / mask", "scale", "attention result", "ffn", "ffn result");
+        int count = Math.Max(r.Attention.Count, r.Ffn.Count);
+        for (int i = 0; i < count; i++)
+        {
+            var a = i < r.Attention.Count ? r.Attention[i] : null;
+            var f = i < r.Ffn.Count ? r.Ffn[i] : null;
+            table.AddRow(
+                i.ToString(CultureInfo.InvariantCulture),
+                a is null ? "-" : Markup.Escape($"{a.Source} (E={a.HeadDim?.ToString(CultureInfo.InvariantCulture) ?? "?"}, H={a.Heads?.ToString(CultureInfo.InvariantCulture) ?? "?"}{(a.Rotary ? ", rotary" : "")})"),
+                a is null ? "-" : Markup.Escape((a.Causal ? "causal" : "bidirectional") + (a.KeyPaddingMask is { } m ? $" + padding({m})" : "")),
+                a is null ? "-" : a.EffectiveScale.ToString("G4", CultureInfo.InvariantCulture),
+                a is null ? "-" : a.Rewritten ? "[green]sparse[/]" : "[yellow]dense[/]: " + Markup.Escape(a.KeptDenseReason ?? ""),
+                f is null ? "-" : Markup.Escape($"{f.Activation} {f.DModel}->{f.DFf}"),
+                f is null ? "-" : f.Rewritten ? "[green]routed[/]" : "[yellow]dense[/]: " + Markup.Escape(f.KeptDenseReason ?? ""));
+        }
+        console.Write(table);
+        var summary = FormattableString.Invariant(
+            $"attention: {r.AttentionRewritten}/{r.AttentionFound} rewritten; ffn: {r.FfnRewritten}/{r.FfnFound} rewritten; {r.Unmatched.Count} unmatched candidate(s); compile {r.CompileTime.TotalMilliseconds:F0} ms");
+        if (r.LoadTime is { } l)
+            summary += FormattableString.Invariant($", load {l.TotalMilliseconds:F0} ms");
+        if (r.SaveTime is { } s)
+            summary += FormattableString.Invariant($", save {s.TotalMilliseconds:F0} ms");
+        console.MarkupLine(Markup.Escape(summary));
+        foreach (var u in r.Unsupported)
+            console.MarkupLine("[yellow]unsupported:[/] " + Markup.Escape(u));
+    }
+
+    private static void Explain(TextWriter output, OptimizeReport r)
+    {
+        foreach (var u in r.Unsupported)
+            output.WriteLine($"unsupported: {u}");
+        foreach (var u in r.Unmatched)
+            output.WriteLine($"no match ({u.Kind}) at {u.OpType} '{u.Node}': {u.Reason}");
+        foreach (var a in r.Attention.Where(a => !a.Rewritten))
+            output.WriteLine($"attention layer {a.Layer} kept dense: {a.KeptDenseReason}");
+        foreach (var f in r.Ffn.Where(f => !f.Rewritten))
+            output.WriteLine($"ffn layer {f.Layer} kept dense: {f.KeptDenseReason}");
+    }
+}

@@ -1,0 +1,88 @@
+namespace Spt.Passes;
+
+/// <summary>What to do with recognized attention blocks.</summary>
+public enum AttentionMode
+{
+    /// <summary>Rewrite to PQEncode, PQTopK and SparseAttention.</summary>
+    Sparse,
+
+    /// <summary>Recognize and report, keep the dense computation.</summary>
+    Keep,
+}
+
+/// <summary>What to do with recognized FFN blocks.</summary>
+public enum FfnMode
+{
+    /// <summary>Rewrite to RoutedFFN.</summary>
+    Routed,
+
+    /// <summary>Recognize and report, keep the dense computation.</summary>
+    Keep,
+}
+
+/// <summary>
+/// Options of the SPT rewrite (<c>sptc optimize</c>). Defaults follow the SPT reference: codewords of 8 dims, 16
+/// codewords per subspace, 1/8 of the keys per query, 4 FFN blocks with 2 active, score clamp 10.
+/// </summary>
+public sealed record SptOptions
+{
+    /// <summary>Attention rewrite (default sparse).</summary>
+    public AttentionMode Attention { get; init; } = AttentionMode.Sparse;
+
+    /// <summary>FFN rewrite (default routed).</summary>
+    public FfnMode Ffn { get; init; } = FfnMode.Routed;
+
+    /// <summary>LoRA rank for the rewritten FFNs' optional LoRA inputs (0 = none). A ~ N(0, 1), B = 0.</summary>
+    public int LoraRank { get; init; }
+
+    /// <summary>Keys per query as a fraction of the sequence (used when <see cref="TopK"/> is null).</summary>
+    public double TopKRatio { get; init; } = 0.125;
+
+    /// <summary>Keys per query as a count (overrides <see cref="TopKRatio"/>).</summary>
+    public int? TopK { get; init; }
+
+    /// <summary>Codewords per subspace C.</summary>
+    public int CodebookSize { get; init; } = 16;
+
+    /// <summary>Codeword dim d_c; the head dim must be a multiple of it.</summary>
+    public int CodewordDim { get; init; } = 8;
+
+    /// <summary>FFN blocks n_b; d_ff must be a multiple of it.</summary>
+    public int Blocks { get; init; } = 4;
+
+    /// <summary>Active FFN blocks per token.</summary>
+    public int Active { get; init; } = 2;
+
+    /// <summary>
+    /// Emit the dense-equivalent configuration: every key (top_k = Sk), no clamp, every block active, gate
+    /// "none". The rewritten model then computes what the original does (used to prove faithfulness).
+    /// </summary>
+    public bool Exact { get; init; }
+
+    /// <summary>Layer indices to rewrite (attention and FFN layers counted separately, from 0); null = all.</summary>
+    public IReadOnlySet<int>? Layers { get; init; }
+
+    /// <summary>Seed of the new initializers (codebooks, routers, LoRA factors).</summary>
+    public int Seed { get; init; }
+
+    /// <summary>Score clamp of SparseAttention: 10 normally, 0 (off) in exact mode.</summary>
+    public float Clamp => Exact ? 0f : 10f;
+
+    /// <summary>Whether layer <paramref name="layer"/> is selected.</summary>
+    public bool Selects(int layer) => Layers is null || Layers.Contains(layer);
+
+    /// <summary>Throws <see cref="ArgumentException"/> for inconsistent values.</summary>
+    public void Validate()
+    {
+        if (TopKRatio <= 0 || TopKRatio > 1)
+            throw new ArgumentException($"top-k ratio must be in (0, 1]; got {TopKRatio}");
+        if (TopK is <= 0)
+            throw new ArgumentException($"top-k must be positive; got {TopK}");
+        if (CodebookSize < 1 || CodewordDim < 1)
+            throw new ArgumentException("codebook size and codeword dim must be positive");
+        if (Blocks < 1 || Active < 1 || Active > Blocks)
+            throw new ArgumentException($"need 1 <= active ({Active}) <= blocks ({Blocks})");
+        if (LoraRank < 0)
+            throw new ArgumentException($"LoRA rank must be >= 0; got {LoraRank}");
+    }
+}

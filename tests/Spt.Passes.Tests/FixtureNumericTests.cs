@@ -1,0 +1,77 @@
+using Spt.Ir;
+using Spt.Runtime;
+using Xunit.Abstractions;
+
+namespace Spt.Passes.Tests;
+
+/// <summary>
+/// Faithfulness: ORT runs each fixture and its <c>--exact</c> rewrite (our custom ops registered) on the same
+/// generated inputs; the outputs must agree within 1e-4. Attention and FFN rewrites are also checked one at a
+/// time, so a failure names the op family.
+/// </summary>
+public class FixtureNumericTests(ITestOutputHelper output)
+{
+    public enum Part
+    {
+        Attention,
+        Ffn,
+        Both,
+    }
+
+    public static TheoryData<string, Part> Cases()
+    {
+        var data = new TheoryData<string, Part>();
+        foreach (var file in Fixtures.Names)
+        {
+            foreach (var part in Enum.GetValues<Part>())
+                data.Add(file, part);
+        }
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void ExactRewriteComputesWhatTheOriginalDoes(string file, Part part)
+    {
+        using var original = Fixtures.Load(file);
+        InferenceDropout(original);
+        var options = FixtureRecognitionTests.OptionsFor(file, exact: true) with
+        {
+            Attention = part == Part.Ffn ? AttentionMode.Keep : AttentionMode.Sparse,
+            Ffn = part == Part.Attention ? FfnMode.Keep : FfnMode.Routed,
+        };
+        var rewritten = Model.FromBytes(original.ToBytes());
+        var report = SptOptimizer.Optimize(rewritten, options);
+        Assert.True(report.AttentionRewritten + report.FfnRewritten > 0, "nothing was rewritten");
+        var maxDiff = Compare(original, Model.FromBytes(rewritten.ToBytes()), 1e-4);
+        output.WriteLine($"{file} [{part}]: attention {report.AttentionRewritten}/{report.AttentionFound}, ffn {report.FfnRewritten}/{report.FfnFound}, max |diff| {maxDiff:G3}");
+    }
+
+    /// <summary>Runs both models on the same inputs (batch 2, sequence 8; masks pad a suffix) and returns the largest difference.</summary>
+    internal static double Compare(Model expected, Model actual, double tolerance)
+    {
+        var inputs = InputGenerator.Generate(expected, new InputGeneratorOptions { Batch = 2, Sequence = 8, Seed = 11 });
+        var before = TestSupport.Run(expected, inputs);
+        var after = TestSupport.Run(actual, inputs);
+        Assert.Equal(before.Select(o => o.Key), after.Select(o => o.Key));
+        double max = 0;
+        for (int i = 0; i < before.Count; i++)
+        {
+            var diff = OutputComparison.Compare(before[i].Key, before[i].Value, after[i].Value, tolerance);
+            Assert.True(diff.WithinTolerance, $"output {diff.Name}: shapes match {diff.ShapesMatch}, max abs diff {diff.MaxAbsDiff:G3}");
+            max = Math.Max(max, diff.MaxAbsDiff);
+        }
+        return max;
+    }
+
+    /// <summary>Training-mode exports: the reference runs with dropout off (the sparse and routed paths have none).</summary>
+    internal static void InferenceDropout(Model model)
+    {
+        var editor = model.Graph.Edit();
+        foreach (var n in model.Graph.Nodes.Where(n => n.OpType == "Dropout" && n.Inputs.Count > 2 && n.Inputs[2] != null).ToList())
+        {
+            var off = editor.AddInitializer(Tensor.Create(model.Graph.UniqueName("training_off"), new[] { false }));
+            editor.SetInput(n, 2, off);
+        }
+    }
+}

@@ -1,0 +1,59 @@
+using Spt.Ir;
+using Xunit.Abstractions;
+
+namespace Spt.Passes.Tests;
+
+/// <summary>Every fixture: all attention and FFN blocks are found and rewritten, in normal and exact mode.</summary>
+public class FixtureRecognitionTests(ITestOutputHelper output)
+{
+    public static TheoryData<string> Models => Fixtures.All();
+
+    /// <summary>Default options, except where the fixture's head dim is not a multiple of 8 (llama: d 48, 4 heads -> E 12).</summary>
+    internal static SptOptions OptionsFor(string file, bool exact)
+    {
+        var entry = Fixtures.Entry(file);
+        long e = entry.GetProperty("d_model").GetInt64() / entry.GetProperty("heads").GetInt64();
+        return new SptOptions { Exact = exact, CodewordDim = e % 8 == 0 ? 8 : 4 };
+    }
+
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void FindsAndRewritesEveryBlock(string file)
+    {
+        foreach (bool exact in new[] { false, true })
+        {
+            var entry = Fixtures.Entry(file);
+            using var model = Fixtures.Load(file);
+            var report = SptOptimizer.Optimize(model, OptionsFor(file, exact));
+            foreach (var u in report.Unmatched)
+                output.WriteLine($"unmatched {u.Kind} {u.OpType} '{u.Node}': {u.Reason}");
+            foreach (var a in report.Attention)
+                output.WriteLine($"attention {a.Layer} {a.CoreNode} rewritten={a.Rewritten} dense: {a.KeptDenseReason}");
+            int attention = entry.GetProperty("attention_blocks").GetInt32();
+            int ffn = entry.GetProperty("ffn_blocks").GetInt32();
+            Assert.Equal(attention, report.AttentionFound);
+            Assert.Equal(attention, report.AttentionRewritten);
+            Assert.Equal(ffn, report.FfnFound);
+            Assert.Equal(ffn, report.FfnRewritten);
+
+            var ops = model.Graph.Nodes.GroupBy(n => (n.Domain, n.OpType)).ToDictionary(g => g.Key, g => g.Count());
+            int Count(string domain, string op) => ops.GetValueOrDefault((domain, op));
+            Assert.Equal(0, Count("", "Softmax"));
+            Assert.Equal(0, Count("spt.internal", "AttentionCore"));
+            Assert.Equal(0, Count("com.microsoft", "Attention") + Count("com.microsoft", "MultiHeadAttention") + Count("", "Attention"));
+            Assert.Equal(attention, Count("spt", "SparseAttention"));
+            Assert.Equal(2 * attention, Count("spt", "PQEncode"));
+            Assert.Equal(attention, Count("spt", "PQTopK"));
+            Assert.Equal(ffn, Count("spt", "RoutedFFN"));
+            Assert.Empty(GraphVerifier.Verify(model.Graph));
+
+            bool causal = entry.GetProperty("causal").GetBoolean();
+            Assert.All(report.Attention, a => Assert.Equal(causal, a.Causal));
+            string mask = entry.GetProperty("attention_mask").GetString()!;
+            Assert.All(report.Attention, a => Assert.Equal(mask is "padding" or "both", a.KeyPaddingMask != null));
+            var act = entry.GetProperty("ffn_activation").GetString()!;
+            string expected = act switch { "gelu_op" => "gelu", "fastgelu" => "gelu_tanh", _ => act };
+            Assert.All(report.Ffn, f => Assert.Equal(expected, f.Activation));
+        }
+    }
+}
