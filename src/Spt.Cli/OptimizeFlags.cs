@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Spt.Ir;
+using Spt.Passes;
 
 namespace Spt.Cli;
 
@@ -44,7 +45,40 @@ internal sealed class OptimizeFlags
     /// <summary>Rewrites <paramref name="model"/> in place when --optimize is given; returns a one-line report, or null.</summary>
     public string? Apply(ParseResult parse, Model model) => Requested(parse) ? Rewrite(parse, model) : null;
 
+    /// <summary>The SPT options the flags describe.</summary>
+    public SptOptions Options(ParseResult parse)
+    {
+        var options = new SptOptions
+        {
+            LoraRank = parse.GetValue(Lora),
+            TopKRatio = parse.GetValue(TopKRatio),
+            Blocks = parse.GetValue(Blocks),
+            Active = parse.GetValue(Active),
+        };
+        try
+        {
+            options.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliUsageException(e.Message);
+        }
+
+        return options;
+    }
+
     /// <summary>Applies the SPT rewrite with the flags' settings to <paramref name="model"/> in place; returns a one-line report.</summary>
-    public string Rewrite(ParseResult parse, Model model) =>
-        throw new CliUsageException("the SPT rewrite passes are not in this build yet (use --dense-only with bench)");
+    public string Rewrite(ParseResult parse, Model model) => Rewrite(model, Options(parse));
+
+    /// <summary>Applies the SPT rewrite to <paramref name="model"/> in place; returns a one-line report; nothing rewritten is an error.</summary>
+    public static string Rewrite(Model model, SptOptions options)
+    {
+        var report = SptOptimizer.Optimize(model, options);
+        if (report.AttentionRewritten == 0 && report.FfnRewritten == 0)
+        {
+            throw new CliUsageException("the SPT rewrite found nothing to rewrite in the model (see 'sptc optimize --explain')");
+        }
+
+        return $"SPT rewrite: {report.AttentionRewritten} of {report.AttentionFound} attention blocks, {report.FfnRewritten} of {report.FfnFound} FFN blocks";
+    }
 }

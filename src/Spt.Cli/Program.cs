@@ -57,6 +57,8 @@ public static class Program
         root.Subcommands.Add(TrainCommand.Create(context));
         root.Subcommands.Add(BenchCommand.Create(context));
         root.Subcommands.Add(BenchCommand.CreateWorker(context));
+        root.Subcommands.Add(DemoCommand.Create(context));
+        root.Subcommands.Add(SampleCommand.Create(context));
         return root;
     }
 }
