@@ -158,3 +158,64 @@ public sealed class TrainCommandTests : IDisposable
         Assert.Contains("--seq must be comma-separated lengths", badErr);
     }
 }
+
+/// <summary>The SPT paths of the CLI on the built-in sample decoder: train --optimize, bench dense vs SPT, demo.</summary>
+public sealed class TrainSptCommandTests : IDisposable
+{
+    private readonly TempDir _dir = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    private string Sample()
+    {
+        var path = _dir.File("sample.onnx");
+        var (code, _, stderr) = CliRunner.Run("sample", "--out", path, "--layers", "1", "--d-model", "32", "--heads", "4", "--d-ff", "64", "--vocab", "128", "--max-seq", "32");
+        Assert.True(code == 0, stderr);
+        return path;
+    }
+
+    [Fact]
+    public void Train_optimize_rewrites_then_trains_and_exports_the_spt_model()
+    {
+        var data = _dir.File("corpus.txt");
+        File.WriteAllText(data, Spt.Runtime.Data.EmbeddedCorpus.Text);
+        var export = _dir.File("ft.onnx");
+        var (code, stdout, stderr) = CliRunner.Run("train", Sample(), "--data", data, "--seq", "32", "--steps", "12", "--batch", "4", "--lr", "3e-3",
+            "--optimize", "--lora", "4", "--topk-ratio", "0.25", "--export", export);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("SPT rewrite: 1 of 1 attention blocks, 1 of 1 FFN blocks", stdout);
+        var losses = stdout.Split('\n').Where(l => l.Contains("train step", StringComparison.Ordinal)).ToList();
+        Assert.NotEmpty(losses);
+        using var model = Model.Load(export);
+        Assert.Contains(model.Graph.Nodes, n => n.Domain == "spt" && n.OpType == "SparseAttention");
+        Assert.Contains(model.Graph.Nodes, n => n.Domain == "spt" && n.OpType == "RoutedFFN");
+    }
+
+    [Fact]
+    public void Bench_compares_dense_and_spt_with_ratios()
+    {
+        var json = _dir.File("bench.json");
+        var (code, stdout, stderr) = CliRunner.Run("bench", Sample(), "--seq", "16,32", "--steps", "2", "--json", json);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("spt", stdout);
+        foreach (var r in JsonNode.Parse(File.ReadAllText(json))!["results"]!.AsArray())
+        {
+            Assert.True(r!["spt"]!["median_step_s"]!.GetValue<double>() > 0);
+            var ratios = r["ratios"]!;
+            var expected = r["spt"]!["max_in_use_bytes"]!.GetValue<double>() / r["dense"]!["max_in_use_bytes"]!.GetValue<double>();
+            Assert.Equal(expected, ratios["max_in_use"]!.GetValue<double>(), 9);
+        }
+    }
+
+    [Fact]
+    public void Demo_runs_the_whole_job_and_prints_both_models()
+    {
+        var (code, stdout, stderr) = CliRunner.Run("demo", "--steps", "6", "--batch", "4");
+        Assert.True(code == 0, stderr);
+        Assert.Matches(@"exact check: .* = \d\.\de[-+]\d", stdout);
+        Assert.Contains("dense", stdout);
+        Assert.Contains("SPT", stdout);
+        Assert.Contains("peak ORT", stdout);
+        Assert.Matches(@"SPT eval loss is [+-]\d+\.\d% vs dense", stdout);
+    }
+}
