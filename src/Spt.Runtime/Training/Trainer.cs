@@ -97,7 +97,17 @@ public sealed class Trainer : IDisposable
 
         _gradInputs = [.. _grad.InputNames];
         _evalInputs = [.. _eval.InputNames];
-        CheckGraphInterfaces();
+        try
+        {
+            CheckGraphInterfaces();
+        }
+        catch
+        {
+            _grad.Dispose();
+            _optimizer.Dispose();
+            _eval.Dispose();
+            throw;
+        }
 
         _memoryInfo = Device == ExecutionDevice.Cuda
             ? new OrtMemoryInfo("Cuda", OrtAllocatorType.DeviceAllocator, 0, OrtMemType.Default)
