@@ -1,4 +1,5 @@
 using Spt.Passes.Canonicalization;
+using Spt.Passes.Lora;
 using Spt.Passes.Recognition;
 using Spt.Passes.Rewrites;
 
@@ -14,7 +15,7 @@ public static class Pipelines
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        return new Pipeline("spt-optimize")
+        var pipeline = new Pipeline("spt-optimize")
             // Canonicalization first (Canonicalize.Standard's steps): recognizers then see MatMul(x, W) [+ b]
             // linears, folded shape arithmetic and no Identity/no-op nodes. TransposedWeightFolding is left out on
             // purpose: it rewrites every Linear weight (gigabytes for large models) while the recognizers read
@@ -40,5 +41,16 @@ public static class Pipelines
             .Add(new SparseAttentionLowering(options))
             // The rewrites leave the mask and shape arithmetic of replaced blocks behind when it had other readers.
             .Add(new DeadCodeElimination());
+        if (options.LoraRank > 0)
+        {
+            // After the rewrites, the Linear layers left are the attention projections and heads: they get LoRA
+            // factors (the routed FFNs already carry theirs as RoutedFFN inputs). Then the SPT parameter set is
+            // recorded for training: LoRA factors, routers, codebooks and norms train, base weights stay frozen.
+            pipeline
+                .Add(new LoraPass(new LoraOptions { Rank = options.LoraRank, Seed = options.Seed }))
+                .Add(new TrainableParameterMarking());
+        }
+
+        return pipeline;
     }
 }

@@ -121,51 +121,33 @@ public static class InputGenerator
     }
 
     // Rows of the table a Gather reads with this input (through shape-only or cast ops).
-    private static long? EmbeddingRows(Value input)
+    private static long? EmbeddingRows(Value input) => FirstUse(input, ["Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"],
+        use => use.Node.OpType == "Gather" && use.InputIndex == 1 && use.Node.Inputs[0]?.Initializer is { Dims.Count: >= 1 } table
+            && use.Node.GetInt("axis", 0) == 0 ? table.Dims[0] : null);
+
+    // mask -> [Unsqueeze/Cast]* -> Sub(1, .)
+    private static bool FeedsOneMinus(Value input) => FirstUse(input, ["Cast", "Unsqueeze", "Reshape", "Expand"],
+        use => use.Node.OpType == "Sub" && use.InputIndex == 1 && use.Node.Inputs[0] is { } one
+            && Passes.Patterns.ConstPattern.TensorOf(one) is { } t && Passes.Patterns.Pat.Scalar(1.0)(t) ? 1L : null) is not null;
+
+    // The first non-null answer of `probe` over the uses of `input`, following the outputs of `passThrough` ops
+    // (taking the value as their first input) up to four steps away.
+    private static long? FirstUse(Value input, string[] passThrough, Func<Use, long?> probe)
     {
         var frontier = new List<Value> { input };
         for (int depth = 0; depth < 4 && frontier.Count > 0; depth++)
         {
             var next = new List<Value>();
-            foreach (var v in frontier)
+            foreach (var use in frontier.SelectMany(v => v.Uses))
             {
-                foreach (var use in v.Uses)
-                {
-                    var n = use.Node;
-                    if (n.OpType == "Gather" && use.InputIndex == 1 && n.Inputs[0]?.Initializer is { Dims.Count: >= 1 } table
-                        && n.GetInt("axis", 0) == 0)
-                        return table.Dims[0];
-                    if (n.OpType is "Cast" or "Reshape" or "Unsqueeze" or "Squeeze" or "Flatten" or "Identity" && use.InputIndex == 0)
-                        next.Add(n.Outputs[0]);
-                }
+                if (probe(use) is { } found)
+                    return found;
+                if (use.InputIndex == 0 && passThrough.Contains(use.Node.OpType))
+                    next.Add(use.Node.Outputs[0]);
             }
             frontier = next;
         }
         return null;
-    }
-
-    // mask -> [Unsqueeze/Cast]* -> Sub(1, .)
-    private static bool FeedsOneMinus(Value input)
-    {
-        var frontier = new List<Value> { input };
-        for (int depth = 0; depth < 4 && frontier.Count > 0; depth++)
-        {
-            var next = new List<Value>();
-            foreach (var v in frontier)
-            {
-                foreach (var use in v.Uses)
-                {
-                    var n = use.Node;
-                    if (n.OpType == "Sub" && use.InputIndex == 1 && n.Inputs[0] is { } one
-                        && Passes.Patterns.ConstPattern.TensorOf(one) is { } t && Passes.Patterns.Pat.Scalar(1.0)(t))
-                        return true;
-                    if (n.OpType is "Cast" or "Unsqueeze" or "Reshape" or "Expand" && use.InputIndex == 0)
-                        next.Add(n.Outputs[0]);
-                }
-            }
-            frontier = next;
-        }
-        return false;
     }
 
     // Each row (last axis): ones for a random prefix of length >= 1, zeros after; the first row all ones.

@@ -1,13 +1,12 @@
 using Spt.Ir;
-using Google.Protobuf;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 
 namespace Spt.CustomOps.Tests;
 
 /// <summary>
-/// A one-node ONNX model around an sptc op, written straight to protobuf wire format (ModelProto field numbers),
-/// and run in an ORT session with the sptc library registered.
+/// A one-node ONNX model around an sptc op, built with the IR, run in an ORT session with the sptc library
+/// registered.
 /// </summary>
 internal sealed class AttentionTestModel : IDisposable
 {
@@ -90,131 +89,23 @@ internal sealed class AttentionTestModel : IDisposable
         IReadOnlyList<(string Name, int DataType)> outputs,
         IReadOnlyDictionary<string, object> attributes)
     {
-        var node = Message(w =>
+        var b = new GraphBuilder(opset: 17);
+        b.Opset(CustomOpLibrary.Domain, CustomOpLibrary.OpsetVersion);
+        // A null dim becomes a symbol of its own, so ORT sees it as unknown at graph time.
+        var values = inputs.Select(i => i is { } input
+            ? b.Input(input.Name, (ElementType)input.DataType,
+                [.. input.Shape.Select((d, axis) => d is { } size ? (object)size : $"{input.Name}_d{axis}")])
+            : null).ToArray();
+        var node = b.Node(op, values, outputs.Count, [.. attributes.Select(a => (a.Key, a.Value))],
+            CustomOpLibrary.Domain, op + "_node", [.. outputs.Select(o => o.Name)]);
+        for (var i = 0; i < outputs.Count; i++)
         {
-            foreach (var input in inputs)
-            {
-                w.WriteTag(1, WireFormat.WireType.LengthDelimited);
-                w.WriteString(input?.Name ?? string.Empty);
-            }
+            // Element type only: the shape is left to ORT's (and the op's) shape inference.
+            node.Outputs[i].Type = new TensorType((ElementType)outputs[i].DataType, null);
+            b.Output(node.Outputs[i]);
+        }
 
-            foreach (var output in outputs)
-            {
-                w.WriteTag(2, WireFormat.WireType.LengthDelimited);
-                w.WriteString(output.Name);
-            }
-
-            WriteString(w, 3, op + "_node");
-            WriteString(w, 4, op);
-            foreach (var (name, value) in attributes)
-            {
-                WriteMessage(w, 5, Message(a =>
-                {
-                    WriteString(a, 1, name);
-                    switch (value)
-                    {
-                        case float f:
-                            a.WriteTag(2, WireFormat.WireType.Fixed32);
-                            a.WriteFloat(f);
-                            WriteInt(a, 20, 1);
-                            break;
-                        case long l:
-                            WriteInt(a, 3, l);
-                            WriteInt(a, 20, 2);
-                            break;
-                        case string s:
-                            WriteString(a, 4, s);
-                            WriteInt(a, 20, 3);
-                            break;
-                        default:
-                            throw new ArgumentException($"unsupported attribute value {value.GetType()}");
-                    }
-                }));
-            }
-
-            WriteString(w, 7, CustomOpLibrary.Domain);
-        });
-
-        var graph = Message(g =>
-        {
-            WriteMessage(g, 1, node);
-            WriteString(g, 2, "test");
-            foreach (var input in inputs)
-            {
-                if (input is { } i)
-                {
-                    WriteMessage(g, 11, ValueInfo(i.Name, i.DataType, i.Shape));
-                }
-            }
-
-            foreach (var output in outputs)
-            {
-                WriteMessage(g, 12, ValueInfo(output.Name, output.DataType, null));
-            }
-        });
-
-        return Message(m =>
-        {
-            WriteInt(m, 1, 8);  // ir_version
-            WriteMessage(m, 8, Message(o => { WriteString(o, 1, string.Empty); WriteInt(o, 2, 17); }));
-            WriteMessage(m, 8, Message(o => { WriteString(o, 1, CustomOpLibrary.Domain); WriteInt(o, 2, CustomOpLibrary.OpsetVersion); }));
-            WriteMessage(m, 7, graph);
-        });
-    }
-
-    private static byte[] ValueInfo(string name, int dataType, long?[]? shape) => Message(v =>
-    {
-        WriteString(v, 1, name);
-        WriteMessage(v, 2, Message(t => WriteMessage(t, 1, Message(tensor =>
-        {
-            WriteInt(tensor, 1, dataType);
-            if (shape is not null)
-            {
-                WriteMessage(tensor, 2, Message(s =>
-                {
-                    for (var d = 0; d < shape.Length; d++)
-                    {
-                        WriteMessage(s, 1, Message(dim =>
-                        {
-                            if (shape[d] is { } value)
-                            {
-                                WriteInt(dim, 1, value);
-                            }
-                            else
-                            {
-                                WriteString(dim, 2, $"{name}_d{d}");
-                            }
-                        }));
-                    }
-                }));
-            }
-        }))));
-    });
-
-    private static byte[] Message(Action<CodedOutputStream> write)
-    {
-        using var buffer = new MemoryStream();
-        var stream = new CodedOutputStream(buffer);
-        write(stream);
-        stream.Flush();
-        return buffer.ToArray();
-    }
-
-    private static void WriteString(CodedOutputStream w, int field, string value)
-    {
-        w.WriteTag(field, WireFormat.WireType.LengthDelimited);
-        w.WriteString(value);
-    }
-
-    private static void WriteInt(CodedOutputStream w, int field, long value)
-    {
-        w.WriteTag(field, WireFormat.WireType.Varint);
-        w.WriteInt64(value);
-    }
-
-    private static void WriteMessage(CodedOutputStream w, int field, byte[] message)
-    {
-        w.WriteTag(field, WireFormat.WireType.LengthDelimited);
-        w.WriteBytes(ByteString.CopyFrom(message));
+        using var model = b.Build();
+        return model.ToBytes();
     }
 }

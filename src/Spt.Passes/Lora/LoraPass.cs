@@ -49,10 +49,15 @@ public sealed class LoraPass(LoraOptions? options = null) : IPass
     /// <inheritdoc />
     public string Name => "lora";
 
-    // MatMul(x, W) [+ b], W a 2-D constant, b a 1-D constant (either Add operand order).
+    // The weight operand: W [d_in, d_out], or Transpose(W [d_out, d_in]) as exporters write Linear on 3-D input.
+    private static Pattern Weight() => Pat.OneOf(
+        Pat.Const("w"),
+        Pat.Op("Transpose", Pat.Const("w")).AttrInts("perm", 1, 0).Named("transpose"));
+
+    // MatMul(x, W) [+ b], W a 2-D constant (possibly transposed), b a 1-D constant (either Add operand order).
     private static readonly Pattern Linear = Pat.OneOf(
-        Pat.Commutative("Add", Pat.Op("MatMul", Pat.Any("x"), Pat.Const("w")).Named("matmul"), Pat.Const("b")).Named("add"),
-        Pat.Op("MatMul", Pat.Any("x"), Pat.Const("w")).Named("matmul"));
+        Pat.Commutative("Add", Pat.Op("MatMul", Pat.Any("x"), Weight()).Named("matmul"), Pat.Const("b")).Named("add"),
+        Pat.Op("MatMul", Pat.Any("x"), Weight()).Named("matmul"));
 
     /// <inheritdoc />
     public bool Run(Model model, PassContext context)
@@ -72,7 +77,7 @@ public sealed class LoraPass(LoraOptions? options = null) : IPass
             var root = mm.Outputs[0].Uses is [{ Node: { OpType: "Add" } add }] ? add.Outputs[0] : mm.Outputs[0];
             var m = Linear.Match(root);
             if (!m.Success || !ReferenceEquals(m.Node("matmul"), mm))
-                m = Pat.Op("MatMul", Pat.Any("x"), Pat.Const("w")).Named("matmul").Match(mm);
+                m = Pat.Op("MatMul", Pat.Any("x"), Weight()).Named("matmul").Match(mm);
             if (!m.Success)
             {
                 context.Info(Name, "not a Linear layer: " + m.Reason, mm);
@@ -85,14 +90,16 @@ public sealed class LoraPass(LoraOptions? options = null) : IPass
                 context.Info(Name, $"not a Linear layer: weight {w.Name} is {weight.ElementType.ShortName()}[{string.Join(",", weight.Dims)}], not a 2-D float32 initializer", mm);
                 continue;
             }
+            bool transposed = m.Nodes.ContainsKey("transpose");
+            long dIn = weight.Dims[transposed ? 1 : 0], dOut = weight.Dims[transposed ? 0 : 1];
             Value? bias = m.Values.TryGetValue("b", out var bv) ? bv : null;
-            if (bias is not null && (ConstPattern.TensorOf(bias)!.Dims is not [var n] || n != weight.Dims[1]))
+            if (bias is not null && (ConstPattern.TensorOf(bias)!.Dims is not [var n] || n != dOut))
                 bias = null;
             if (Options.Include is { } include && !include.IsMatch(w.Name) && !(originals.TryGetValue(w.Name, out var orig) && include.IsMatch(orig)))
                 continue;
 
             var output = bias is not null ? m.Node("add").Outputs[0] : mm.Outputs[0];
-            AddFactors(model, editor, m["x"], w, weight, output, rng, trainable);
+            AddFactors(editor, m["x"], w, dIn, dOut, output, rng, trainable);
             (Options.FreezeBase ? frozen : trainable).Add(w.Name);
             if (bias is not null)
                 (Options.FreezeBase ? frozen : trainable).Add(bias.Name);
@@ -108,10 +115,10 @@ public sealed class LoraPass(LoraOptions? options = null) : IPass
     }
 
     // y -> y + MatMul(MatMul(x, A), B); A [d_in, r], B [r, d_out]
-    private void AddFactors(Model model, GraphEditor editor, Value x, Value w, Tensor weight, Value y, Random rng, List<string> trainable)
+    private void AddFactors(GraphEditor editor, Value x, Value w, long dIn, long dOut, Value y, Random rng, List<string> trainable)
     {
         var g = editor.Graph;
-        long dIn = weight.Dims[0], dOut = weight.Dims[1], r = Options.Rank;
+        long r = Options.Rank;
         var aData = new float[dIn * r];
         for (int i = 0; i < aData.Length; i++)
             aData[i] = Normal(rng);
