@@ -32,7 +32,7 @@ public sealed class TrainingLearningTests(ITestOutputHelper output) : IDisposabl
         var (train, eval) = Dataset.FromText(EmbeddedCorpus.Text, 64, "corpus").Split(0.1);
         var options = new TrainerOptions
         {
-            Steps = 100,
+            Steps = 150,
             BatchSize = 8,
             LearningRate = 3e-3,
             WarmupSteps = 10,
