@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text;
 using System.Text.Json;
 
@@ -339,8 +338,6 @@ public sealed class Dataset
         e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out var v)
             ? v
             : throw new DataException($"{path} line {line}: '{key}' holds {e.GetRawText()}, not an integer");
-
-    internal static string Invariant(FormattableString s) => s.ToString(CultureInfo.InvariantCulture);
 }
 
 /// <summary>A data file that cannot be used: empty, malformed, or not fitting the model. The message is one line.</summary>

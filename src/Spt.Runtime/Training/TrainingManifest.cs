@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Spt.Ir;
@@ -297,6 +296,4 @@ public sealed class TrainingManifest
 
     private static string Str(JsonNode node, string key) =>
         node[key]?.GetValue<string>() ?? throw new TrainingException($"training.json: '{key}' is missing in {node.ToJsonString()}");
-
-    internal static string Invariant(FormattableString s) => s.ToString(CultureInfo.InvariantCulture);
 }
