@@ -582,6 +582,8 @@ public class RoutedFfnSessionTests
     [Theory]
     [InlineData("top_k", "RoutedFFN: attribute top_k must be in [1, n_blocks = 4], got 5")]
     [InlineData("activation", "RoutedFFN: attribute activation must be one of relu, gelu, gelu_tanh, silu, swiglu; got 'tanh'")]
+    [InlineData("activation_int", "RoutedFFN: attribute activation must be a string, got an int")]
+    [InlineData("top_k_string", "RoutedFFN: attribute top_k must be an int, got a string")]
     [InlineData("W3", "RoutedFFN: input 'W3' (the up projection [d, d_ff]) is required for activation 'swiglu'")]
     [InlineData("B1", "RoutedFFN: LoRA inputs 'A1' and 'B1' must be given together (got only 'A1')")]
     [InlineData("n_blocks", "RoutedFFN: d_ff (16, from W1) must be divisible by attribute n_blocks (3)")]
@@ -596,6 +598,12 @@ public class RoutedFfnSessionTests
                 break;
             case "activation":
                 attrs[2] = ("activation", "tanh");
+                break;
+            case "activation_int":
+                attrs[2] = ("activation", 1L);
+                break;
+            case "top_k_string":
+                attrs[1] = ("top_k", "2");
                 break;
             case "W3":
                 attrs[2] = ("activation", "swiglu");

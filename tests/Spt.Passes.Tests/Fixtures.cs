@@ -23,6 +23,9 @@ public static class Fixtures
             .ToDictionary(e => Path.GetFileName(e.GetProperty("file").GetString()!), e => e.Clone());
     });
 
+    /// <summary>The tests/fixtures directory (models, manifest, oracles).</summary>
+    public static string Root => RootDir.Value;
+
     /// <summary>Every fixture file name (for theories).</summary>
     public static TheoryData<string> All()
     {

@@ -6,19 +6,7 @@ namespace Spt.Passes.Tests;
 /// <summary>Fixture locations and before/after numeric comparison with ONNX Runtime.</summary>
 internal static class TestSupport
 {
-    public static string FixturesDir
-    {
-        get
-        {
-            for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
-            {
-                var candidate = Path.Combine(dir.FullName, "tests", "fixtures", "models");
-                if (Directory.Exists(candidate))
-                    return candidate;
-            }
-            throw new DirectoryNotFoundException("tests/fixtures/models not found above " + AppContext.BaseDirectory);
-        }
-    }
+    public static string FixturesDir => Path.Combine(Fixtures.Root, "models");
 
     public static string Fixture(string file) => Path.Combine(FixturesDir, file);
 

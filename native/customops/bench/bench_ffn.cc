@@ -10,8 +10,9 @@
 //   Dense/plain    dense,  frozen base, no LoRA:   grad dX
 //   Dense/full     dense full finetune:            grads dX, dW1, db1, dW2, db2
 // Routed threading argument: 0 = one thread (OpenBLAS single-threaded, one GEMM chain per block);
-// 1 = OpenBLAS single-threaded, the kernel's 128-row chunk tasks on 2 threads (what the ORT binding
-// does); 2 = OpenBLAS on 2 threads, one GEMM chain per block, serial tasks; 3 = like 1, 512-row chunks.
+// 1 = OpenBLAS single-threaded, the kernel's 128-row chunk tasks on 2 threads (the ORT binding's
+// size up to 2048 rows); 2 = OpenBLAS on 2 threads, one GEMM chain per block, serial tasks; 3 = like 1,
+// 512-row chunks (the binding's size from 8192 rows, 4096 tokens at top 2); 4 = like 1, 256-row chunks.
 // Dense "threads": OpenBLAS threads (large GEMMs) and threads for its elementwise loops.
 // Both wall time and process CPU time are reported: on a shared machine the one-thread CPU times
 // give the most stable routed/dense ratio.
@@ -76,10 +77,10 @@ void BM_FfnRouted(benchmark::State& state) {
   cfg.rank1 = cfg.rank2 = lora ? kRank : 0;
   cfg.activation = spt::cpu::FfnActivation::kRelu;
   cfg.gate = spt::cpu::FfnGate::kFrozenOnly;
-  cfg.chunk_rows = threading == 1 ? 128 : (threading == 3 ? 512 : 0);
+  cfg.chunk_rows = threading == 1 ? 128 : threading == 3 ? 512 : threading == 4 ? 256 : 0;
   spt::cpu::SetBlasThreads(blas_threads ? kThreads : 1);
   const spt::cpu::ThreadParallel tasks(kThreads);
-  const bool use_tasks = threading == 1 || threading == 3;
+  const bool use_tasks = threading == 1 || threading == 3 || threading == 4;
   const spt::cpu::Parallel& par = use_tasks ? static_cast<const spt::cpu::Parallel&>(tasks) : spt::cpu::Serial();
   const spt::cpu::RoutedFfnWeights rw{Ptr(w.w1), Ptr(w.b1), Ptr(w.w2), Ptr(w.b2), Ptr(w.wr), Ptr(w.br), nullptr,
                                       Ptr(w.a1), Ptr(w.lb1), Ptr(w.a2), Ptr(w.lb2), nullptr, nullptr};
@@ -227,7 +228,7 @@ void Shapes(benchmark::internal::Benchmark* b, const std::vector<std::vector<int
 }
 
 BENCHMARK(BM_FfnRouted)
-    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, {{1, 0}, {1, 1}, {1, 2}, {1, 3}, {0, 0}, {0, 1}}); })
+    ->Apply([](benchmark::internal::Benchmark* b) { Shapes(b, {{1, 0}, {1, 1}, {1, 2}, {1, 3}, {1, 4}, {0, 0}, {0, 1}}); })
     ->ArgNames({"d", "d_ff", "T", "lora", "threading"})
     ->Unit(benchmark::kMillisecond)
     ->Iterations(1)

@@ -72,23 +72,102 @@ struct Attrs {
   bool frozen_base = true;
 };
 
-Attrs ReadAttrs(const OrtKernelInfo* info, const std::string& op) {
-  Ort::ConstKernelInfo ki(info);
-  Attrs a;
-  auto get_int = [&](const char* name, int64_t fallback) {
-    try {
-      return ki.GetAttribute<int64_t>(name);
-    } catch (const Ort::Exception&) {
-      return fallback;
+// Where attributes come from: the kernel's node (kernel creation) or the shape-inference context
+// (model load). Type() tells an absent attribute (ORT_OP_ATTR_UNDEFINED: the default applies) from
+// one that is set, so that a set attribute of the wrong type is an error rather than the default.
+class AttrSource {
+ public:
+  virtual ~AttrSource() = default;
+  virtual OrtOpAttrType Type(const char* name) const = 0;
+  virtual int64_t Int(const char* name) const = 0;
+  virtual std::string String(const char* name) const = 0;
+};
+
+class KernelInfoAttrs final : public AttrSource {
+ public:
+  explicit KernelInfoAttrs(const OrtKernelInfo* info) : info_(info) {}
+  // The kernel-info API has no type query: probe the getters of the types an attribute can have here.
+  // (Shape inference runs first at load and sees every type, so this only backs it up.)
+  OrtOpAttrType Type(const char* name) const override {
+    const OrtApi& api = Ort::GetApi();
+    auto ok = [&](OrtStatus* status) {
+      if (status == nullptr) return true;
+      api.ReleaseStatus(status);
+      return false;
+    };
+    int64_t i = 0;
+    float f = 0.0f;
+    std::size_t size = 0;
+    if (ok(api.KernelInfoGetAttribute_int64(info_, name, &i))) return ORT_OP_ATTR_INT;
+    if (ok(api.KernelInfoGetAttribute_float(info_, name, &f))) return ORT_OP_ATTR_FLOAT;
+    if (ok(api.KernelInfoGetAttribute_string(info_, name, nullptr, &size))) return ORT_OP_ATTR_STRING;
+    size = 0;
+    if (ok(api.KernelInfoGetAttributeArray_int64(info_, name, nullptr, &size))) return ORT_OP_ATTR_INTS;
+    size = 0;
+    if (ok(api.KernelInfoGetAttributeArray_float(info_, name, nullptr, &size))) return ORT_OP_ATTR_FLOATS;
+    return ORT_OP_ATTR_UNDEFINED;
+  }
+  int64_t Int(const char* name) const override { return Ort::ConstKernelInfo(info_).GetAttribute<int64_t>(name); }
+  std::string String(const char* name) const override {
+    return Ort::ConstKernelInfo(info_).GetAttribute<std::string>(name);
+  }
+
+ private:
+  const OrtKernelInfo* info_;
+};
+
+class InferContextAttrs final : public AttrSource {
+ public:
+  InferContextAttrs(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw) : ctx_(ctx), raw_(raw) {}
+  OrtOpAttrType Type(const char* name) const override {
+    const OrtApi& api = Ort::GetApi();
+    const OrtOpAttr* attr = nullptr;
+    if (OrtStatus* status = api.ShapeInferContext_GetAttribute(raw_, name, &attr)) {
+      api.ReleaseStatus(status);  // not set on the node
+      return ORT_OP_ATTR_UNDEFINED;
     }
+    if (attr == nullptr) return ORT_OP_ATTR_UNDEFINED;
+    OrtOpAttrType type = ORT_OP_ATTR_UNDEFINED;
+    Ort::ThrowOnError(api.OpAttr_GetType(attr, &type));
+    return type;
+  }
+  int64_t Int(const char* name) const override { return ctx_.GetAttrInt(name); }
+  std::string String(const char* name) const override { return ctx_.GetAttrString(name); }
+
+ private:
+  Ort::ShapeInferContext& ctx_;
+  OrtShapeInferContext* raw_;
+};
+
+const char* AttrTypeName(OrtOpAttrType type) {
+  switch (type) {
+    case ORT_OP_ATTR_INT: return "an int";
+    case ORT_OP_ATTR_INTS: return "a list of ints";
+    case ORT_OP_ATTR_FLOAT: return "a float";
+    case ORT_OP_ATTR_FLOATS: return "a list of floats";
+    case ORT_OP_ATTR_STRING: return "a string";
+    case ORT_OP_ATTR_STRINGS: return "a list of strings";
+    case ORT_OP_ATTR_GRAPH: return "a graph";
+    case ORT_OP_ATTR_TENSOR: return "a tensor";
+    default: return "an attribute of another type";
+  }
+}
+
+// Reads and checks the attributes (same rules at load and at kernel creation).
+Attrs ParseAttrs(const std::string& op, const AttrSource& src) {
+  auto present = [&](const char* name, OrtOpAttrType want, const char* want_name) {
+    const OrtOpAttrType type = src.Type(name);
+    if (type == ORT_OP_ATTR_UNDEFINED) return false;
+    if (type != want) Fail(op, std::string("attribute ") + name + " must be " + want_name + ", got " + AttrTypeName(type));
+    return true;
+  };
+  auto get_int = [&](const char* name, int64_t fallback) {
+    return present(name, ORT_OP_ATTR_INT, "an int") ? src.Int(name) : fallback;
   };
   auto get_string = [&](const char* name, const char* fallback) {
-    try {
-      return ki.GetAttribute<std::string>(name);
-    } catch (const Ort::Exception&) {
-      return std::string(fallback);
-    }
+    return present(name, ORT_OP_ATTR_STRING, "a string") ? src.String(name) : std::string(fallback);
   };
+  Attrs a;
   a.n_blocks = get_int("n_blocks", 4);
   a.top_k = get_int("top_k", 2);
   const int64_t frozen = get_int("frozen_base", 1);
@@ -108,6 +187,8 @@ Attrs ReadAttrs(const OrtKernelInfo* info, const std::string& op) {
   }
   return a;
 }
+
+Attrs ReadAttrs(const OrtKernelInfo* info, const std::string& op) { return ParseAttrs(op, KernelInfoAttrs(info)); }
 
 // One input as seen by the checks: absent, or a tensor with an element type and dims. During shape
 // inference a dim can be unknown (-1, with its symbol in `symbols` when it has one) and the rank can
@@ -316,45 +397,13 @@ void SetIfPresent(Ort::ShapeInferContext& ctx, std::size_t index, const Ort::Sha
   (void)st;
 }
 
-Attrs InferAttrs(Ort::ShapeInferContext& ctx, const std::string& op) {
-  Attrs a;
-  auto get_int = [&](const char* name, int64_t fallback) {
-    try {
-      return ctx.GetAttrInt(name);
-    } catch (const Ort::Exception&) {
-      return fallback;
-    }
-  };
-  auto get_string = [&](const char* name, const char* fallback) {
-    try {
-      return ctx.GetAttrString(name);
-    } catch (const Ort::Exception&) {
-      return std::string(fallback);
-    }
-  };
-  a.n_blocks = get_int("n_blocks", 4);
-  a.top_k = get_int("top_k", 2);
-  if (a.n_blocks < 1) Fail(op, "attribute n_blocks must be >= 1, got " + std::to_string(a.n_blocks));
-  if (a.top_k < 1 || a.top_k > a.n_blocks) {
-    Fail(op, "attribute top_k must be in [1, n_blocks = " + std::to_string(a.n_blocks) + "], got " + std::to_string(a.top_k));
-  }
-  const std::string activation = get_string("activation", "relu");
-  const std::string gate = get_string("gate", "2sigmoid_frozen_only");
-  if (!cpu::ParseFfnActivation(activation, &a.activation)) {
-    Fail(op, "attribute activation must be one of relu, gelu, gelu_tanh, silu, swiglu; got '" + activation + "'");
-  }
-  if (!cpu::ParseFfnGate(gate, &a.gate)) {
-    Fail(op, "attribute gate must be one of 2sigmoid_frozen_only, 2sigmoid_all, none; got '" + gate + "'");
-  }
-  const int64_t frozen = get_int("frozen_base", 1);
-  if (frozen != 0 && frozen != 1) Fail(op, "attribute frozen_base must be 0 or 1, got " + std::to_string(frozen));
-  a.frozen_base = frozen == 1;
-  return a;
+Attrs InferAttrs(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw, const std::string& op) {
+  return ParseAttrs(op, InferContextAttrs(ctx, raw));
 }
 
 OrtStatusPtr InferRoutedFfn(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw) {
   const OrtApi& api = Ort::GetApi();
-  const Attrs attrs = InferAttrs(ctx, kRoutedFfn);
+  const Attrs attrs = InferAttrs(ctx, raw, kRoutedFfn);
   std::vector<InputInfo> infos(kFwdInputs);
   for (int i = 0; i < kFwdInputs; ++i) infos[i] = InferInfoOf(api, raw, static_cast<std::size_t>(i));
   const cpu::RoutedFfnConfig cfg = CheckForward(kRoutedFfn, attrs, [&](int i) -> const InputInfo& { return infos[i]; });
@@ -372,7 +421,7 @@ OrtStatusPtr InferRoutedFfn(Ort::ShapeInferContext& ctx, OrtShapeInferContext* r
 
 OrtStatusPtr InferRoutedFfnGrad(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw) {
   const OrtApi& api = Ort::GetApi();
-  const Attrs attrs = InferAttrs(ctx, kRoutedFfnGrad);
+  const Attrs attrs = InferAttrs(ctx, raw, kRoutedFfnGrad);
   std::vector<InputInfo> infos(kGradInputs);
   for (int i = 0; i < kGradInputs; ++i) infos[i] = InferInfoOf(api, raw, static_cast<std::size_t>(i));
   const cpu::RoutedFfnConfig cfg =
@@ -410,9 +459,12 @@ OrtStatusPtr InferRoutedFfnGrad(Ort::ShapeInferContext& ctx, OrtShapeInferContex
   return nullptr;
 }
 
-// Rows per task when the kernel runs on ORT's pool (bench_ffn.cc compares this with whole-block tasks
-// and with OpenBLAS-threaded GEMMs; on the shared 2-core machine the three were within noise).
-constexpr int64_t kChunkRows = 128;
+// Rows per task when the kernel runs on ORT's pool: about 16 tasks where the batch allows it, between
+// 128 and 512 rows. OpenBLAS repacks the weight block on every call, so small tasks cost CPU time
+// (bench_ffn.cc, 4096 tokens on 2 threads: 128-row tasks took 17-24% more CPU time than whole blocks,
+// 256-row ones 7-10%, 512-row ones 3-4%). It depends on the number of grouped rows only, never on the
+// number of threads, so results stay bit-identical whatever the pool.
+int64_t ChunkRows(int64_t rows) { return std::clamp<int64_t>((rows / 16 + 63) / 64 * 64, 128, 512); }
 
 // OpenBLAS runs single-threaded inside our ops: the parallelism comes from ORT's intra-op pool (one
 // GEMM chain per task), which avoids oversubscribing the cores with two thread pools.
@@ -496,7 +548,7 @@ struct RoutedFfnKernel {
       std::vector<InputInfo> infos(kFwdInputs);
       for (int i = 0; i < kFwdInputs; ++i) infos[i] = InfoOf(ctx, i);
       cpu::RoutedFfnConfig cfg = CheckForward(label, attrs, [&](int i) -> const InputInfo& { return infos[i]; });
-      cfg.chunk_rows = kChunkRows;
+      cfg.chunk_rows = ChunkRows(cfg.Rows());
       const int64_t T = cfg.tokens, k = cfg.top_k;
       float* y = ctx.GetOutput(kY, infos[kX].dims).GetTensorMutableData<float>();
       cpu::RoutedFfnState state;
@@ -560,7 +612,7 @@ struct RoutedFfnGradKernel {
       for (int i = 0; i < kGradInputs; ++i) infos[i] = InfoOf(ctx, i);
       cpu::RoutedFfnConfig cfg =
           CheckForward(label, attrs, [&](int i) -> const InputInfo& { return infos[i + kGradShift]; });
-      cfg.chunk_rows = kChunkRows;
+      cfg.chunk_rows = ChunkRows(cfg.Rows());
       const int64_t T = cfg.tokens, k = cfg.top_k, nb = cfg.n_blocks, d = cfg.d_model, f = cfg.d_ff;
       const InputInfo& x = infos[kX + kGradShift];
       auto expect = [&](int i, const char* name, ONNXTensorElementDataType type, const char* type_name,

@@ -99,6 +99,63 @@ inline Gates GatesFor(FfnGate gate, float p) {
   return {1.0f, 1.0f, 1.0f};
 }
 
+// Lanes of the fixed-order partial sums of RowDot and RowDotAct: lane l sums the
+// elements c ≡ l (mod kLanes), then the lanes are added 0, 1, ..., kLanes-1. The order depends only
+// on the row width, so results do not depend on the number of threads; the loops vectorize.
+constexpr int64_t kLanes = 8;
+
+inline float SumLanes(const float* acc) {
+  float s = 0.0f;
+  for (int64_t l = 0; l < kLanes; ++l) s += acc[l];
+  return s;
+}
+
+// Σ_c a[c]·b[c] in the lane order above.
+inline float RowDot(const float* a, const float* b, int64_t n) {
+  float acc[kLanes] = {};
+  const int64_t body = n - n % kLanes;
+  for (int64_t c = 0; c < body; c += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] += a[c + l] * b[c + l];
+  for (int64_t c = body; c < n; ++c) acc[c - body] += a[c] * b[c];
+  return SumLanes(acc);
+}
+
+inline void ScaleRow(float* v, int64_t n, float g) {
+  for (int64_t c = 0; c < n; ++c) v[c] *= g;
+}
+
+// The elementwise passes below run row by row (a row of a block is at most a few KiB, so the
+// short passes over it stay in L1) and are instantiated per activation so that the compiler sees
+// a fixed function and can vectorize (ReLU fully; the others at least lose the per-element switch).
+template <FfnActivation A>
+struct Act {
+  static float F(float a) { return Activate(A, a); }
+  static float D(float a) { return ActivateGrad(A, a); }
+};
+
+// Calls fn(Act<A>{}) with the config's activation (SwiGLU uses Act<kSilu> for its gate half).
+template <typename Fn>
+void WithActivation(FfnActivation act, Fn&& fn) {
+  switch (act) {
+    case FfnActivation::kRelu: fn(Act<FfnActivation::kRelu>{}); break;
+    case FfnActivation::kGelu: fn(Act<FfnActivation::kGelu>{}); break;
+    case FfnActivation::kGeluTanh: fn(Act<FfnActivation::kGeluTanh>{}); break;
+    case FfnActivation::kSilu:
+    case FfnActivation::kSwiGlu: fn(Act<FfnActivation::kSilu>{}); break;
+  }
+}
+
+// Σ_c a[c]·act(b[c]) in RowDot's lane order (the same value as RowDot(a, h) with h = act(b)).
+template <typename Op>
+inline float RowDotAct(const float* a, const float* b, int64_t n) {
+  float acc[kLanes] = {};
+  const int64_t body = n - n % kLanes;
+  for (int64_t c = 0; c < body; c += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] += a[c + l] * Op::F(b[c + l]);
+  for (int64_t c = body; c < n; ++c) acc[c - body] += a[c] * Op::F(b[c]);
+  return SumLanes(acc);
+}
+
 // Carves 64-byte aligned regions out of a workspace; with a null base it only measures.
 class Arena {
  public:
@@ -269,40 +326,42 @@ void RoutedFfnForward(const RoutedFfnConfig& cfg, const RoutedFfnWeights& w, con
     // u = x·W1_i (+ b1_i), u3 = x·W3_i: [n, d] x [d, bs] with W1's block columns read in place (ld = d_ff).
     Sgemm(false, false, n, bs, d, 1.0f, rows, d, w.w1 + b * bs, F, 0.0f, pre, pw);
     if (swiglu) Sgemm(false, false, n, bs, d, 1.0f, rows, d, w.w3 + b * bs, F, 0.0f, pre + bs, pw);
-    if (w.b1) {
-      const float* bias = w.b1 + b * bs;
-      for (int64_t j = 0; j < n; ++j)
-        for (int64_t c = 0; c < bs; ++c) pre[j * pw + c] += bias[c];
-    }
     // l = (x·A1)·B1_i, l3 = (x·A3)·B3_i.
     if (r1 > 0) Sgemm(false, false, n, bs, r1, 1.0f, xa1g, r1, w.b1_lora + b * bs, F, 0.0f, hid, pw);
     if (r3 > 0) Sgemm(false, false, n, bs, r3, 1.0f, xa3g, r3, w.b3_lora + b * bs, F, 0.0f, hid + bs, pw);
-    // h = act(gin·u + l), written over l. In mode `all` h is then scaled by g before both output GEMMs;
-    // in `frozen_only` the LoRA output path uses the unscaled h and the base path g·h.
+    // One pass per row: u += b1_i (the saved pre-activation includes the bias), h = act(gin·u + l)
+    // written over l. In mode `all` h is then scaled by g before both output GEMMs; in `frozen_only`
+    // the LoRA output path uses the unscaled h and the base path g·h, so without LoRA the scaling is
+    // done here too, with LoRA after h·A2_i.
     auto gates = [&](int64_t j) { return GatesFor(cfg.gate, buf.probs[(buf.perm[j0 + j] / k) * nb + b]); };
-    for (int64_t j = 0; j < n; ++j) {
-      const Gates g = gates(j);
-      const float* u = pre + j * pw;
-      float* h = hid + j * pw;
-      if (swiglu) {
-        for (int64_t c = 0; c < bs; ++c) {
-          const float ag = g.in * u[c] + (r1 > 0 ? h[c] : 0.0f);
-          const float au = g.in * u[bs + c] + (r3 > 0 ? h[bs + c] : 0.0f);
-          h[c] = Activate(FfnActivation::kSilu, ag) * au;
-        }
-      } else {
-        for (int64_t c = 0; c < bs; ++c) h[c] = Activate(cfg.activation, g.in * u[c] + (r1 > 0 ? h[c] : 0.0f));
-      }
-      if (cfg.gate == FfnGate::kAll)
-        for (int64_t c = 0; c < bs; ++c) h[c] *= g.out_base;
-    }
-    if (r2 > 0) Sgemm(false, false, n, r2, bs, 1.0f, hid, pw, w.a2 + b * bs * r2, r2, 0.0f, ha2, r2);
-    if (cfg.gate == FfnGate::kFrozenOnly) {
+    const float* bias = w.b1 ? w.b1 + b * bs : nullptr;
+    const bool scale_now = cfg.gate == FfnGate::kAll || (cfg.gate == FfnGate::kFrozenOnly && r2 == 0);
+    WithActivation(cfg.activation, [&](auto act) {
+      using Op = decltype(act);
       for (int64_t j = 0; j < n; ++j) {
-        const float g = gates(j).out_base;
-        for (int64_t c = 0; c < bs; ++c) hid[j * pw + c] *= g;
+        const Gates g = gates(j);
+        const float gi = g.in;
+        float* u = pre + j * pw;
+        float* h = hid + j * pw;
+        if (bias)
+          for (int64_t c = 0; c < bs; ++c) u[c] += bias[c];
+        if (swiglu) {
+          for (int64_t c = 0; c < bs; ++c) {
+            const float ag = r1 > 0 ? gi * u[c] + h[c] : gi * u[c];
+            const float au = r3 > 0 ? gi * u[bs + c] + h[bs + c] : gi * u[bs + c];
+            h[c] = Op::F(ag) * au;
+          }
+        } else if (r1 > 0) {
+          for (int64_t c = 0; c < bs; ++c) h[c] = Op::F(gi * u[c] + h[c]);
+        } else {
+          for (int64_t c = 0; c < bs; ++c) h[c] = Op::F(gi * u[c]);
+        }
+        if (scale_now) ScaleRow(h, bs, g.out_base);
       }
-    }
+    });
+    if (r2 > 0) Sgemm(false, false, n, r2, bs, 1.0f, hid, pw, w.a2 + b * bs * r2, r2, 0.0f, ha2, r2);
+    if (cfg.gate == FfnGate::kFrozenOnly && r2 > 0)
+      for (int64_t j = 0; j < n; ++j) ScaleRow(hid + j * pw, bs, gates(j).out_base);
     // Block output over the gathered x rows: o = (gob·h)·W2_i + (gol·h·A2_i)·B2.
     Sgemm(false, false, n, d, bs, 1.0f, hid, pw, w.w2 + b * bs * d, d, 0.0f, rows, d);
     if (r2 > 0) Sgemm(false, false, n, d, r2, 1.0f, ha2, r2, w.b2_lora, d, 1.0f, rows, d);
@@ -385,15 +444,22 @@ BackwardBuffers LayoutBackward(const RoutedFfnConfig& cfg, const RoutedFfnGrads&
   return b;
 }
 
-// out[t] = Σ_s rows[pos(t, s)] for t in [t0, t1), slots in order. rows: [R, width].
+// out[t] = Σ_s rows[pos(t, s)] for t in [t0, t1), slots in order; with `scale` (one factor per
+// grouped row) each row is multiplied by its factor before it is added. rows: [R, width].
 void SumSlots(const float* rows, const int32_t* pos, int64_t top_k, int64_t width, int64_t t0, int64_t t1, float* out,
-              bool accumulate) {
+              bool accumulate, const float* scale = nullptr) {
   for (int64_t t = t0; t < t1; ++t) {
     float* o = out + t * width;
     if (!accumulate) std::memset(o, 0, static_cast<std::size_t>(width) * sizeof(float));
     for (int64_t s = 0; s < top_k; ++s) {
-      const float* r = rows + static_cast<int64_t>(pos[t * top_k + s]) * width;
-      for (int64_t c = 0; c < width; ++c) o[c] += r[c];
+      const int64_t j = pos[t * top_k + s];
+      const float* r = rows + j * width;
+      if (scale) {
+        const float g = scale[j];
+        for (int64_t c = 0; c < width; ++c) o[c] += g * r[c];
+      } else {
+        for (int64_t c = 0; c < width; ++c) o[c] += r[c];
+      }
     }
   }
 }
@@ -461,86 +527,104 @@ void RoutedFfnBackward(const RoutedFfnConfig& cfg, const RoutedFfnWeights& w, co
     // Recompute l (and l3) into `act`.
     if (r1 > 0) Sgemm(false, false, n, bs, r1, 1.0f, xa1g, r1, w.b1_lora + b * bs, F, 0.0f, act, pw);
     if (r3 > 0) Sgemm(false, false, n, bs, r3, 1.0f, xa3g, r3, w.b3_lora + b * bs, F, 0.0f, act + bs, pw);
-    // a = gin·u + l (kept in `act`), h = act(a); dg_out(base) = <e·W2_iᵀ, h>; frozen_only: dh = g·e·W2_iᵀ.
-    for (int64_t j = 0; j < n; ++j) {
-      const Gates g = gates(j);
-      const float* u = pre + j * pw;
-      float* a = act + j * pw;
-      float* h = hid + j * bs;
-      float* dh = dpre + j * pw;
-      float acc = 0.0f;
-      for (int64_t c = 0; c < bs; ++c) {
-        const float ag = g.in * u[c] + (r1 > 0 ? a[c] : 0.0f);
-        a[c] = ag;
-        float hv;
+    // Per row: a = gin·u + l, h = act(a), dg(base) = <e·W2_iᵀ, h>, dh = gob·e·W2_iᵀ (+ the LoRA
+    // term), da = dh ⊙ act'(a) (SwiGLU: da = dh ⊙ a3 ⊙ silu'(a), da3 = dh ⊙ silu(a)) written over
+    // dh, and in frozen_only dg += <da, u>. In frozen_only the LoRA term of dh is not scaled; in
+    // `all` the whole dh is, and the LoRA grads see g·h and g·e·B2ᵀ. Without the fc2 LoRA pair both
+    // halves run back to back on each row (h is stored only when dW2 needs it); with it, the first
+    // half runs on all rows (h stored for h·A2_i), then the two LoRA GEMMs, then the second half.
+    const bool fused = r2 == 0;
+    const bool keep_h = swiglu || r2 > 0 || grads.dw2 != nullptr;
+    // dh scale applied in the second half: frozen_only scales the base term in the first half.
+    auto dh_scale = [&](const Gates& g) { return gate == FfnGate::kFrozenOnly ? 1.0f : g.out_base; };
+    WithActivation(cfg.activation, [&](auto act_op) {
+      using Op = decltype(act_op);
+      // First half of a row: a (into `act`, over l), h, <dh, h>; frozen_only: dh *= g.
+      auto first_half = [&](int64_t j, const Gates& g) {
+        const float gi = g.in;
+        const float* u = pre + j * pw;
+        float* a = act + j * pw;
+        float* h = hid + j * bs;
+        float* dh = dpre + j * pw;
         if (swiglu) {
-          const float au = g.in * u[bs + c] + (r3 > 0 ? a[bs + c] : 0.0f);
-          a[bs + c] = au;
-          hv = Activate(FfnActivation::kSilu, ag) * au;
+          for (int64_t c = 0; c < bs; ++c) {
+            const float ag = r1 > 0 ? gi * u[c] + a[c] : gi * u[c];
+            const float au = r3 > 0 ? gi * u[bs + c] + a[bs + c] : gi * u[bs + c];
+            a[c] = ag;
+            a[bs + c] = au;
+            h[c] = Op::F(ag) * au;
+          }
         } else {
-          hv = Activate(cfg.activation, ag);
+          if (r1 > 0) {
+            for (int64_t c = 0; c < bs; ++c) a[c] = gi * u[c] + a[c];
+          } else {
+            for (int64_t c = 0; c < bs; ++c) a[c] = gi * u[c];
+          }
+          if (!keep_h) {
+            dg[j] = RowDotAct<Op>(dh, a, bs);
+          } else {
+            for (int64_t c = 0; c < bs; ++c) h[c] = Op::F(a[c]);
+          }
         }
-        h[c] = hv;
-        acc += dh[c] * hv;
-      }
-      dg[j] = acc;
-      if (gate == FfnGate::kFrozenOnly)
-        for (int64_t c = 0; c < bs; ++c) dh[c] *= g.out_base;
-    }
-    if (r2 > 0) {
-      // h·A2_i, and dh += (e·B2ᵀ)·A2_iᵀ.
-      Sgemm(false, false, n, r2, bs, 1.0f, hid, bs, w.a2 + b * bs * r2, r2, 0.0f, ha2, r2);
-      Sgemm(false, true, n, bs, r2, 1.0f, ebg, r2, w.a2 + b * bs * r2, r2, 1.0f, dpre, pw);
-      if (gate == FfnGate::kAll) {
+        if (keep_h) dg[j] = RowDot(dh, h, bs);
+        if (gate == FfnGate::kFrozenOnly) ScaleRow(dh, bs, g.out_base);
+      };
+      // Second half: dh *= s, da, and <da, u> (returned).
+      auto second_half = [&](int64_t j, float s) {
+        const float* a = act + j * pw;
+        const float* u = pre + j * pw;
+        float* da = dpre + j * pw;
+        if (s != 1.0f) ScaleRow(da, bs, s);
+        if (swiglu) {
+          for (int64_t c = 0; c < bs; ++c) {
+            const float dh = da[c];
+            da[c] = dh * a[bs + c] * Op::D(a[c]);
+            da[bs + c] = dh * Op::F(a[c]);
+          }
+          return RowDot(da, u, bs) + RowDot(da + bs, u + bs, bs);
+        }
+        for (int64_t c = 0; c < bs; ++c) da[c] *= Op::D(a[c]);
+        return RowDot(da, u, bs);
+      };
+      if (fused) {
+        // Both halves row by row, while the row is still in L1.
         for (int64_t j = 0; j < n; ++j) {
-          float acc = 0.0f;
-          for (int64_t c = 0; c < r2; ++c) acc += ebg[j * r2 + c] * ha2[j * r2 + c];
-          dg[j] += acc;
+          const Gates g = gates(j);
+          first_half(j, g);
+          const float du = second_half(j, dh_scale(g));
+          if (gate == FfnGate::kFrozenOnly) dg[j] += du;
+        }
+        return;
+      }
+      for (int64_t j = 0; j < n; ++j) first_half(j, gates(j));
+      if (r2 > 0) {
+        // h·A2_i, and dh += (e·B2ᵀ)·A2_iᵀ.
+        Sgemm(false, false, n, r2, bs, 1.0f, hid, bs, w.a2 + b * bs * r2, r2, 0.0f, ha2, r2);
+        Sgemm(false, true, n, bs, r2, 1.0f, ebg, r2, w.a2 + b * bs * r2, r2, 1.0f, dpre, pw);
+        if (gate == FfnGate::kAll)
+          for (int64_t j = 0; j < n; ++j) dg[j] += RowDot(ebg + j * r2, ha2 + j * r2, r2);
+        if (gate != FfnGate::kFrozenOnly) {
+          for (int64_t j = 0; j < n; ++j) {
+            const float g = gates(j).out_base;
+            if (g == 1.0f) continue;
+            ScaleRow(ebg + j * r2, r2, g);
+            ScaleRow(ha2 + j * r2, r2, g);
+          }
         }
       }
-    }
-    if (gate != FfnGate::kFrozenOnly) {
-      // all: dh = g·(e·W2_iᵀ + e·B2ᵀ·A2_iᵀ) and the LoRA grads see g·h; none: g = 1.
       for (int64_t j = 0; j < n; ++j) {
-        const float g = gates(j).out_base;
-        if (g == 1.0f) continue;
-        for (int64_t c = 0; c < bs; ++c) dpre[j * pw + c] *= g;
-        for (int64_t c = 0; c < r2; ++c) {
-          ebg[j * r2 + c] *= g;
-          ha2[j * r2 + c] *= g;
-        }
+        const float du = second_half(j, dh_scale(gates(j)));
+        if (gate == FfnGate::kFrozenOnly) dg[j] += du;
       }
-    }
+    });
     if (grads.dw2) {
       // dW2_i needs gob·e; dx rows live elsewhere in that case.
       for (int64_t j = 0; j < n; ++j) {
         const float g = gates(j).out_base;
-        if (g != 1.0f)
-          for (int64_t c = 0; c < d; ++c) erows[j * d + c] *= g;
+        if (g != 1.0f) ScaleRow(erows + j * d, d, g);
       }
     }
     if (gate == FfnGate::kNone) std::fill(dg, dg + n, 0.0f);
-    // da = dh ⊙ act'(a)  (SwiGLU: da = dh ⊙ a3 ⊙ silu'(a), da3 = dh ⊙ silu(a)); frozen_only: dg += <da, u>.
-    for (int64_t j = 0; j < n; ++j) {
-      const float* a = act + j * pw;
-      const float* u = pre + j * pw;
-      float* da = dpre + j * pw;
-      float acc = 0.0f;
-      if (swiglu) {
-        for (int64_t c = 0; c < bs; ++c) {
-          const float dh = da[c];
-          da[c] = dh * a[bs + c] * ActivateGrad(FfnActivation::kSilu, a[c]);
-          da[bs + c] = dh * Activate(FfnActivation::kSilu, a[c]);
-          acc += da[c] * u[c] + da[bs + c] * u[bs + c];
-        }
-      } else {
-        for (int64_t c = 0; c < bs; ++c) {
-          da[c] *= ActivateGrad(cfg.activation, a[c]);
-          acc += da[c] * u[c];
-        }
-      }
-      if (gate == FfnGate::kFrozenOnly) dg[j] += acc;
-    }
     if (want_router) {
       for (int64_t j = 0; j < n; ++j) {
         const int64_t t = buf.perm[j0 + j] / k;
@@ -548,17 +632,12 @@ void RoutedFfnBackward(const RoutedFfnConfig& cfg, const RoutedFfnWeights& w, co
         buf.dz[t * nb + b] = 2.0f * dg[j] * p * (1.0f - p);
       }
     }
-    // dx rows: gin·(da·W1_iᵀ + da3·W3_iᵀ); LoRA: da·B1_iᵀ (A1ᵀ is applied per token later).
+    // dx rows: da·W1_iᵀ + da3·W3_iᵀ (the factor gin is applied in the token-level slot sum); LoRA:
+    // da·B1_iᵀ (A1ᵀ is applied per token later).
     if (want_dx_rows) {
       float* dxr = buf.dxrows + j0 * d;
       Sgemm(false, true, n, d, bs, 1.0f, dpre, pw, w.w1 + b * bs, F, 0.0f, dxr, d);
       if (swiglu) Sgemm(false, true, n, d, bs, 1.0f, dpre + bs, pw, w.w3 + b * bs, F, 1.0f, dxr, d);
-      if (gate == FfnGate::kFrozenOnly) {
-        for (int64_t j = 0; j < n; ++j) {
-          const float g = gates(j).in;
-          for (int64_t c = 0; c < d; ++c) dxr[j * d + c] *= g;
-        }
-      }
     }
     if (r1 > 0) Sgemm(false, true, n, r1, bs, 1.0f, dpre, pw, w.b1_lora + b * bs, F, 0.0f, buf.q1 + j0 * r1, r1);
     if (r3 > 0) Sgemm(false, true, n, r3, bs, 1.0f, dpre + bs, pw, w.b3_lora + b * bs, F, 0.0f, buf.q3 + j0 * r3, r3);
@@ -605,12 +684,12 @@ void RoutedFfnBackward(const RoutedFfnConfig& cfg, const RoutedFfnWeights& w, co
     if (r2 > 0) SumSlots(buf.ha2, buf.pos, k, r2, t0, t1, buf.mt, false);
     if (grads.dx) {
       float* dx = grads.dx + t0 * d;
-      // dx = dz·Wrᵀ + q1·A1ᵀ + q3·A3ᵀ + Σ_s dx rows.
+      // dx = dz·Wrᵀ + q1·A1ᵀ + q3·A3ᵀ + Σ_s gin·dx rows (gin = 1 outside frozen_only).
       if (want_router) Sgemm(false, true, n, d, nb, 1.0f, buf.dz + t0 * nb, nb, w.wr, nb, 0.0f, dx, d);
       else std::memset(dx, 0, static_cast<std::size_t>(n * d) * sizeof(float));
       if (r1 > 0) Sgemm(false, true, n, d, r1, 1.0f, buf.q1t + t0 * r1, r1, w.a1, r1, 1.0f, dx, d);
       if (r3 > 0) Sgemm(false, true, n, d, r3, 1.0f, buf.q3t + t0 * r3, r3, w.a3, r3, 1.0f, dx, d);
-      SumSlots(buf.dxrows, buf.pos, k, d, t0, t1, grads.dx, true);
+      SumSlots(buf.dxrows, buf.pos, k, d, t0, t1, grads.dx, true, gate == FfnGate::kFrozenOnly ? buf.gin : nullptr);
     }
   });
 

@@ -9,19 +9,7 @@ internal static class Fixtures
     public static readonly string[] OracleStems =
         ["mha_op17", "encoder_layer_relu_op17", "encoder_layer_gelu_op17", "bert_mask_op17", "gpt2_op17", "opt_op17", "llama_op17"];
 
-    public static string Root
-    {
-        get
-        {
-            for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
-            {
-                string candidate = Path.Combine(dir.FullName, "tests", "fixtures", "manifest.json");
-                if (File.Exists(candidate))
-                    return Path.GetDirectoryName(candidate)!;
-            }
-            throw new DirectoryNotFoundException("tests/fixtures not found above " + AppContext.BaseDirectory);
-        }
-    }
+    public static string Root => Spt.Passes.Tests.Fixtures.Root;
 
     public static Model LoadModel(string stem) => Model.Load(Path.Combine(Root, "models", stem + ".onnx"));
 
