@@ -17,7 +17,7 @@ internal static class TrainingSetup
     public static TrainingManifest Compile(Model model, string directory, TrainingOptions options)
     {
         Directory.CreateDirectory(directory);
-        TrainingCompiler.CompileToDirectory(model, directory, options with { FrozenPattern = TrainingDefaults.FrozenPattern(model, options.FrozenPattern) });
+        TrainingCompiler.CompileToDirectory(model, directory, options);
         model.Save(Path.Combine(directory, SourceCopy));
         return TrainingManifest.Load(directory);
     }

@@ -79,4 +79,29 @@ public class SptParameterSetTests
         Assert.True(input is { IsInitializer: true }, $"{input?.Name} is not an initializer");
         return input!.Name;
     }
+
+    // Without --lora there is no metadata: RoutedFFN (frozen_base = 1) still must not ask for base-weight gradients,
+    // also when the exporter reads the weight through a Transpose.
+    [Theory]
+    [InlineData("opt_op17.onnx")]
+    [InlineData("ffn_silu_op14.onnx")]
+    public void RoutedFfnBaseWeightsAreFrozenWithoutMetadata(string fixture)
+    {
+        using var model = Fixtures.Load(fixture);
+        SptOptimizer.Optimize(model, new SptOptions());
+        Assert.Empty(LoraPass.ReadList(model, LoraPass.TrainableKey));
+
+        var parameters = TrainingCompiler.SelectParameters(model).ToDictionary(p => p.Name);
+        var ffns = model.Graph.Nodes.Where(n => n.OpType == "RoutedFFN").ToList();
+        Assert.NotEmpty(ffns);
+        foreach (var ffn in ffns)
+        {
+            Assert.False(parameters[Weight(ffn.Inputs[1])].Trainable);
+            Assert.False(parameters[Weight(ffn.Inputs[3])].Trainable);
+            Assert.True(parameters[Weight(ffn.Inputs[5])].Trainable);
+        }
+
+        // Everything else keeps the default rule: e.g. the embedding trains.
+        Assert.Contains(parameters.Values, p => p.Trainable && p.Shape.Count == 2 && !ffns.Any(f => f.Inputs.Any(i => i?.Name == p.Name)));
+    }
 }

@@ -51,11 +51,7 @@ public sealed class TrainingLearningTests(ITestOutputHelper output) : IDisposabl
         foreach (var (name, model) in new[] { ("dense", dense), ("spt", spt) })
         {
             var dir = Path.Combine(_root, name);
-            TrainingCompiler.CompileToDirectory(model, dir, new TrainingOptions
-            {
-                Loss = LossKind.CausalLm,
-                FrozenPattern = TrainingDefaults.FrozenPattern(model, null),
-            });
+            TrainingCompiler.CompileToDirectory(model, dir, new TrainingOptions { Loss = LossKind.CausalLm });
             using var trainer = new Trainer(dir, train, eval, options);
             var before = trainer.Evaluate().TaskLoss;
             var result = trainer.Run();

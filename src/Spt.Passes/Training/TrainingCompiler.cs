@@ -413,6 +413,8 @@ public static class TrainingCompiler
         var graph = model.Graph;
         var trainableMeta = MetadataNames(model, "spt.trainable");
         var frozenMeta = MetadataNames(model, "spt.frozen") ?? [];
+        // RoutedFFN with frozen_base = 1 computes no base-weight gradients: those weights are frozen whatever else says.
+        frozenMeta.UnionWith(RoutedFfnFrozenBase(graph));
         var frozenRegex = options.FrozenPattern is { } pat ? new Regex(pat, RegexOptions.CultureInvariant) : null;
         var result = new List<TrainingParameter>();
         foreach (var v in graph.Initializers)
@@ -430,6 +432,26 @@ public static class TrainingCompiler
             result.Add(new TrainingParameter(v.Name, t.ElementType, [.. t.Dims], trainable));
         }
         return result;
+    }
+
+    // The initializers behind the base-weight inputs (W1, b1, W2, b2, W3) of RoutedFFN nodes with frozen_base = 1,
+    // looking through the Transpose/Identity/Cast that exporters put on weights.
+    private static IEnumerable<string> RoutedFfnFrozenBase(Graph graph)
+    {
+        int[] baseInputs = [RoutedFfnOps.W1, RoutedFfnOps.B1, RoutedFfnOps.W2, RoutedFfnOps.B2, RoutedFfnOps.W3];
+        foreach (var node in graph.Nodes)
+        {
+            if (node.Domain != CustomOpLibrary.Domain || node.OpType != "RoutedFFN" || node.GetInt("frozen_base", 1) != 1)
+                continue;
+            foreach (var i in baseInputs)
+            {
+                var v = i < node.Inputs.Count ? node.Inputs[i] : null;
+                while (v is { IsInitializer: false, Producer: { OpType: "Transpose" or "Identity" or "Cast" } p })
+                    v = p.Inputs[0];
+                if (v is { IsInitializer: true })
+                    yield return v.Name;
+            }
+        }
     }
 
     private static HashSet<string>? MetadataNames(Model model, string key)
