@@ -501,4 +501,22 @@ public class AttentionOpsTests
             ErrorOf(() => Create(new() { ["top_k_ratio"] = 1.5f })));
         Assert.Contains("PQTopK: attribute 'top_k' must be >= 0", ErrorOf(() => Create(new() { ["top_k"] = -2L })));
     }
+
+    [Fact]
+    public void AttributesOfTheWrongTypeAreNamed()
+    {
+        // ONNX attributes are typed: an int clamp or a float top_k is an error, not the default.
+        Assert.Contains("SparseAttention: attribute 'clamp' must be a float; got an int",
+            ErrorOf(() => RunAttention(Dims(1, 2, 3, 8), Dims(1, 2, 4, 8), [1, 2, 3, 8], [1, 2, 4, 8],
+                new Dictionary<string, object> { ["clamp"] = 10L })));
+
+        var message = ErrorOf(() =>
+        {
+            using var model = new AttentionTestModel("PQTopK",
+                [("codes_q", I, Dims(1, 1, 4, 2)), ("codes_k", I, Dims(1, 1, 4, 2))], [("indices", I)],
+                new Dictionary<string, object> { ["top_k"] = 2f });
+            model.Run(I32(new int[8], 1, 1, 4, 2), I32(new int[8], 1, 1, 4, 2));
+        });
+        Assert.Contains("PQTopK: attribute 'top_k' must be an int; got a float", message);
+    }
 }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "binding/ort_api.h"
+#include "binding/ort_attrs.h"
 #include "binding/ort_parallel.h"
 #include "cpu/parallel.h"
 #include "cpu/pq.h"
@@ -44,28 +45,40 @@ OrtStatus* Guard(F&& body) {
   }
 }
 
-int64_t AttrInt(const OrtKernelInfo* info, const char* name, int64_t fallback) {
+// Typed attribute reads at kernel creation: an absent attribute takes the default; one set with another type
+// is an error naming the op (ORT's getters would only say "not found", and the default would apply).
+void FailIfSetWithOtherType(const char* op, const OrtKernelInfo* info, const char* name, const char* want) {
+  const OrtOpAttrType type = KernelAttrType(info, name);
+  if (type != ORT_OP_ATTR_UNDEFINED) {
+    cpu::FailAttribute(op, name, std::string("must be ") + want + "; got " + AttrTypeName(type));
+  }
+}
+
+int64_t AttrInt(const char* op, const OrtKernelInfo* info, const char* name, int64_t fallback) {
   int64_t v = 0;
   if (OrtStatus* st = Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &v)) {
     Ort::GetApi().ReleaseStatus(st);
+    FailIfSetWithOtherType(op, info, name, "an int");
     return fallback;
   }
   return v;
 }
 
-float AttrFloat(const OrtKernelInfo* info, const char* name, float fallback) {
+float AttrFloat(const char* op, const OrtKernelInfo* info, const char* name, float fallback) {
   float v = 0;
   if (OrtStatus* st = Ort::GetApi().KernelInfoGetAttribute_float(info, name, &v)) {
     Ort::GetApi().ReleaseStatus(st);
+    FailIfSetWithOtherType(op, info, name, "a float");
     return fallback;
   }
   return v;
 }
 
-std::string AttrString(const OrtKernelInfo* info, const char* name, const std::string& fallback) {
+std::string AttrString(const char* op, const OrtKernelInfo* info, const char* name, const std::string& fallback) {
   std::size_t size = 0;
   if (OrtStatus* st = Ort::GetApi().KernelInfoGetAttribute_string(info, name, nullptr, &size)) {
     Ort::GetApi().ReleaseStatus(st);
+    FailIfSetWithOtherType(op, info, name, "a string");
     return fallback;
   }
   std::string v(size, '\0');
@@ -253,7 +266,7 @@ struct SptOp : Ort::CustomOpBase<TOp, TKernel, /*WithStatus=*/true> {
 
 struct PQEncodeKernel {
   explicit PQEncodeKernel(const OrtKernelInfo* info) {
-    const std::string metric = AttrString(info, "metric", "l1");
+    const std::string metric = AttrString("PQEncode", info, "metric", "l1");
     if (metric != "l1") cpu::FailAttribute("PQEncode", "metric", "must be \"l1\" (the only metric); got \"" + metric + "\"");
   }
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
@@ -294,10 +307,10 @@ struct PQEncodeOp : SptOp<PQEncodeOp, PQEncodeKernel> {
 
 struct PQTopKKernel {
   explicit PQTopKKernel(const OrtKernelInfo* info)
-      : mode_(cpu::ParseTopKMode(AttrString(info, "mode", "exact"))),
-        causal_(BoolAttr("PQTopK", "causal", AttrInt(info, "causal", 1))),
-        top_k_(AttrInt(info, "top_k", 0)),
-        ratio_(AttrFloat(info, "top_k_ratio", 0.125f)) {
+      : mode_(cpu::ParseTopKMode(AttrString("PQTopK", info, "mode", "exact"))),
+        causal_(BoolAttr("PQTopK", "causal", AttrInt("PQTopK", info, "causal", 1))),
+        top_k_(AttrInt("PQTopK", info, "top_k", 0)),
+        ratio_(AttrFloat("PQTopK", info, "top_k_ratio", 0.125f)) {
     // Validate top_k and top_k_ratio now (the ratio even when top_k overrides it, as the schema does).
     cpu::ResolveTopK(top_k_, ratio_, 1);
     cpu::ResolveTopK(0, ratio_, 1);
@@ -368,9 +381,9 @@ struct AttentionAttributes {
   double scale, clamp;
   bool causal;
   AttentionAttributes(const OrtKernelInfo* info, const char* op)
-      : scale(AttrFloat(info, "scale", 0.f)),
-        clamp(AttrFloat(info, "clamp", 10.f)),
-        causal(BoolAttr(op, "causal", AttrInt(info, "causal", 1))) {
+      : scale(AttrFloat(op, info, "scale", 0.f)),
+        clamp(AttrFloat(op, info, "clamp", 10.f)),
+        causal(BoolAttr(op, "causal", AttrInt(op, info, "causal", 1))) {
     cpu::ResolveSparseAttentionParams(op, scale, clamp, causal, 1);  // validates now
   }
 };
@@ -529,7 +542,7 @@ struct PQLossOp : SptOp<PQLossOp, PQLossKernel> {
 
 struct PQLossGradKernel {
   explicit PQLossGradKernel(const OrtKernelInfo* info)
-      : detach_(BoolAttr("PQLossGrad", "detach_inputs", AttrInt(info, "detach_inputs", 0))) {}
+      : detach_(BoolAttr("PQLossGrad", "detach_inputs", AttrInt("PQLossGrad", info, "detach_inputs", 0))) {}
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return Guard([&] {
       constexpr const char* op = "PQLossGrad";

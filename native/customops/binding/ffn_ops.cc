@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "binding/ort_api.h"
+#include "binding/ort_attrs.h"
 #include "binding/ort_parallel.h"
 #include "cpu/blas.h"
 #include "cpu/parallel.h"
@@ -88,25 +89,7 @@ class KernelInfoAttrs final : public AttrSource {
   explicit KernelInfoAttrs(const OrtKernelInfo* info) : info_(info) {}
   // The kernel-info API has no type query: probe the getters of the types an attribute can have here.
   // (Shape inference runs first at load and sees every type, so this only backs it up.)
-  OrtOpAttrType Type(const char* name) const override {
-    const OrtApi& api = Ort::GetApi();
-    auto ok = [&](OrtStatus* status) {
-      if (status == nullptr) return true;
-      api.ReleaseStatus(status);
-      return false;
-    };
-    int64_t i = 0;
-    float f = 0.0f;
-    std::size_t size = 0;
-    if (ok(api.KernelInfoGetAttribute_int64(info_, name, &i))) return ORT_OP_ATTR_INT;
-    if (ok(api.KernelInfoGetAttribute_float(info_, name, &f))) return ORT_OP_ATTR_FLOAT;
-    if (ok(api.KernelInfoGetAttribute_string(info_, name, nullptr, &size))) return ORT_OP_ATTR_STRING;
-    size = 0;
-    if (ok(api.KernelInfoGetAttributeArray_int64(info_, name, nullptr, &size))) return ORT_OP_ATTR_INTS;
-    size = 0;
-    if (ok(api.KernelInfoGetAttributeArray_float(info_, name, nullptr, &size))) return ORT_OP_ATTR_FLOATS;
-    return ORT_OP_ATTR_UNDEFINED;
-  }
+  OrtOpAttrType Type(const char* name) const override { return KernelAttrType(info_, name); }
   int64_t Int(const char* name) const override { return Ort::ConstKernelInfo(info_).GetAttribute<int64_t>(name); }
   std::string String(const char* name) const override {
     return Ort::ConstKernelInfo(info_).GetAttribute<std::string>(name);
@@ -138,20 +121,6 @@ class InferContextAttrs final : public AttrSource {
   Ort::ShapeInferContext& ctx_;
   OrtShapeInferContext* raw_;
 };
-
-const char* AttrTypeName(OrtOpAttrType type) {
-  switch (type) {
-    case ORT_OP_ATTR_INT: return "an int";
-    case ORT_OP_ATTR_INTS: return "a list of ints";
-    case ORT_OP_ATTR_FLOAT: return "a float";
-    case ORT_OP_ATTR_FLOATS: return "a list of floats";
-    case ORT_OP_ATTR_STRING: return "a string";
-    case ORT_OP_ATTR_STRINGS: return "a list of strings";
-    case ORT_OP_ATTR_GRAPH: return "a graph";
-    case ORT_OP_ATTR_TENSOR: return "a tensor";
-    default: return "an attribute of another type";
-  }
-}
 
 // Reads and checks the attributes (same rules at load and at kernel creation).
 Attrs ParseAttrs(const std::string& op, const AttrSource& src) {
