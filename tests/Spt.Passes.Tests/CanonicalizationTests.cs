@@ -80,6 +80,22 @@ public class CanonicalizationTests
         Assert.Contains(context.Diagnostics, d => d.Message.Contains("2 symbolic dimensions"));
     }
 
+    // Linear on 3-D input as torch exports it: MatMul(x, Transpose(W)); folding keeps the parameter's name.
+    [Fact]
+    public void FoldedTransposedWeightKeepsTheParameterName()
+    {
+        var b = new GraphBuilder(17);
+        var x = b.Input("x", ElementType.Float, "batch", "sequence", 4);
+        var w = b.Initializer("proj.weight", Data(12), 3, 4);
+        b.Output(b.Op("MatMul", x, b.Op("Transpose", [w], ("perm", new long[] { 1, 0 }))), "y");
+        var result = Run(b.Build(), new ConstantFolding());
+
+        var weight = Assert.Single(result.Graph.Nodes).Inputs[1]!;
+        Assert.Equal("proj.weight_T", weight.Name);
+        Assert.Equal([4L, 3L], weight.Initializer!.Dims);
+        Assert.Contains(result.Metadata, kv => kv.Key == TransposedWeightFolding.MetadataKey && kv.Value == "proj.weight_T=proj.weight");
+    }
+
     [Fact]
     public void FoldsAllConstantArithmeticKeepingDtype()
     {

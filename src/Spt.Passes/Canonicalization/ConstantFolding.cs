@@ -82,8 +82,22 @@ public sealed class ConstantFolding : IPass
         var result = ConstantEvaluator.Evaluate(node, inputs, opset, MaxElements);
         if (result is null)
             return false;
-        Replace(node.Outputs[0], result.ToTensor(editor.Graph.UniqueName(node.Outputs[0].Name + "_folded")), editor);
+        Replace(node.Outputs[0], result.ToTensor(FoldedName(node, editor.Graph)), editor);
         return true;
+    }
+
+    // A transposed 2-D weight keeps its parameter's name (W -> W_T, recorded like TransposedWeightFolding does), so
+    // training, checkpoints and LoRA still see the exporter's names; anything else is named after the node output.
+    private static string FoldedName(Node node, Graph graph)
+    {
+        if (node.OpType == "Transpose" && node.Inputs[0] is { Initializer.Dims.Count: 2, IsGraphInput: false } weight)
+        {
+            var name = graph.UniqueName(weight.Name + "_T");
+            if (graph.Model is { } model)
+                Rewriting.RecordTransposedWeight(model, name, weight.Name);
+            return name;
+        }
+        return graph.UniqueName(node.Outputs[0].Name + "_folded");
     }
 
     // Gather(Shape(x), 2) -> [32] when dim 2 of x is static.
