@@ -23,7 +23,7 @@ internal static class VerifyCommand
         var seed = new Option<int>("--seed") { Description = "Seed of the generated inputs", DefaultValueFactory = _ => 0 };
         var batch = new Option<int>("--batch") { Description = "Size of batch-like symbolic dimensions", DefaultValueFactory = _ => 2 };
         var seq = new Option<int>("--seq") { Description = "Size of sequence-like symbolic dimensions", DefaultValueFactory = _ => 16 };
-        var command = new Command("verify", "Run two models on the same generated inputs and compare their outputs")
+        var command = new Command("verify", "Run two models on the same generated inputs (Dropout off in both) and compare their outputs")
         {
             original, optimized, tol, seed, batch, seq,
         };
@@ -37,6 +37,9 @@ internal static class VerifyCommand
 
             using var reference = ModelFiles.Load(parse.GetRequiredValue(original));
             using var candidate = ModelFiles.Load(parse.GetRequiredValue(optimized));
+            // A training-mode export draws new dropout masks on every run: compare with dropout off in both.
+            DropoutMode.ToInference(reference);
+            DropoutMode.ToInference(candidate);
             var options = new InputGeneratorOptions { Batch = parse.GetValue(batch), Sequence = parse.GetValue(seq), Seed = parse.GetValue(seed) };
             var inputs = InputGenerator.Generate(reference, options);
 

@@ -34,7 +34,7 @@ public class FixtureNumericTests(ITestOutputHelper output)
     public void ExactRewriteComputesWhatTheOriginalDoes(string file, Part part)
     {
         using var original = Fixtures.Load(file);
-        InferenceDropout(original);
+        DropoutMode.ToInference(original);
         var options = FixtureRecognitionTests.OptionsFor(file, exact: true) with
         {
             Attention = part == Part.Ffn ? AttentionMode.Keep : AttentionMode.Sparse,
@@ -62,16 +62,5 @@ public class FixtureNumericTests(ITestOutputHelper output)
             max = Math.Max(max, diff.MaxAbsDiff);
         }
         return max;
-    }
-
-    /// <summary>Training-mode exports: the reference runs with dropout off (the sparse and routed paths have none).</summary>
-    internal static void InferenceDropout(Model model)
-    {
-        var editor = model.Graph.Edit();
-        foreach (var n in model.Graph.Nodes.Where(n => n.OpType == "Dropout" && n.Inputs.Count > 2 && n.Inputs[2] != null).ToList())
-        {
-            var off = editor.AddInitializer(Tensor.Create(model.Graph.UniqueName("training_off"), new[] { false }));
-            editor.SetInput(n, 2, off);
-        }
     }
 }
