@@ -320,19 +320,7 @@ public class AttentionOpsTests
             I32(idx, b, h, sq, l), F32(p, b, h, sq, l));
         foreach (var (x, grad) in new[] { (q, grads[0].F32!), (k, grads[1].F32!), (v, grads[2].F32!) })
         {
-            var fd = new double[x.Length];
-            for (var i = 0; i < x.Length; i++)
-            {
-                const float step = 1e-2f;
-                var keep = x[i];
-                x[i] = keep + step;
-                var up = Loss();
-                x[i] = keep - step;
-                var down = Loss();
-                x[i] = keep;
-                fd[i] = (up - down) / (2 * step);
-            }
-
+            var fd = CentralDifferences(x, 1e-2f, Loss);
             Assert.True(RelL2(grad, fd) < 5e-3, $"relative L2 error {RelL2(grad, fd)}");
         }
     }
@@ -403,21 +391,27 @@ public class AttentionOpsTests
                 continue;
             }
 
-            var fd = new double[x.Length];
-            for (var i = 0; i < x.Length; i++)
-            {
-                const float step = 1e-3f;
-                var keep = x[i];
-                x[i] = keep + step;
-                var up = Loss();
-                x[i] = keep - step;
-                var down = Loss();
-                x[i] = keep;
-                fd[i] = dLoss * (up - down) / (2 * step);
-            }
-
+            var fd = CentralDifferences(x, 1e-3f, Loss).Select(d => dLoss * d).ToArray();
             Assert.True(RelL2(g, fd) < 1e-2, $"relative L2 error {RelL2(g, fd)}");
         }
+    }
+
+    // d loss / d x[i] for every i by central differences, perturbing x in place (and restoring it).
+    private static double[] CentralDifferences(float[] x, float step, Func<double> loss)
+    {
+        var fd = new double[x.Length];
+        for (var i = 0; i < x.Length; i++)
+        {
+            var keep = x[i];
+            x[i] = keep + step;
+            var up = loss();
+            x[i] = keep - step;
+            var down = loss();
+            x[i] = keep;
+            fd[i] = (up - down) / (2 * step);
+        }
+
+        return fd;
     }
 
     // ------------------------------------------------------------------ bad inputs
