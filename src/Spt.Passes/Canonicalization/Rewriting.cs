@@ -6,6 +6,21 @@ namespace Spt.Passes.Canonicalization;
 internal static class Rewriting
 {
     /// <summary>
+    /// The initializer behind a weight input, looking through the layout ops exporters put on weights
+    /// (<c>Transpose(W)</c>, Identity, Cast); null when the value is not a (transformed) initializer.
+    /// </summary>
+    public static Value? WeightInitializer(Value? value)
+    {
+        for (var hops = 0; value is not null && hops < 4; hops++)
+        {
+            if (value.IsInitializer)
+                return value;
+            value = value.Producer is { OpType: "Transpose" or "Identity" or "Cast", Inputs.Count: 1 } p ? p.Inputs[0] : null;
+        }
+        return null;
+    }
+
+    /// <summary>
     /// Makes every user of <paramref name="node"/>'s output <paramref name="outputIndex"/> read
     /// <paramref name="replacement"/> instead and removes the node when nothing reads it any more. A graph output
     /// is never re-pointed (its name is the model's interface), so such a node is left alone; returns whether the

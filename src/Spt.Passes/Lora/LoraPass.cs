@@ -164,7 +164,8 @@ public sealed class LoraPass(LoraOptions? options = null) : IPass
         return map;
     }
 
-    private static void Append(Model model, string key, List<string> names)
+    /// <summary>Appends names to a comma-separated metadata list, creating it when absent and skipping names already listed.</summary>
+    internal static void Append(Model model, string key, List<string> names)
     {
         if (names.Count == 0)
             return;

@@ -1,4 +1,5 @@
 using Spt.Ir;
+using Spt.Passes.Canonicalization;
 using Spt.Passes.Lora;
 
 namespace Spt.Passes.Rewrites;
@@ -46,8 +47,8 @@ public sealed class TrainableParameterMarking : IPass
         }
 
         var before = model.Metadata.ToList();
-        Append(model, LoraPass.TrainableKey, trainable);
-        Append(model, LoraPass.FrozenKey, frozen);
+        LoraPass.Append(model, LoraPass.TrainableKey, trainable);
+        LoraPass.Append(model, LoraPass.FrozenKey, frozen);
         var changed = !before.SequenceEqual(model.Metadata);
         if (changed)
         {
@@ -61,27 +62,11 @@ public sealed class TrainableParameterMarking : IPass
     {
         foreach (var i in inputs)
         {
-            if (i < node.Inputs.Count && Underlying(node.Inputs[i]) is { } v && !names.Contains(v.Name))
+            if (i < node.Inputs.Count && Rewriting.WeightInitializer(node.Inputs[i]) is { } v && !names.Contains(v.Name))
             {
                 names.Add(v.Name);
             }
         }
-    }
-
-    // The initializer behind an input, looking through the layout ops exporters put on weights (Transpose(W)).
-    private static Value? Underlying(Value? value)
-    {
-        for (var hops = 0; value is not null && hops < 4; hops++)
-        {
-            if (value.IsInitializer)
-            {
-                return value;
-            }
-
-            value = value.Producer is { OpType: "Transpose" or "Identity" or "Cast", Inputs.Count: 1 } p ? p.Inputs[0] : null;
-        }
-
-        return null;
     }
 
     // Mul(w, n) or Add(b, n) with w/b a 1-D float initializer and n the output of a normalization: a value whose
@@ -143,25 +128,5 @@ public sealed class TrainableParameterMarking : IPass
         }
 
         return false;
-    }
-
-    private static void Append(Model model, string key, List<string> names)
-    {
-        if (names.Count == 0)
-        {
-            return;
-        }
-
-        var existing = LoraPass.ReadList(model, key);
-        var merged = existing.Concat(names.Where(n => !existing.Contains(n))).ToList();
-        for (var i = model.Metadata.Count - 1; i >= 0; i--)
-        {
-            if (model.Metadata[i].Key == key)
-            {
-                model.Metadata.RemoveAt(i);
-            }
-        }
-
-        model.Metadata.Add(new(key, string.Join(",", merged)));
     }
 }

@@ -445,10 +445,7 @@ public static class TrainingCompiler
                 continue;
             foreach (var i in baseInputs)
             {
-                var v = i < node.Inputs.Count ? node.Inputs[i] : null;
-                while (v is { IsInitializer: false, Producer: { OpType: "Transpose" or "Identity" or "Cast" } p })
-                    v = p.Inputs[0];
-                if (v is { IsInitializer: true })
+                if (i < node.Inputs.Count && Canonicalization.Rewriting.WeightInitializer(node.Inputs[i]) is { } v)
                     yield return v.Name;
             }
         }
