@@ -17,53 +17,19 @@ internal static class OptimizeCommand
     {
         var model = new Argument<FileInfo>("MODEL") { Description = "The ONNX model to optimize" };
         var output = new Option<FileInfo>("--output", "-o") { Description = "Where to write the optimized model", Required = true };
-        var attention = new Option<string>("--attention") { Description = "sparse (default) or keep", DefaultValueFactory = _ => "sparse" };
-        attention.AcceptOnlyFromAmong("sparse", "keep");
-        var ffn = new Option<string>("--ffn") { Description = "routed (default) or keep", DefaultValueFactory = _ => "routed" };
-        ffn.AcceptOnlyFromAmong("routed", "keep");
-        var lora = new Option<int>("--lora") { Description = "LoRA rank for the rewritten FFNs (0 = none)" };
-        var topkRatio = new Option<double?>("--topk-ratio") { Description = "Keys per query as a fraction of the sequence (default 0.125)" };
-        var topk = new Option<int?>("--topk") { Description = "Keys per query as a count" };
-        var blocks = new Option<int>("--blocks") { Description = "FFN blocks (default 4)", DefaultValueFactory = _ => 4 };
-        var active = new Option<int>("--active") { Description = "Active FFN blocks per token (default 2)", DefaultValueFactory = _ => 2 };
-        var codebook = new Option<int>("--codebook-size") { Description = "Codewords per subspace (default 16)", DefaultValueFactory = _ => 16 };
-        var codeword = new Option<int>("--codeword-dim") { Description = "Codeword dim; the head dim must be a multiple (default 8)", DefaultValueFactory = _ => 8 };
+        var rewrite = OptimizeFlags.Create();
         var exact = new Option<bool>("--exact") { Description = "Dense-equivalent configuration (all keys, no clamp, all blocks, no gate)" };
         var report = new Option<FileInfo?>("--report") { Description = "Write the report as JSON to this file" };
         var explain = new Option<bool>("--explain") { Description = "Print why each candidate did not match" };
-        var layers = new Option<string?>("--layers") { Description = "Layer indices to rewrite, e.g. 0,2,5-7 (default: all)" };
         var seed = new Option<int>("--seed") { Description = "Seed of the new parameters (default 0)" };
         var command = new Command("optimize", "Rewrite attention to PQ sparse attention and FFNs to routed FFNs")
         {
-            model, output, attention, ffn, lora, topkRatio, topk, blocks, active, codebook, codeword, exact, report, explain, layers, seed,
+            model, output, exact, report, explain, seed,
         };
+        rewrite.AddTo(command, includeSwitch: false);
         command.SetAction(parse => context.Guard(parse, () =>
         {
-            if (parse.GetValue(topkRatio) is not null && parse.GetValue(topk) is not null)
-                throw new CliUsageException("give --topk-ratio or --topk, not both");
-            var options = new SptOptions
-            {
-                Attention = parse.GetValue(attention) == "keep" ? AttentionMode.Keep : AttentionMode.Sparse,
-                Ffn = parse.GetValue(ffn) == "keep" ? FfnMode.Keep : FfnMode.Routed,
-                LoraRank = parse.GetValue(lora),
-                TopKRatio = parse.GetValue(topkRatio) ?? 0.125,
-                TopK = parse.GetValue(topk),
-                Blocks = parse.GetValue(blocks),
-                Active = parse.GetValue(active),
-                CodebookSize = parse.GetValue(codebook),
-                CodewordDim = parse.GetValue(codeword),
-                Exact = parse.GetValue(exact),
-                Layers = ParseLayers(parse.GetValue(layers)),
-                Seed = parse.GetValue(seed),
-            };
-            try
-            {
-                options.Validate();
-            }
-            catch (ArgumentException e)
-            {
-                throw new CliUsageException(e.Message);
-            }
+            var options = rewrite.Options(parse, parse.GetValue(exact), parse.GetValue(seed));
             var outFile = parse.GetRequiredValue(output);
             var result = Run(parse.GetRequiredValue(model), outFile, options);
             Render(context.Console, result);
@@ -100,25 +66,6 @@ internal static class OptimizeCommand
             result.SaveTime = watch.Elapsed;
         }
         return result;
-    }
-
-    internal static IReadOnlySet<int>? ParseLayers(string? text)
-    {
-        if (string.IsNullOrWhiteSpace(text))
-            return null;
-        var set = new HashSet<int>();
-        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-        {
-            var range = part.Split('-');
-            if (range.Length == 1 && int.TryParse(range[0], NumberStyles.None, CultureInfo.InvariantCulture, out var one))
-                set.Add(one);
-            else if (range.Length == 2 && int.TryParse(range[0], NumberStyles.None, CultureInfo.InvariantCulture, out var lo)
-                && int.TryParse(range[1], NumberStyles.None, CultureInfo.InvariantCulture, out var hi) && lo <= hi)
-                set.UnionWith(Enumerable.Range(lo, hi - lo + 1));
-            else
-                throw new CliUsageException($"--layers: '{part}' is not a layer index or range (e.g. 0,2,5-7)");
-        }
-        return set;
     }
 
     private static void Render(IAnsiConsole console, OptimizeReport r)

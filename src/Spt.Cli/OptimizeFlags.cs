@@ -1,12 +1,13 @@
 using System.CommandLine;
+using System.Globalization;
 using Spt.Ir;
 using Spt.Passes;
 
 namespace Spt.Cli;
 
 /// <summary>
-/// <c>--optimize</c> and the SPT rewrite's flags on the commands that train (<c>train</c>): the model is rewritten
-/// with sparse PQ attention and routed FFN before the training graphs are compiled.
+/// The SPT rewrite's flags, shared by <c>optimize</c>, <c>bench</c> and <c>train</c> (where <c>--optimize</c> asks
+/// for the rewrite before the training graphs are compiled).
 /// </summary>
 internal sealed class OptimizeFlags
 {
@@ -16,17 +17,32 @@ internal sealed class OptimizeFlags
 
     public Option<bool> Optimize { get; } = new("--optimize") { Description = "Apply the SPT rewrite (sparse PQ attention, routed FFN) before training" };
 
-    public Option<int> Lora { get; } = new("--lora") { Description = "LoRA rank of the rewritten FFNs (0: none)", DefaultValueFactory = _ => 0 };
+    public Option<string> Attention { get; } = CreateChoice("--attention", "Attention blocks: rewrite to sparse attention, or keep them dense", "sparse", "keep");
 
-    public Option<double> TopKRatio { get; } = new("--topk-ratio") { Description = "Keys per query as a fraction of the sequence", DefaultValueFactory = _ => 0.125 };
+    public Option<string> Ffn { get; } = CreateChoice("--ffn", "FFN blocks: rewrite to routed FFNs, or keep them dense", "routed", "keep");
+
+    public Option<int> Lora { get; } = new("--lora")
+    {
+        Description = "LoRA rank (0: none): factors on the routed FFNs and every remaining Linear layer; LoRA, routers, codebooks and norms train",
+    };
+
+    public Option<double?> TopKRatio { get; } = new("--topk-ratio") { Description = "Keys per query as a fraction of the sequence (default 0.125)" };
+
+    public Option<int?> TopK { get; } = new("--topk") { Description = "Keys per query as a count" };
 
     public Option<int> Blocks { get; } = new("--blocks") { Description = "FFN blocks", DefaultValueFactory = _ => 4 };
 
     public Option<int> Active { get; } = new("--active") { Description = "Active FFN blocks per token", DefaultValueFactory = _ => 2 };
 
+    public Option<int> CodebookSize { get; } = new("--codebook-size") { Description = "Codewords per subspace", DefaultValueFactory = _ => 16 };
+
+    public Option<int> CodewordDim { get; } = new("--codeword-dim") { Description = "Codeword dim; the head dim must be a multiple", DefaultValueFactory = _ => 8 };
+
+    public Option<string?> Layers { get; } = new("--layers") { Description = "Layer indices to rewrite, e.g. 0,2,5-7 (default: all)" };
+
     public static OptimizeFlags Create() => new();
 
-    /// <summary>Adds the flags; <paramref name="includeSwitch"/> false leaves out --optimize itself (bench always rewrites).</summary>
+    /// <summary>Adds the flags; <paramref name="includeSwitch"/> false leaves out --optimize itself (optimize and bench always rewrite).</summary>
     public void AddTo(Command command, bool includeSwitch = true)
     {
         if (includeSwitch)
@@ -34,10 +50,10 @@ internal sealed class OptimizeFlags
             command.Options.Add(Optimize);
         }
 
-        command.Options.Add(Lora);
-        command.Options.Add(TopKRatio);
-        command.Options.Add(Blocks);
-        command.Options.Add(Active);
+        foreach (var option in new Option[] { Attention, Ffn, Lora, TopKRatio, TopK, Blocks, Active, CodebookSize, CodewordDim, Layers })
+        {
+            command.Options.Add(option);
+        }
     }
 
     public bool Requested(ParseResult parse) => parse.GetValue(Optimize);
@@ -45,15 +61,28 @@ internal sealed class OptimizeFlags
     /// <summary>Rewrites <paramref name="model"/> in place when --optimize is given; returns a one-line report, or null.</summary>
     public string? Apply(ParseResult parse, Model model) => Requested(parse) ? Rewrite(parse, model) : null;
 
-    /// <summary>The SPT options the flags describe.</summary>
-    public SptOptions Options(ParseResult parse)
+    /// <summary>The SPT options the flags describe (with <paramref name="exact"/> and <paramref name="seed"/> from the caller).</summary>
+    public SptOptions Options(ParseResult parse, bool exact = false, int seed = 0)
     {
+        if (parse.GetValue(TopKRatio) is not null && parse.GetValue(TopK) is not null)
+        {
+            throw new CliUsageException("give --topk-ratio or --topk, not both");
+        }
+
         var options = new SptOptions
         {
+            Attention = parse.GetValue(Attention) == "keep" ? AttentionMode.Keep : AttentionMode.Sparse,
+            Ffn = parse.GetValue(Ffn) == "keep" ? FfnMode.Keep : FfnMode.Routed,
             LoraRank = parse.GetValue(Lora),
-            TopKRatio = parse.GetValue(TopKRatio),
+            TopKRatio = parse.GetValue(TopKRatio) ?? 0.125,
+            TopK = parse.GetValue(TopK),
             Blocks = parse.GetValue(Blocks),
             Active = parse.GetValue(Active),
+            CodebookSize = parse.GetValue(CodebookSize),
+            CodewordDim = parse.GetValue(CodewordDim),
+            Exact = exact,
+            Layers = ParseLayers(parse.GetValue(Layers)),
+            Seed = seed,
         };
         try
         {
@@ -65,6 +94,33 @@ internal sealed class OptimizeFlags
         }
 
         return options;
+    }
+
+    /// <summary>Parses <c>0,2,5-7</c> into layer indices; null or blank means all layers.</summary>
+    internal static IReadOnlySet<int>? ParseLayers(string? text)
+    {
+        if (string.IsNullOrWhiteSpace(text))
+            return null;
+        var set = new HashSet<int>();
+        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var range = part.Split('-');
+            if (range.Length == 1 && int.TryParse(range[0], NumberStyles.None, CultureInfo.InvariantCulture, out var one))
+                set.Add(one);
+            else if (range.Length == 2 && int.TryParse(range[0], NumberStyles.None, CultureInfo.InvariantCulture, out var lo)
+                && int.TryParse(range[1], NumberStyles.None, CultureInfo.InvariantCulture, out var hi) && lo <= hi)
+                set.UnionWith(Enumerable.Range(lo, hi - lo + 1));
+            else
+                throw new CliUsageException($"--layers: '{part}' is not a layer index or range (e.g. 0,2,5-7)");
+        }
+        return set;
+    }
+
+    private static Option<string> CreateChoice(string name, string description, string defaultValue, params string[] values)
+    {
+        var option = new Option<string>(name) { Description = description, DefaultValueFactory = _ => defaultValue };
+        option.AcceptOnlyFromAmong(values);
+        return option;
     }
 
     /// <summary>Applies the SPT rewrite with the flags' settings to <paramref name="model"/> in place; returns a one-line report.</summary>
