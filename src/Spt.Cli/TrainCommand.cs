@@ -19,8 +19,13 @@ internal static class TrainCommand
     public static Command Create(CliContext context)
     {
         var model = new Argument<string>("MODEL") { Description = "The ONNX model to fine-tune, or a training-artifact directory from 'sptc compile-training'" };
-        var data = new Option<string>("--data") { Description = "Training data: a text file (byte-level tokens) or JSONL with input_ids (+ attention_mask, labels or label)", Required = true };
-        var task = new Option<string>("--task") { Description = "lm (causal language modelling) or classify", DefaultValueFactory = _ => "lm" };
+        var data = new Option<string>("--data")
+        {
+            Description = "Training data: CSV/TSV/JSONL text records (with --tokenizer), a text file (tokenized, or byte-level without --tokenizer), " +
+                "or JSONL with input_ids (+ attention_mask, labels or label)",
+            Required = true,
+        };
+        var task = new Option<string>("--task") { Description = "lm (causal language modelling), classify or regress (MSE on a float label)", DefaultValueFactory = _ => "lm" };
         var steps = new Option<long>("--steps") { Description = "Optimizer steps", DefaultValueFactory = _ => 100 };
         var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch", DefaultValueFactory = _ => 8 };
         var seq = new Option<int?>("--seq") { Description = "Sequence length (text: chunk size, default 128; JSONL: default the longest line)" };
@@ -48,6 +53,8 @@ internal static class TrainCommand
             checkpointEvery, keep, resume, seed, metrics, export, device, workDir, frozen, threads,
         };
         optimize.AddTo(command);
+        var dataFlags = DataFlags.Create();
+        dataFlags.AddTo(command);
         command.SetAction(parse => context.Guard(parse, () =>
         {
             var modelPath = parse.GetRequiredValue(model);
@@ -81,7 +88,16 @@ internal static class TrainCommand
                 IntraOpThreads = parse.GetValue(threads),
             };
             options.Validate();
-            var loss = TrainingSetup.TaskLoss(parse.GetValue(task)!);
+            var loss = Directory.Exists(modelPath)
+                ? TrainingSetup.Loss(TrainingManifest.Load(modelPath).Loss.Kind)
+                : TrainingSetup.TaskLoss(parse.GetValue(task)!);
+
+            // The data first: the label map sizes an added head, and a bad file fails before any compiling.
+            using var tokenizer = dataFlags.OpenTokenizer(parse, context);
+            var knownLabels = LabelMap.TryLoad(Directory.Exists(modelPath) ? modelPath
+                : parse.GetValue(workDir) ?? (checkpoints is not null ? Path.Combine(checkpoints, "artifact") : modelPath + ".none"));
+            var dataset = DataFiles.Load(parse.GetRequiredValue(data), dataFlags.Request(parse, tokenizer, loss, parse.GetValue(seq),
+                parse.GetValue(resume) ? knownLabels : null, Dataset.DefaultIgnoreIndex));
 
             // The artifact: a given directory, or the model compiled into the work directory.
             string artifact;
@@ -106,18 +122,23 @@ internal static class TrainCommand
                     context.Out.WriteLine(sptReport);
                 }
 
+                if (dataFlags.AddHeadIfNeeded(parse, source, loss, dataset) is { } head)
+                {
+                    context.Out.WriteLine(head);
+                }
+
                 TrainingSetup.Compile(source, artifact, new TrainingOptions
                 {
                     Loss = loss,
                     FrozenPattern = parse.GetValue(frozen),
                     SourceName = Path.GetFileName(modelPath),
                 });
+                dataset.Labels?.Save(artifact);
             }
 
             try
             {
-                return Train(context, artifact, parse.GetRequiredValue(data), parse.GetValue(seq), fraction, options,
-                    parse.GetValue(resume), parse.GetValue(export));
+                return Train(context, artifact, dataset, fraction, options, parse.GetValue(resume), parse.GetValue(export));
             }
             finally
             {
@@ -130,13 +151,10 @@ internal static class TrainCommand
         return command;
     }
 
-    private static int Train(CliContext context, string artifact, string dataPath, int? seq, double evalFraction,
+    private static int Train(CliContext context, string artifact, Dataset data, double evalFraction,
         TrainerOptions options, bool resume, string? export)
     {
         var manifest = TrainingManifest.Load(artifact);
-        var text = !Path.GetExtension(dataPath).Equals(".jsonl", StringComparison.OrdinalIgnoreCase)
-            && !Path.GetExtension(dataPath).Equals(".json", StringComparison.OrdinalIgnoreCase);
-        var data = Dataset.Load(dataPath, seq ?? (text ? 128 : null), manifest.Loss.IgnoreIndex);
         var (train, eval) = data.Split(evalFraction);
         using var trainer = new Trainer(artifact, train, eval, options);
         if (resume)
@@ -168,7 +186,7 @@ internal static class TrainCommand
                 throw new CliUsageException($"--export needs the compiled model, but {artifact} has no {TrainingSetup.SourceCopy}");
             }
 
-            trainer.ExportInference(source, export);
+            trainer.ExportInference(source, export, data.Labels is { } map ? [new(LabelMap.MetadataKey, map.ToJson())] : null);
             context.Out.WriteLine($"exported: {export}");
         }
 
