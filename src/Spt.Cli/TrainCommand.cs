@@ -42,6 +42,8 @@ internal static class TrainCommand
         var seed = new Option<ulong>("--seed") { Description = "Seed of the data order", DefaultValueFactory = _ => 0 };
         var metrics = new Option<string?>("--metrics") { Description = "Write per-step metrics as JSONL to this file" };
         var export = new Option<string?>("--export") { Description = "Write the fine-tuned model for inference to this file" };
+        var mergeLora = new Option<bool>("--merge-lora") { Description = "With --export: fold the LoRA factors into the base weights (W' = W + A·B)" };
+        var adapter = new Option<string?>("--adapter") { Description = "Write only the trained parameters to this safetensors file (apply with 'sptc apply-adapter')" };
         var device = new Option<string>("--device") { Description = "auto, cpu or cuda", DefaultValueFactory = _ => "auto" };
         var workDir = new Option<string?>("--work-dir") { Description = "Where the training graphs are compiled (default: CHECKPOINT_DIR/artifact, else a temporary directory)" };
         var frozen = new Option<string?>("--frozen") { Description = "Freeze parameters whose names match this regular expression" };
@@ -50,7 +52,7 @@ internal static class TrainCommand
         var command = new Command("train", "Fine-tune a model on a text or JSONL file with ONNX Runtime")
         {
             model, data, task, steps, batch, seq, lr, warmup, schedule, accumulate, evalEvery, evalFraction, checkpointDir,
-            checkpointEvery, keep, resume, seed, metrics, export, device, workDir, frozen, threads,
+            checkpointEvery, keep, resume, seed, metrics, export, device, workDir, frozen, threads, mergeLora, adapter,
         };
         optimize.AddTo(command);
         var dataFlags = DataFlags.Create();
@@ -138,7 +140,8 @@ internal static class TrainCommand
 
             try
             {
-                return Train(context, artifact, dataset, fraction, options, parse.GetValue(resume), parse.GetValue(export));
+                return Train(context, artifact, dataset, fraction, options, parse.GetValue(resume), parse.GetValue(export),
+                    parse.GetValue(mergeLora), parse.GetValue(adapter));
             }
             finally
             {
@@ -152,8 +155,13 @@ internal static class TrainCommand
     }
 
     private static int Train(CliContext context, string artifact, Dataset data, double evalFraction,
-        TrainerOptions options, bool resume, string? export)
+        TrainerOptions options, bool resume, string? export, bool mergeLora = false, string? adapter = null)
     {
+        if (mergeLora && export is null)
+        {
+            throw new CliUsageException("--merge-lora applies to --export: give the file to export to");
+        }
+
         var manifest = TrainingManifest.Load(artifact);
         var (train, eval) = data.Split(evalFraction);
         using var trainer = new Trainer(artifact, train, eval, options);
@@ -187,7 +195,21 @@ internal static class TrainCommand
             }
 
             trainer.ExportInference(source, export, data.Labels is { } map ? [new(LabelMap.MetadataKey, map.ToJson())] : null);
-            context.Out.WriteLine($"exported: {export}");
+            context.Out.WriteLine($"exported: {export}" + (mergeLora ? $" ({Spt.Runtime.Export.Adapter.MergeLoraInPlace(export)})" : ""));
+        }
+
+        if (adapter is not null)
+        {
+            var trainable = manifest.Trainable.Select(p => p.Name).ToHashSet(StringComparer.Ordinal);
+            var tensors = trainer.ParameterTensors().Where(t => trainable.Contains(t.Name)).ToList();
+            var meta = new List<KeyValuePair<string, string>> { new("base", manifest.SourceModel["name"]?.GetValue<string>() ?? ""), new("steps", trainer.Step.ToString(CultureInfo.InvariantCulture)) };
+            if (data.Labels is { } labels)
+            {
+                meta.Add(new(LabelMap.MetadataKey, labels.ToJson()));
+            }
+
+            Spt.Runtime.Export.Adapter.Write(adapter, tensors, meta);
+            context.Out.WriteLine(FormattableString.Invariant($"adapter: {adapter} ({tensors.Count} tensors, {tensors.Sum(t => t.ElementCount):N0} values; base: {Path.Combine(artifact, TrainingSetup.SourceCopy)})"));
         }
 
         return ExitCodes.Ok;

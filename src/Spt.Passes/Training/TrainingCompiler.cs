@@ -482,6 +482,9 @@ public static class TrainingCompiler
         return false;
     }
 
+    /// <summary>The data inputs of <paramref name="model"/> with their roles (rule in the class remarks), as training and prediction feed them.</summary>
+    public static IReadOnlyList<DataInput> DataInputsOf(Model model) => DetectDataInputs(model, SelectParameters(model));
+
     private static List<DataInput> DetectDataInputs(Model model, IReadOnlyList<TrainingParameter> parameters)
     {
         var rowsOf = parameters.Where(p => p.Shape.Count == 2).ToDictionary(p => p.Name, p => p.Shape[0], StringComparer.Ordinal);
