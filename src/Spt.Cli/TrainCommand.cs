@@ -43,6 +43,8 @@ internal static class TrainCommand
         var metrics = new Option<string?>("--metrics") { Description = "Write per-step metrics as JSONL to this file" };
         var export = new Option<string?>("--export") { Description = "Write the fine-tuned model for inference to this file" };
         var mergeLora = new Option<bool>("--merge-lora") { Description = "With --export: fold the LoRA factors into the base weights (W' = W + A·B)" };
+        var bestMetric = new Option<string?>("--best-metric") { Description = "Keep the best evaluation by eval_loss, accuracy, macro_f1 or perplexity (CHECKPOINT_DIR/best; --export and --adapter then write it)" };
+        var patience = new Option<int>("--patience") { Description = "Stop after N evaluations without a better --best-metric (0: never)", DefaultValueFactory = _ => 0 };
         var adapter = new Option<string?>("--adapter") { Description = "Write only the trained parameters to this safetensors file (apply with 'sptc apply-adapter')" };
         var device = new Option<string>("--device") { Description = "auto, cpu or cuda", DefaultValueFactory = _ => "auto" };
         var workDir = new Option<string?>("--work-dir") { Description = "Where the training graphs are compiled (default: CHECKPOINT_DIR/artifact, else a temporary directory)" };
@@ -52,7 +54,7 @@ internal static class TrainCommand
         var command = new Command("train", "Fine-tune a model on a text or JSONL file with ONNX Runtime")
         {
             model, data, task, steps, batch, seq, lr, warmup, schedule, accumulate, evalEvery, evalFraction, checkpointDir,
-            checkpointEvery, keep, resume, seed, metrics, export, device, workDir, frozen, threads, mergeLora, adapter,
+            checkpointEvery, keep, resume, seed, metrics, export, device, workDir, frozen, threads, mergeLora, adapter, bestMetric, patience,
         };
         optimize.AddTo(command);
         var dataFlags = DataFlags.Create();
@@ -88,6 +90,8 @@ internal static class TrainCommand
                 MetricsPath = parse.GetValue(metrics),
                 Device = TrainingSetup.Device(parse.GetValue(device)!),
                 IntraOpThreads = parse.GetValue(threads),
+                BestMetric = parse.GetValue(bestMetric),
+                Patience = parse.GetValue(patience),
             };
             options.Validate();
             var loss = Directory.Exists(modelPath)
@@ -186,6 +190,17 @@ internal static class TrainCommand
             context.Out.WriteLine($"checkpoint: {checkpoint}");
         }
 
+        if (result.Best is { } best)
+        {
+            context.Out.WriteLine(FormattableString.Invariant($"best: {best.Metric} {best.Value:0.0000} at step {best.Step}") +
+                (result.StoppedEarly ? $" (stopped early: {options.Patience} evaluations without improvement)" : "") +
+                (best.StateFile is { } state ? $", {state}" : ""));
+            if (best.StateFile is { } bestState && (export is not null || adapter is not null))
+            {
+                trainer.LoadCheckpoint(bestState);
+            }
+        }
+
         if (export is not null)
         {
             var source = Path.Combine(artifact, TrainingSetup.SourceCopy);
@@ -251,5 +266,6 @@ internal static class TrainCommand
 
     private static string StepLine(string label, StepReport r) => string.Create(CultureInfo.InvariantCulture,
         $"{label} step {r.Step}/{r.TotalSteps}  loss {r.Loss:0.0000}  lr {r.LearningRate:0.###e+0}  grad_norm {r.GradNorm:0.000}  {r.TokensPerSecond:0} tok/s") +
-        (r.EvalLoss is { } e ? string.Create(CultureInfo.InvariantCulture, $"  eval_loss {e:0.0000}") : "");
+        (r.Eval is { } ev ? "  " + ev.ToString().Replace(",", "", StringComparison.Ordinal)
+            : r.EvalLoss is { } e ? string.Create(CultureInfo.InvariantCulture, $"  eval_loss {e:0.0000}") : "");
 }

@@ -57,13 +57,19 @@ public sealed class FineTuneCommandTests : IDisposable
         var metrics = _dir.File("m.jsonl");
         var (code, stdout, stderr) = CliRunner.Run("train", Bert, "--data", Csv(), "--tokenizer", Vocab(), "--task", "classify",
             "--steps", "60", "--batch", "8", "--lr", "3e-3", "--seq", "16", "--eval-every", "30", "--eval-fraction", "0.2",
-            "--metrics", metrics, "--export", export, "--seed", "2");
+            "--metrics", metrics, "--export", export, "--seed", "2", "--best-metric", "macro_f1", "--checkpoint-dir", _dir.File("ck"));
         Assert.True(code == 0, stderr);
         Assert.Contains("tokenizer: WordPiece vocab.txt (39 tokens, lower-cased)", stdout);
         Assert.Contains("head: added a 3-output head on 'last_hidden_state' (cls pooling, width 32)", stdout);
         var lines = File.ReadAllLines(metrics).Select(l => JsonNode.Parse(l)!).ToList();
         var evalLoss = lines.Last(l => l["eval_loss"] is not null)["eval_loss"]!.GetValue<double>();
         Assert.True(evalLoss < 0.8 * Math.Log(3), $"eval loss {evalLoss} is not below 80% of chance ({Math.Log(3):0.000})");
+        var evals = lines.Where(l => l["eval_accuracy"] is not null).ToList();
+        Assert.Equal([30L, 60], evals.Select(l => l["step"]!.GetValue<long>()));
+        Assert.All(evals, l => Assert.InRange(l["eval_macro_f1"]!.GetValue<double>(), 0, 1));
+        var bestF1 = evals.Max(l => l["eval_macro_f1"]!.GetValue<double>());
+        Assert.Contains(FormattableString.Invariant($"best: macro_f1 {bestF1:0.0000}"), stdout);
+        Assert.True(File.Exists(_dir.File("ck/best/state.onnx")));
 
         using (var model = Model.Load(export))
         {

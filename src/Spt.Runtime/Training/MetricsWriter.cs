@@ -52,6 +52,13 @@ internal sealed class MetricsWriter : IDisposable
             o["eval_loss"] = Num(e);
         }
 
+        if (r.Eval is { } eval)
+        {
+            if (eval.Accuracy is { } acc) o["eval_accuracy"] = Num(acc);
+            if (eval.MacroF1 is { } f1) o["eval_macro_f1"] = Num(f1);
+            if (eval.Perplexity is { } ppl) o["eval_perplexity"] = Num(ppl);
+        }
+
         if (r.Checkpoint is { } c)
         {
             o["checkpoint"] = c;

@@ -49,6 +49,9 @@ public sealed class Trainer : IDisposable
     private DataOrder _order;
     private TrainerState _state;
     private string? _lastCheckpoint;
+    private BestEvaluation? _best;
+    private int _sinceBest;
+    private bool _stoppedEarly;
     private bool _disposed;
 
     /// <summary>
@@ -253,10 +256,13 @@ public sealed class Trainer : IDisposable
 
             lastLoss = report.Loss;
             var last = _state.Step == _options.Steps;
+            var stop = false;
             if (_evalSet is not null && ((_options.EvalEvery > 0 && _state.Step % _options.EvalEvery == 0) || last))
             {
-                evalLoss = Evaluate().TaskLoss;
-                report = report with { EvalLoss = evalLoss };
+                var eval = EvaluateMetrics();
+                evalLoss = eval.TaskLoss;
+                report = report with { EvalLoss = evalLoss, Eval = eval };
+                stop = TrackBest(eval);
             }
 
             var due = _options.CheckpointEvery > 0
@@ -270,6 +276,11 @@ public sealed class Trainer : IDisposable
 
             _metrics?.Write(report);
             onStep?.Invoke(report);
+            if (stop)
+            {
+                _stoppedEarly = true;
+                break;
+            }
         }
 
         if (_store is not null && checkpointedAt != _state.Step && _state.Step >= firstStep)
@@ -278,7 +289,11 @@ public sealed class Trainer : IDisposable
         }
 
         return new TrainingResult(firstStep, _state.Step, firstLoss, lastLoss, evalLoss, seconds,
-            seconds > 0 ? tokens / seconds : 0, _lastCheckpoint);
+            seconds > 0 ? tokens / seconds : 0, _lastCheckpoint)
+        {
+            Best = _best,
+            StoppedEarly = _stoppedEarly,
+        };
     }
 
     /// <summary>Tokens consumed by one optimizer step (at most: batches of ragged data are padded to their longest example only).</summary>
@@ -372,7 +387,20 @@ public sealed class Trainer : IDisposable
     /// <summary>Mean loss and task loss of eval.onnx over <paramref name="data"/>, weighted by batch size.</summary>
     public (double Loss, double TaskLoss) Evaluate(Dataset data)
     {
+        var r = EvaluateMetrics(data);
+        return (r.Loss, r.TaskLoss);
+    }
+
+    /// <summary>
+    /// Loss, task loss and the task's metrics over <paramref name="data"/> (the held-out set by default): accuracy
+    /// and macro-F1 for classification (from the model's logits output of eval.onnx), perplexity for causal LM.
+    /// </summary>
+    public EvalResult EvaluateMetrics(Dataset? data = null)
+    {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        data ??= _evalSet ?? throw new InvalidOperationException("the trainer has no eval set");
+        var classify = Manifest.Loss.Kind == "classify" && Manifest.ModelOutputs.Count > 0 && Limits.Classes is > 0;
+        var counts = classify ? new ClassificationCounts() : null;
         double loss = 0, taskLoss = 0;
         var seen = 0;
         var batches = 0;
@@ -390,14 +418,68 @@ public sealed class Trainer : IDisposable
             BindCommon(_evalBinding, _evalInputs, feeder);
             _evalBinding.BindOutput("loss", _loss);
             _evalBinding.BindOutput("task_loss", _taskLoss);
+            if (counts is not null)
+            {
+                _evalBinding.BindOutputToDevice(Manifest.ModelOutputs[0], OrtMemoryInfo.DefaultInstance);
+            }
+
             _eval.RunWithBinding(_runOptions, _evalBinding);
             loss += ReadScalar(_loss) * size;
             taskLoss += ReadScalar(_taskLoss) * size;
+            if (counts is not null)
+            {
+                using var outputs = _evalBinding.GetOutputValues();
+                var logits = outputs[Array.IndexOf(_evalBinding.GetOutputNames(), Manifest.ModelOutputs[0])];
+                counts.Add(logits.GetTensorDataAsSpan<float>(), (int)Limits.Classes!.Value, [.. indices.Select(i => data.Examples[i].Label ?? Manifest.Loss.IgnoreIndex)], Manifest.Loss.IgnoreIndex);
+            }
+
             seen += size;
             batches++;
         }
 
-        return (loss / seen, taskLoss / seen);
+        _evalBinding.ClearBoundOutputs();
+        loss /= seen;
+        taskLoss /= seen;
+        return new EvalResult(loss, taskLoss, counts?.Accuracy, counts?.MacroF1,
+            Manifest.Loss.Kind == "causal_lm" ? Math.Exp(Math.Min(taskLoss, 700)) : null);
+    }
+
+    /// <summary>The best evaluation so far by <see cref="TrainerOptions.BestMetric"/>, and where its checkpoint is.</summary>
+    public BestEvaluation? Best => _best;
+
+    // Keeps the best evaluation by the chosen metric (its parameters in CHECKPOINT_DIR/best when checkpoints are
+    // written); returns true when --patience evaluations in a row did not improve on it.
+    private bool TrackBest(EvalResult eval)
+    {
+        if (_options.BestMetric is not { } metric)
+        {
+            return false;
+        }
+
+        var value = eval.Value(metric) ?? throw new TrainingException($"--best-metric {metric} is not measured for the {Manifest.Loss.Kind} loss");
+        var better = _best is null || (EvalResult.HigherIsBetter(metric) ? value > _best.Value : value < _best.Value);
+        if (!better)
+        {
+            _sinceBest++;
+            return _options.Patience > 0 && _sinceBest >= _options.Patience;
+        }
+
+        _sinceBest = 0;
+        string? path = null;
+        if (_options.CheckpointDir is { } dir)
+        {
+            path = Path.Combine(dir, "best");
+            Directory.CreateDirectory(path);
+            using var model = BuildCheckpoint();
+            model.Metadata.Add(new("best_metric", metric));
+            model.Metadata.Add(new("best_value", value.ToString("R", System.Globalization.CultureInfo.InvariantCulture)));
+            var tmp = Path.Combine(path, Checkpoint.FileName + ".tmp");
+            model.Save(tmp);
+            File.Move(tmp, Path.Combine(path, Checkpoint.FileName), overwrite: true);
+        }
+
+        _best = new BestEvaluation(metric, value, _state.Step, path is null ? null : Path.Combine(path, Checkpoint.FileName));
+        return false;
     }
 
     /// <summary>Writes a checkpoint of the current step into the checkpoint directory; returns its path.</summary>

@@ -63,6 +63,12 @@ public sealed record TrainerOptions
     /// <summary>ORT intra-op threads (0: ORT's default).</summary>
     public int IntraOpThreads { get; init; }
 
+    /// <summary>Keep the best evaluation by this metric (<see cref="EvalResult.MetricNames"/>); null: none.</summary>
+    public string? BestMetric { get; init; }
+
+    /// <summary>Stop after this many evaluations in a row without a better <see cref="BestMetric"/> (0: never).</summary>
+    public int Patience { get; init; }
+
     /// <summary>Checks the values; throws <see cref="TrainingException"/> naming the flag at fault.</summary>
     public void Validate()
     {
@@ -75,6 +81,9 @@ public sealed record TrainerOptions
         if (Steps > int.MaxValue) throw new TrainingException($"--steps must be at most {int.MaxValue} (got {Steps})");
         if (WarmupSteps > Steps) throw new TrainingException($"--warmup ({WarmupSteps}) must not exceed --steps ({Steps})");
         if (Keep < 1) throw new TrainingException($"--keep must be at least 1 (got {Keep})");
+        if (BestMetric is { } m && !EvalResult.MetricNames.Contains(m)) throw new TrainingException($"--best-metric must be one of {string.Join(", ", EvalResult.MetricNames)} (got '{m}')");
+        if (Patience < 0) throw new TrainingException($"--patience must not be negative (got {Patience})");
+        if (Patience > 0 && BestMetric is null) throw new TrainingException("--patience needs --best-metric (the metric that must improve)");
     }
 }
 
@@ -91,7 +100,18 @@ public sealed record TrainerOptions
 /// <param name="Checkpoint">The checkpoint written after this step, if any.</param>
 public sealed record StepReport(
     long Step, long TotalSteps, double Loss, double TaskLoss, double LearningRate, double GradNorm,
-    double TokensPerSecond, double Seconds, double? EvalLoss, string? Checkpoint);
+    double TokensPerSecond, double Seconds, double? EvalLoss, string? Checkpoint)
+{
+    /// <summary>The whole evaluation (metrics included), when this step evaluated.</summary>
+    public EvalResult? Eval { get; init; }
+}
+
+/// <summary>The best evaluation of a run by its chosen metric.</summary>
+/// <param name="Metric">The metric.</param>
+/// <param name="Value">Its best value.</param>
+/// <param name="Step">The step evaluated.</param>
+/// <param name="StateFile">The checkpoint of that step (CHECKPOINT_DIR/best/state.onnx), or null without a checkpoint directory.</param>
+public sealed record BestEvaluation(string Metric, double Value, long Step, string? StateFile);
 
 /// <summary>The outcome of <see cref="Trainer.Run"/>.</summary>
 /// <param name="FirstStep">The first step this run took (greater than 1 after a resume).</param>
@@ -104,4 +124,11 @@ public sealed record StepReport(
 /// <param name="LastCheckpoint">The newest checkpoint, if any.</param>
 public sealed record TrainingResult(
     long FirstStep, long LastStep, double FirstLoss, double FinalLoss, double? FinalEvalLoss, double Seconds,
-    double TokensPerSecond, string? LastCheckpoint);
+    double TokensPerSecond, string? LastCheckpoint)
+{
+    /// <summary>The best evaluation by <see cref="TrainerOptions.BestMetric"/>, or null.</summary>
+    public BestEvaluation? Best { get; init; }
+
+    /// <summary>Whether <see cref="TrainerOptions.Patience"/> stopped the run before its last step.</summary>
+    public bool StoppedEarly { get; init; }
+}
