@@ -72,7 +72,7 @@ public sealed class SequenceHeadPass(SequenceHeadOptions? options = null) : IPas
         var g = model.Graph;
         var shapes = new StaticShapes();
         var hidden = FindHidden(g, shapes);
-        long width = shapes.LastDim(hidden)!.Value;
+        long width = Width(shapes, hidden)!.Value;
         long opset = model.GetOpsetVersion("") ?? throw new OnnxModelException("the model imports no default-domain opset");
         var e = new OpEmitter(g, opset, "head");
         var mask = g.Inputs.FirstOrDefault(v => !v.IsInitializer && v.Name.Contains("mask", StringComparison.OrdinalIgnoreCase)
@@ -138,7 +138,7 @@ public sealed class SequenceHeadPass(SequenceHeadOptions? options = null) : IPas
 
     private Value FindHidden(Graph g, StaticShapes shapes)
     {
-        bool Usable(Value v) => v.Type is null or TensorType { ElementType: ElementType.Float } && shapes.RankOf(v) == 3 && shapes.LastDim(v) is not null;
+        bool Usable(Value v) => v.Type is null or TensorType { ElementType: ElementType.Float } && (shapes.RankOf(v) ?? v.Shape?.Count) == 3 && Width(shapes, v) is not null;
         if (Options.HiddenOutput is { } name)
         {
             var named = g.Outputs.FirstOrDefault(o => o.Name == name)
@@ -151,6 +151,12 @@ public sealed class SequenceHeadPass(SequenceHeadOptions? options = null) : IPas
             ?? throw new OnnxModelException($"no output of the model is float hidden states [batch, sequence, width] with a known width " +
                 $"(outputs: {string.Join(", ", g.Outputs.Select(o => o.Name))}); name one with --hidden-output");
     }
+
+    // The width of hidden states: inferred, else the output's declared shape, else (an Add that LoRA appended) the
+    // width of an addend.
+    private static long? Width(StaticShapes shapes, Value v) =>
+        shapes.LastDim(v) ?? (v.Shape is { Count: > 0 } s ? s[^1].Value : null)
+        ?? (v.Producer is { OpType: "Add" } add ? add.Inputs.Select(i => i is null ? null : shapes.LastDim(i)).FirstOrDefault(d => d is not null) : null);
 
     private static float Normal(Random rng)
     {
