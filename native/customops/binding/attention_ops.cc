@@ -1,5 +1,6 @@
 // ORT binding of the sparse-attention family (domain "spt", opset 1, CPU, fp32):
 //   PQEncode, PQTopK, SparseAttention, SparseAttentionGrad, PQLoss, PQLossGrad.
+// Keys and values may have fewer heads than queries (Hkv with H % Hkv == 0: GQA/MQA).
 // Every input is declared with an open element type so that a wrong dtype (fp16, bf16, ...) reaches our own
 // check and fails with a message naming the op, the input and what was expected. The kernels in cpu/ do
 // the work; this file unpacks tensors, validates, converts masks and backs cpu::Parallel with ORT's pool.
@@ -241,6 +242,11 @@ InferShape InputShapeOrEmpty(Ort::ShapeInferContext& ctx, std::size_t i) {
   return i < ctx.GetInputCount() ? ctx.GetInputShape(i) : InferShape{};
 }
 
+// Grouped K/V heads at graph time: when both head counts are known, H must be a multiple of Hkv.
+void InferHeadGroups(const char* op, const char* input, const Dim& h, const Dim& hkv) {
+  if (Known(h) && Known(hkv)) cpu::CheckHeadGroups(op, input, h.AsInt(), hkv.AsInt());
+}
+
 template <typename F>
 Ort::Status GuardInfer(F&& body) {
   return Ort::Status(Guard(std::forward<F>(body)));
@@ -364,8 +370,9 @@ struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
       const InferShape q = ctx.GetInputShape(0), k = ctx.GetInputShape(1), m = InputShapeOrEmpty(ctx, 2);
       InferExpect("PQTopK", "codes_q", q, {nullptr, nullptr, nullptr, nullptr}, "[B, H, Sq, M]");
       if (q.size() != 4) return;
-      InferExpect("PQTopK", "codes_k", k, {&q[0], &q[1], nullptr, &q[3]}, "[B, H, Sk, M]");
+      InferExpect("PQTopK", "codes_k", k, {&q[0], nullptr, nullptr, &q[3]}, "[B, Hkv, Sk, M]");
       if (k.size() != 4) return;
+      InferHeadGroups("PQTopK", "codes_k", q[1], k[1]);
       InferExpect("PQTopK", "key_padding_mask", m, {&q[0], &k[2]}, "[B, Sk]");
       const int64_t top_k = InferAttr([&] { return ctx.GetAttrInt("top_k"); }, int64_t{0});
       const float ratio = InferAttr([&] { return ctx.GetAttrFloat("top_k_ratio"); }, 0.125f);
@@ -425,10 +432,11 @@ void InferAttentionInputs(const char* op, Ort::ShapeInferContext& ctx, std::size
   idx = ctx.GetInputShape(offset + 3);
   InferExpect(op, "Q", q, {nullptr, nullptr, nullptr, nullptr}, "[B, H, Sq, E]");
   if (q.size() != 4) q = {Dim(int64_t{-1}), Dim(int64_t{-1}), Dim(int64_t{-1}), Dim(int64_t{-1})};
-  InferExpect(op, "K", k, {&q[0], &q[1], nullptr, &q[3]}, "[B, H, Sk, E]");
-  if (k.size() != 4) k = q;
-  InferExpect(op, "V", v, {&q[0], &q[1], &k[2], nullptr}, "[B, H, Sk, Ev]");
-  if (v.size() != 4) v = {q[0], q[1], k[2], Dim(int64_t{-1})};
+  InferExpect(op, "K", k, {&q[0], nullptr, nullptr, &q[3]}, "[B, Hkv, Sk, E]");
+  if (k.size() != 4) k = {q[0], Dim(int64_t{-1}), Dim(int64_t{-1}), q[3]};
+  InferHeadGroups(op, "K", q[1], k[1]);
+  InferExpect(op, "V", v, {&q[0], &k[1], &k[2], nullptr}, "[B, Hkv, Sk, Ev]");
+  if (v.size() != 4) v = {q[0], k[1], k[2], Dim(int64_t{-1})};
   InferExpect(op, "indices", idx, {&q[0], &q[1], &q[2], nullptr}, "[B, H, Sq, L]");
   if (idx.size() != 4) idx = {q[0], q[1], q[2], Dim(int64_t{-1})};
   InferExpect(op, "key_padding_mask", InputShapeOrEmpty(ctx, mask_index), {&q[0], &k[2]},
