@@ -56,6 +56,13 @@ void PQLossGrad(const cpu::PQDims& d, DType dtype, const float* dloss, const voi
 
 // ------------------------------------------------------------------------------- SparseAttention
 
+// Element types of a key_padding_mask on the device.
+enum class MaskType : int { kByte = 0, kInt32 = 1, kInt64 = 2, kFloat = 3 };  // kByte: bool, int8, uint8
+// keep [n] = mask != 0 (PQTopK's keep-mask, any type).
+void MaskToKeep(MaskType type, const void* mask, int64_t n, uint8_t* keep, cudaStream_t stream);
+// bias [n] = mask != 0 ? 0 : -inf (SparseAttention's additive form of a bool/int keep-mask).
+void MaskToBias(MaskType type, const void* mask, int64_t n, float* bias, cudaStream_t stream);
+
 // Checks that every entry of `indices` is in [-1, Sk); returns the flat position of the first bad one or -1.
 // (Reads one int64 back: the only synchronizing call here; the binding uses it only when asked to validate.)
 int64_t FindBadIndex(const cpu::SparseAttentionDims& d, const int32_t* indices, void* workspace, cudaStream_t stream);

@@ -257,6 +257,26 @@ __global__ void FindBadIndexKernel(int64_t n, int64_t sk, const int32_t* __restr
   if (f < n && (indices[f] < -1 || indices[f] >= sk)) atomicMin(first, static_cast<unsigned long long>(f));
 }
 
+__device__ __forceinline__ bool MaskKeeps(MaskType type, const void* mask, int64_t e) {
+  switch (type) {
+    case MaskType::kByte: return static_cast<const uint8_t*>(mask)[e] != 0;
+    case MaskType::kInt32: return static_cast<const int32_t*>(mask)[e] != 0;
+    case MaskType::kInt64: return static_cast<const int64_t*>(mask)[e] != 0;
+    case MaskType::kFloat: return static_cast<const float*>(mask)[e] != 0.f;
+  }
+  return true;
+}
+
+__global__ void MaskToKeepKernel(MaskType type, const void* mask, int64_t n, uint8_t* __restrict__ keep) {
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e < n) keep[e] = MaskKeeps(type, mask, e) ? 1 : 0;
+}
+
+__global__ void MaskToBiasKernel(MaskType type, const void* mask, int64_t n, float* __restrict__ bias) {
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e < n) bias[e] = MaskKeeps(type, mask, e) ? 0.f : -INFINITY;
+}
+
 struct BackwardBuffers {
   float* ds;
   uint32_t *keys_in, *keys_out, *values_in, *values_out, *offsets;
@@ -290,6 +310,18 @@ BackwardBuffers LayoutBackward(const cpu::SparseAttentionDims& d, void* workspac
 }
 
 }  // namespace
+
+void MaskToKeep(MaskType type, const void* mask, int64_t n, uint8_t* keep, cudaStream_t stream) {
+  if (n == 0) return;
+  MaskToKeepKernel<<<Blocks(n, 256), 256, 0, stream>>>(type, mask, n, keep);
+  CheckLaunch("key_padding_mask");
+}
+
+void MaskToBias(MaskType type, const void* mask, int64_t n, float* bias, cudaStream_t stream) {
+  if (n == 0) return;
+  MaskToBiasKernel<<<Blocks(n, 256), 256, 0, stream>>>(type, mask, n, bias);
+  CheckLaunch("key_padding_mask");
+}
 
 std::size_t FindBadIndexWorkspaceBytes() { return 256; }
 
