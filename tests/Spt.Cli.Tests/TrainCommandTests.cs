@@ -131,8 +131,8 @@ public sealed class TrainCommandTests : IDisposable
             var (code, stdout, stderr) = CliRunner.Run(args);
             Assert.Equal(ExitCodes.BadInput, code);
             var line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
-            Assert.Equal("sptc: error: --device cuda: this ONNX Runtime has no CUDA execution provider (it needs the GPU " +
-                "package, Microsoft.ML.OnnxRuntime.Gpu, and a CUDA runtime); use --device cpu", line);
+            Assert.Equal("sptc: error: --device cuda: this ONNX Runtime has no CUDA execution provider (build with " +
+                "SPTC_ORT_GPU=1, i.e. -p:SptOrtGpu=true, on a GPU host); use --device cpu", line);
             Assert.DoesNotContain("MaxInUse", stdout);
         }
 

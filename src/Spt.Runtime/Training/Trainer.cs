@@ -663,7 +663,7 @@ public sealed class Trainer : IDisposable
         string? kernels = null;
         try
         {
-            kernels = CustomOpLibrary.CudaPath;
+            kernels = NativeOpLibrary.CudaPath;
         }
         catch (FileNotFoundException)
         {
@@ -674,10 +674,10 @@ public sealed class Trainer : IDisposable
             ExecutionDevice.Cpu => ExecutionDevice.Cpu,
             ExecutionDevice.Auto => provider && kernels is not null ? ExecutionDevice.Cuda : ExecutionDevice.Cpu,
             ExecutionDevice.Cuda when !provider => throw new TrainingException(
-                "--device cuda: this ONNX Runtime has no CUDA execution provider (it needs the GPU package, " +
-                "Microsoft.ML.OnnxRuntime.Gpu, and a CUDA runtime); use --device cpu"),
+                "--device cuda: this ONNX Runtime has no CUDA execution provider (build with SPTC_ORT_GPU=1, i.e. " +
+                "-p:SptOrtGpu=true, on a GPU host); use --device cpu"),
             ExecutionDevice.Cuda when kernels is null => throw new TrainingException(
-                $"--device cuda: sptc's CUDA kernels ({CustomOpLibrary.CudaFileName}) are not built " +
+                $"--device cuda: sptc's CUDA kernels ({NativeOpLibrary.CudaFileName}) are not built " +
                 "(dotnet build -p:SptWithCuda=ON, needs nvcc); use --device cpu"),
             _ => ExecutionDevice.Cuda,
         };
@@ -709,7 +709,7 @@ public sealed class Trainer : IDisposable
         {
             try
             {
-                CustomOpLibrary.Register(options, cuda: device == ExecutionDevice.Cuda);
+                NativeOpLibrary.Register(options, cuda: device == ExecutionDevice.Cuda);
             }
             catch (FileNotFoundException e)
             {
