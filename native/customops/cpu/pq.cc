@@ -129,7 +129,10 @@ namespace {
     if (above + histogram[threshold] >= need) break;
     above += histogram[threshold];
   }
-  if (threshold < 0) threshold = 0;  // fewer candidates than `need`: take them all
+  if (threshold < 0) {  // fewer candidates than `need`: take them all (level 0 included)
+    threshold = 0;
+    above -= histogram[0];
+  }
   int64_t at_threshold = need - above, taken = 0;
   for (int64_t j = first; j < sk; j += stride) {
     const int16_t lv = levels[j];

@@ -85,7 +85,10 @@ __device__ int MarkTop(TopKShared& sh, int* hist, const int16_t* levels, uint8_t
       if (above + hist[t] >= need) break;
       above += hist[t];
     }
-    if (t < 0) t = 0;  // fewer candidates than `need`: take them all
+    if (t < 0) {  // fewer candidates than `need`: take them all (level 0 included)
+      t = 0;
+      above -= hist[0];
+    }
     sh.threshold = t;
     sh.at_threshold = need - above;
     sh.taken = total < need ? total : need;

@@ -111,7 +111,7 @@ __global__ void ForwardKernel(cpu::SparseAttentionDims d, float scale, float cla
   }
   float sum = 0.f;
   for (int64_t t = lane; t < d.L; t += kWarp) {
-    const float e = ps[t] == -INFINITY ? 0.f : __expf(ps[t] - mx);
+    const float e = ps[t] == -INFINITY ? 0.f : expf(ps[t] - mx);
     ps[t] = e;
     sum += e;
   }

@@ -234,6 +234,21 @@ TEST(PQTopK, BucketedIsWellFormedWithMaskAndUnevenL) {
   }
 }
 
+// A residue class with fewer eligible keys than its quota keeps all of them, level 0 included; only the slots it
+// cannot fill go to the other classes (a regression: the class once kept just one of its two level-0 keys).
+TEST(PQTopK, BucketedClassShortOfItsQuotaKeepsAllItsKeys) {
+  PQTopKDims d = CheckPQTopKInputs({1, 1, 1, 8}, {1, 1, 40, 8}, nullptr);
+  d.L = 16;  // quota 4 per class
+  const std::vector<int32_t> cq(8, 0);
+  std::vector<int32_t> ck(40 * 8, 0);  // every key matches in all 8 subspaces: bucket 3
+  for (int j : {0, 8}) std::fill(ck.begin() + j * 8, ck.begin() + (j + 1) * 8, 1);  // no match: bucket 0
+  std::vector<uint8_t> keep(40, 1);
+  for (int j = 12; j < 40; j += 4) keep[j] = 0;  // class 0 keeps keys 0, 4 and 8 only
+  std::vector<int32_t> idx(16);
+  PQTopK(d, TopKMode::kBucketed, false, cq.data(), ck.data(), keep.data(), idx.data(), Serial());
+  EXPECT_EQ(idx, (std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 17}));
+}
+
 // Realistic codes: tokens drawn around a few cluster centres, K = Q + small noise, codebook seeded from data
 // sub-vectors (as a k-means initialisation would), so match counts carry information.
 TEST(PQTopK, BucketedRecallAgainstExactIsAtLeast80Percent) {
