@@ -277,6 +277,16 @@ def random_indices(rng, B, H, Sq, Sk, L):
     return rng.integers(-1, Sk, size=(B, H, Sq, L)).astype(np.int32)
 
 
+def attention_inputs(rng, c):
+    """Random fp32 Q, K, V, dY and indices (sentinels and repeats included) for an attention case."""
+    B, H, Hkv, Sq, Sk, E, Ev, L = (c[x] for x in ("B", "H", "Hkv", "Sq", "Sk", "E", "Ev", "L"))
+    q = rng.standard_normal((B, H, Sq, E)).astype(np.float32)
+    k = rng.standard_normal((B, Hkv, Sk, E)).astype(np.float32)
+    v = rng.standard_normal((B, Hkv, Sk, Ev)).astype(np.float32)
+    dy = rng.standard_normal((B, H, Sq, Ev)).astype(np.float32)
+    return q, k, v, dy, random_indices(rng, B, H, Sq, Sk, L)
+
+
 def cpu_sparse_attention(lib, q, k, v, idx, bias, scale, clamp, causal):
     B, H, Sq, E = q.shape
     Hkv, Sk, Ev = k.shape[1], k.shape[2], v.shape[3]
@@ -353,14 +363,9 @@ def cpu_self_check(lib, seed=0):
     rows = []
     cases = lib.cases()
     for c in cases["attention"]:
-        B, H, Hkv, Sq, Sk, E, Ev, L = (c[x] for x in ("B", "H", "Hkv", "Sq", "Sk", "E", "Ev", "L"))
         for causal in (True, False):
-            q = rng.standard_normal((B, H, Sq, E)).astype(np.float32)
-            k = rng.standard_normal((B, Hkv, Sk, E)).astype(np.float32)
-            v = rng.standard_normal((B, Hkv, Sk, Ev)).astype(np.float32)
-            dy = rng.standard_normal((B, H, Sq, Ev)).astype(np.float32)
-            idx = random_indices(rng, B, H, Sq, Sk, L)
-            scale, clamp = 1.0 / math.sqrt(E), 1.5
+            q, k, v, dy, idx = attention_inputs(rng, c)
+            scale, clamp = 1.0 / math.sqrt(c["E"]), 1.5
             y, p = cpu_sparse_attention(lib, q, k, v, idx, None, scale, clamp, causal)
             yr, pr = ref_sparse_attention(q, k, v, idx, None, scale, clamp, causal)
             dq, dk, dv = cpu_sparse_attention_grad(lib, dy, q, k, v, idx, p, scale, clamp, causal)

@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 
-from check import (DTYPES, cpu_ffn, cpu_pq_encode, cpu_pq_loss, cpu_pq_loss_grad, cpu_sparse_attention,
+from check import (DTYPES, attention_inputs, cpu_ffn, cpu_pq_encode, cpu_pq_loss, cpu_pq_loss_grad, cpu_sparse_attention,
                    cpu_sparse_attention_grad, cpu_topk, ffn_config, ffn_grad_shapes, ffn_weights, i64, judge,
-                   random_indices, ref_topk_exact, rel_err)
+                   ref_topk_exact, rel_err)
 
 
 class GpuKernels:
@@ -156,15 +156,10 @@ def run_gpu_tests(kern, torch):
                      "passed": bool(passed)})
 
     for c in cases["attention"]:
-        B, H, Hkv, Sq, Sk, E, Ev, L = (c[x] for x in ("B", "H", "Hkv", "Sq", "Sk", "E", "Ev", "L"))
         for causal in (True, False):
-            q = rng.standard_normal((B, H, Sq, E)).astype(np.float32)
-            k = rng.standard_normal((B, Hkv, Sk, E)).astype(np.float32)
-            v = rng.standard_normal((B, Hkv, Sk, Ev)).astype(np.float32)
-            dy = rng.standard_normal((B, H, Sq, Ev)).astype(np.float32)
-            bias = np.where(rng.integers(0, 5, (B, Sk)) == 0, -np.inf, 0.0).astype(np.float32)
-            idx = random_indices(rng, B, H, Sq, Sk, L)
-            scale, clamp = 1.0 / math.sqrt(E), 1.5
+            q, k, v, dy, idx = attention_inputs(rng, c)
+            bias = np.where(rng.integers(0, 5, (c["B"], c["Sk"])) == 0, -np.inf, 0.0).astype(np.float32)
+            scale, clamp = 1.0 / math.sqrt(c["E"]), 1.5
             yc, pc = cpu_sparse_attention(lib, q, k, v, idx, bias, scale, clamp, causal)
             gc = cpu_sparse_attention_grad(lib, dy, q, k, v, idx, pc, scale, clamp, causal)
             t = lambda a, dtype: torch.tensor(a, device=dev, dtype=dtype)  # noqa: E731
