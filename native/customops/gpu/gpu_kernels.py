@@ -132,9 +132,10 @@ def torch_sparse_attention(torch, q, k, v, idx, bias, scale, clamp, causal):
         bj = torch.gather(bias.view(B, 1, 1, Sk).expand(B, H, Sq, Sk), 3, jc).to(a.dtype)
         valid = valid & (bj > -1e30)
         a = a + torch.where(valid, bj, torch.zeros_like(bj))
-    a = a.masked_fill(~valid, float("-inf"))
-    p = torch.softmax(a, dim=-1)
-    p = torch.nan_to_num(p, nan=0.0)
+    # Skipped slots get a large finite negative logit (exp underflows to exactly 0 next to any kept one) and are
+    # zeroed, so a row with nothing kept gives P = 0 and finite gradients, as the kernels do.
+    a = a.masked_fill(~valid, -30000.0)
+    p = torch.softmax(a, dim=-1) * valid.to(a.dtype)
     return (p.unsqueeze(-1) * vg).sum(3), p
 
 

@@ -152,6 +152,8 @@ class PlainTorchImplementation(unittest.TestCase):
             v = rng.standard_normal((2, 2, 7, 5))
             idx = check.random_indices(rng, 2, 4, 6, 7, 4)
             bias = np.where(rng.integers(0, 4, (2, 7)) == 0, -np.inf, 0.0)
+            bias[0, :] = -np.inf  # batch 0: every key padded, rows with nothing kept (P = 0, finite gradients)
+            bias[0, 3] = -0.5     # ... except key 3, with a finite additive bias
             yr, pr = check.ref_sparse_attention(q, k, v, idx, bias, 0.4, 1.0, causal)
             t = [torch.tensor(a, requires_grad=True) for a in (q, k, v)]
             y, p = gpu_kernels.torch_sparse_attention(torch, *t, torch.tensor(idx), torch.tensor(bias), 0.4, 1.0, causal)
@@ -161,6 +163,7 @@ class PlainTorchImplementation(unittest.TestCase):
             y.backward(torch.tensor(dy))
             gr = check.ref_sparse_attention_grad(dy, q, k, v, idx, pr, 0.4, 1.0)
             for a, b in zip(t, gr):
+                self.assertTrue(np.all(np.isfinite(a.grad.numpy())))
                 self.assertLess(check.rel_err(a.grad.numpy(), b), 1e-10)
 
 
