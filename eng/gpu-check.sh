@@ -6,8 +6,8 @@
 # used when present, else plain reference loops), runs the kernel tests on the shared case table against the
 # CPU kernels and PyTorch, runs the benchmarks (SparseAttention vs SDPA backends and unfused attention,
 # RoutedFFN vs the dense FFN), and writes OUT_DIR/report.json and OUT_DIR/report.md. Exit status: 0 all tests
-# passed, 1 a test failed, 2 bad usage or build failure. Budget: about 7 minutes in all (CHECK_BUDGET_S for the
-# Python part, default 360 s after the build).
+# passed, 1 a test failed, 2 bad usage or build failure, 3 no GPU visible (nothing ran on one). Budget: about
+# 7 minutes in all (CHECK_BUDGET_S for the Python part, default 360 s after the build).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [[ $# -ne 1 || "$1" == -* ]]; then

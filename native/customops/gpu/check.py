@@ -445,6 +445,14 @@ def gpu_run(args, lib, report, t0):
         report["notes"] += notes
 
 
+def gpu_available():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     t0 = time.time()
@@ -457,8 +465,12 @@ def main(argv=None):
     bad = [r for r in rows if r["err"] > 1e-4]
     report["notes"].append(f"CPU kernels vs the harness's fp64 references: {len(rows) - len(bad)}/{len(rows)} agree")
     status = 0 if not bad else 1
+    gpu = gpu_available() if lib.has_cuda else False
     if not lib.has_cuda:
         report["notes"].append("library built without CUDA: GPU tests and benchmarks skipped")
+        status = status or 3
+    elif not gpu:
+        report["notes"].append("no GPU visible to PyTorch (or no CUDA build of it): GPU tests and benchmarks skipped")
         status = status or 3
     else:
         sys.path.insert(0, here)
@@ -467,7 +479,8 @@ def main(argv=None):
             status = 1
     report["environment"]["wall_s"] = round(time.time() - t0, 1)
     write_report(args.out, report)
-    print(f"check: report in {args.out} ({report['environment']['wall_s']} s); status {status}")
+    print(f"check: report in {args.out} ({report['environment']['wall_s']} s); status {status} "
+          "(0 passed, 1 a test failed, 3 no GPU run)")
     return status
 
 
