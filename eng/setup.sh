@@ -5,8 +5,9 @@
 set -euo pipefail
 
 # Debian packages: native toolchain, OpenBLAS for CPU GEMMs, GoogleTest/Google Benchmark for the native
-# tests and benchmarks, ONNX's backend test data for the IR peer suite.
-packages=(cmake g++ make libopenblas-dev libgtest-dev libbenchmark-dev libonnx-testdata)
+# tests and benchmarks, ONNX's backend test data for the IR peer suite, numpy for the GPU check harness test
+# (native/customops/gpu/test_check.py).
+packages=(cmake g++ make libopenblas-dev libgtest-dev libbenchmark-dev libonnx-testdata python3-numpy)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -32,10 +32,11 @@ internal static class BenchCommand
         var task = new Option<string>("--task") { Description = "lm or classify", DefaultValueFactory = _ => "lm" };
         var dense = new Option<bool>("--dense-only") { Description = "Measure only the dense model" };
         var threads = new Option<int>("--threads") { Description = "ORT intra-op threads (0: ORT's default)", DefaultValueFactory = _ => 0 };
+        var device = new Option<string>("--device") { Description = "auto, cpu or cuda", DefaultValueFactory = _ => "auto" };
         var optimize = OptimizeFlags.Create();
         var command = new Command("bench", "Time training steps and measure peak memory, dense vs SPT")
         {
-            model, seqs, batch, steps, warmup, json, task, dense, threads,
+            model, seqs, batch, steps, warmup, json, task, dense, threads, device,
         };
         optimize.AddTo(command, includeSwitch: false);
         command.SetAction(parse => context.Guard(parse, () =>
@@ -46,6 +47,8 @@ internal static class BenchCommand
                 throw new CliUsageException("--batch and --steps must be at least 1, --warmup at least 0");
             }
 
+            // Resolved before anything is compiled, so that a missing CUDA provider is one line, at once.
+            var onDevice = Trainer.ResolveDevice(TrainingSetup.Device(parse.GetValue(device)!)).ToString().ToLowerInvariant();
             var modelFile = parse.GetRequiredValue(model);
             var loss = TrainingSetup.TaskLoss(parse.GetValue(task)!);
             var work = Path.Combine(Path.GetTempPath(), "sptc-bench-" + Guid.NewGuid().ToString("N"));
@@ -76,7 +79,7 @@ internal static class BenchCommand
                     JsonObject? baseline = null;
                     foreach (var (name, artifact) in variants)
                     {
-                        var m = RunWorker(artifact, seq, parse.GetValue(batch), parse.GetValue(steps), parse.GetValue(warmup), parse.GetValue(threads));
+                        var m = RunWorker(artifact, seq, parse.GetValue(batch), parse.GetValue(steps), parse.GetValue(warmup), parse.GetValue(threads), onDevice);
                         row[name] = m;
                         baseline ??= m;
                         var ratios = name == "dense" ? null : Ratios(baseline, m);
@@ -135,7 +138,8 @@ internal static class BenchCommand
         var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 5 };
         var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 1 };
         var threads = new Option<int>("--threads") { DefaultValueFactory = _ => 0 };
-        var command = new Command("bench-worker", "Measure one training artifact (used by sptc bench)") { artifact, seq, batch, steps, warmup, threads };
+        var device = new Option<string>("--device") { DefaultValueFactory = _ => "auto" };
+        var command = new Command("bench-worker", "Measure one training artifact (used by sptc bench)") { artifact, seq, batch, steps, warmup, threads, device };
         command.Hidden = true;
         command.SetAction(parse => context.Guard(parse, () =>
         {
@@ -155,7 +159,7 @@ internal static class BenchCommand
                 BatchSize = parse.GetValue(batch),
                 LearningRate = 1e-4,
                 Schedule = LrScheduleKind.Constant,
-                Device = ExecutionDevice.Auto,
+                Device = TrainingSetup.Device(parse.GetValue(device)!),
                 IntraOpThreads = parse.GetValue(threads),
             });
             var times = new List<double>();
@@ -187,7 +191,7 @@ internal static class BenchCommand
         return command;
     }
 
-    private static JsonObject RunWorker(string artifact, int seq, int batch, int steps, int warmup, int threads)
+    private static JsonObject RunWorker(string artifact, int seq, int batch, int steps, int warmup, int threads, string device)
     {
         var (file, prefix) = SelfInvocation();
         var start = new ProcessStartInfo(file)
@@ -196,7 +200,7 @@ internal static class BenchCommand
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (var a in prefix.Concat(["bench-worker", artifact, "--seq", Str(seq), "--batch", Str(batch), "--steps", Str(steps), "--warmup", Str(warmup), "--threads", Str(threads)]))
+        foreach (var a in prefix.Concat(["bench-worker", artifact, "--seq", Str(seq), "--batch", Str(batch), "--steps", Str(steps), "--warmup", Str(warmup), "--threads", Str(threads), "--device", device]))
         {
             start.ArgumentList.Add(a);
         }

@@ -77,7 +77,8 @@ internal static class TrainCommand
                 Keep = parse.GetValue(keep),
                 Seed = parse.GetValue(seed),
                 MetricsPath = parse.GetValue(metrics),
-                Device = TrainingSetup.Device(parse.GetValue(device)!),
+                // Resolved now, so that --device cuda without a CUDA provider fails before any compiling.
+                Device = Trainer.ResolveDevice(TrainingSetup.Device(parse.GetValue(device)!)),
                 IntraOpThreads = parse.GetValue(threads),
             };
             options.Validate();

@@ -650,16 +650,36 @@ public sealed class Trainer : IDisposable
         }
     }
 
-    private static ExecutionDevice ChooseDevice(ExecutionDevice wanted)
+    private static ExecutionDevice ChooseDevice(ExecutionDevice wanted) => ResolveDevice(wanted);
+
+    /// <summary>
+    /// The device a trainer asked for <paramref name="wanted"/> runs on: Auto is CUDA when ORT has the CUDA provider
+    /// and sptc's CUDA kernels are built, else CPU. Cuda fails (<see cref="TrainingException"/>, one line) when either
+    /// is missing; a missing GPU surfaces when the first session starts.
+    /// </summary>
+    public static ExecutionDevice ResolveDevice(ExecutionDevice wanted)
     {
-        var cuda = OrtEnv.Instance().GetAvailableProviders().Contains("CUDAExecutionProvider");
+        var provider = OrtEnv.Instance().GetAvailableProviders().Contains("CUDAExecutionProvider");
+        string? kernels = null;
+        try
+        {
+            kernels = NativeOpLibrary.CudaPath;
+        }
+        catch (FileNotFoundException)
+        {
+        }
+
         return wanted switch
         {
             ExecutionDevice.Cpu => ExecutionDevice.Cpu,
-            ExecutionDevice.Auto => cuda ? ExecutionDevice.Cuda : ExecutionDevice.Cpu,
-            ExecutionDevice.Cuda when cuda => ExecutionDevice.Cuda,
-            _ => throw new TrainingException("the CUDA execution provider is not available in this ONNX Runtime " +
-                "(build with SPTC_ORT_GPU=1, i.e. -p:SptOrtGpu=true, on a GPU host); use --device cpu"),
+            ExecutionDevice.Auto => provider && kernels is not null ? ExecutionDevice.Cuda : ExecutionDevice.Cpu,
+            ExecutionDevice.Cuda when !provider => throw new TrainingException(
+                "--device cuda: this ONNX Runtime has no CUDA execution provider (build with SPTC_ORT_GPU=1, i.e. " +
+                "-p:SptOrtGpu=true, on a GPU host); use --device cpu"),
+            ExecutionDevice.Cuda when kernels is null => throw new TrainingException(
+                $"--device cuda: sptc's CUDA kernels ({NativeOpLibrary.CudaFileName}) are not built " +
+                "(dotnet build -p:SptWithCuda=ON, needs nvcc); use --device cpu"),
+            _ => ExecutionDevice.Cuda,
         };
     }
 
@@ -673,14 +693,23 @@ public sealed class Trainer : IDisposable
 
         if (device == ExecutionDevice.Cuda)
         {
-            options.AppendExecutionProvider_CUDA(0);
+            try
+            {
+                options.AppendExecutionProvider_CUDA(0);
+            }
+            catch (OnnxRuntimeException e)
+            {
+                options.Dispose();
+                throw new TrainingException("--device cuda: the CUDA execution provider did not start (no usable GPU?): " +
+                    e.Message.Split('\n')[0], e);
+            }
         }
 
         if (needsCustomOps)
         {
             try
             {
-                NativeOpLibrary.Register(options);
+                NativeOpLibrary.Register(options, cuda: device == ExecutionDevice.Cuda);
             }
             catch (FileNotFoundException e)
             {
