@@ -5,8 +5,9 @@
 set -euo pipefail
 
 # Debian packages: native toolchain, OpenBLAS for CPU GEMMs, GoogleTest/Google Benchmark for the native
-# tests and benchmarks, ONNX's backend test data for the IR peer suite, npm and openssl for the ORT fetch.
-packages=(cmake g++ make libopenblas-dev libgtest-dev libbenchmark-dev libonnx-testdata npm openssl)
+# tests and benchmarks, ONNX's backend test data for the IR peer suite, npm and openssl for the ORT fetch,
+# Open MPI for data-parallel training (mpirun, libmpi.so.40) and its tests.
+packages=(cmake g++ make libopenblas-dev libgtest-dev libbenchmark-dev libonnx-testdata npm openssl openmpi-bin libopenmpi-dev)
 
 missing=()
 for p in "${packages[@]}"; do
