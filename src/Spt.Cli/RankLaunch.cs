@@ -22,7 +22,8 @@ internal sealed class RankLaunch : IDisposable
     private RankLaunch(MpiWorld world, CliContext context)
     {
         World = world;
-        Output = world.Rank == 0 ? context : new CliContext(TextWriter.Null, context.Error);
+        // Plain lines, never a progress bar: the launcher forwards output through a pseudo-terminal even into a file.
+        Output = new CliContext(world.Rank == 0 ? TextWriter.Synchronized(context.Out) : TextWriter.Null, context.Error);
         var error = context.Error;
         _sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, _ =>
         {
