@@ -36,7 +36,12 @@ internal static class DataParallelBench
             throw new CliUsageException($"--ranks must be comma-separated rank counts, got '{text}'");
         }
 
-        if (counts.FirstOrDefault(n => n < 1 || batch % n != 0) is var bad && bad != 0)
+        if (counts.Contains(0))
+        {
+            throw new CliUsageException("--ranks must be at least 1");
+        }
+
+        if (counts.FirstOrDefault(n => batch % n != 0) is > 0 and var bad)
         {
             throw new CliUsageException($"--ranks {bad}: every rank count must divide the global --batch {batch}");
         }
