@@ -9,7 +9,8 @@ namespace Spt.Passes;
 /// names, detected properties, what was rewritten, parameters added), every candidate that did not match and why,
 /// what the passes could not reason about, per-pass timings and the model's opsets. <see cref="ToJson"/> gives
 /// the machine-readable form (keys <c>attention.found</c>, <c>attention.rewritten</c>, <c>ffn.found</c>,
-/// <c>ffn.rewritten</c>, <c>layers</c>, <c>unmatched</c>, <c>unsupported</c>, <c>timings</c>, <c>opsets</c>).
+/// <c>ffn.rewritten</c>, <c>layers</c>, <c>unmatched</c>, <c>unsupported</c>, <c>timings</c>, <c>opsets</c>, and
+/// <c>opset_upgrade</c> when an old-opset model was upgraded).
 /// </summary>
 public sealed class OptimizeReport
 {
@@ -40,6 +41,9 @@ public sealed class OptimizeReport
 
     /// <summary>Opset imports of the input model (domain → version; the default domain as <c>ai.onnx</c>).</summary>
     public IReadOnlyDictionary<string, long> Opsets { get; }
+
+    /// <summary>The default-domain opset the model was upgraded from (to <see cref="Canonicalization.OpsetUpgrade.TargetOpset"/>), when it was.</summary>
+    public long? UpgradedFromOpset { get; init; }
 
     /// <summary>Per-pass timings of the pipeline run.</summary>
     public IReadOnlyList<PassTiming> PassTimings { get; }
@@ -102,6 +106,7 @@ public sealed class OptimizeReport
                     ["rewritten"] = a.Rewritten,
                     ["rewritten_nodes"] = Strings(a.RewrittenNodes),
                     ["parameters_added"] = a.ParametersAdded,
+                    ["codeword_dim"] = a.CodewordDim,
                     ["kept_dense_reason"] = a.KeptDenseReason,
                 };
             }
@@ -155,6 +160,8 @@ public sealed class OptimizeReport
             ["timings"] = timings,
             ["opsets"] = opsets,
         };
+        if (UpgradedFromOpset is { } from)
+            root["opset_upgrade"] = new JsonObject { ["from"] = from, ["to"] = Canonicalization.OpsetUpgrade.TargetOpset };
         return root.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
     }
 

@@ -52,9 +52,9 @@ public class OptimizeCommandTests
     public void ExplainPrintsTheReasons()
     {
         using var dir = new TempDir();
-        var (code, stdout, _) = CliRunner.Run("optimize", CliRunner.Fixture("llama_op17.onnx"), "-o", Path.Combine(dir.Path, "o.onnx"), "--explain");
+        var (code, stdout, _) = CliRunner.Run("optimize", CliRunner.Fixture("llama_op17.onnx"), "-o", Path.Combine(dir.Path, "o.onnx"), "--explain", "--codeword-dim", "8");
         Assert.Equal(0, code);
-        // llama's head dim 12 is not a multiple of the default codeword dim 8: attention stays dense, FFNs are routed.
+        // llama's head dim 12 is not a multiple of the explicit codeword dim 8: attention stays dense, FFNs are routed.
         Assert.Contains("attention layer 0 kept dense: head dim 12 is not divisible by the codeword dim 8", stdout, StringComparison.Ordinal);
     }
 

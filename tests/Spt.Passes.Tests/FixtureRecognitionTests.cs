@@ -8,13 +8,8 @@ public class FixtureRecognitionTests(ITestOutputHelper output)
 {
     public static TheoryData<string> Models => Fixtures.All();
 
-    /// <summary>Default options, except where the fixture's head dim is not a multiple of 8 (llama: d 48, 4 heads -> E 12).</summary>
-    internal static SptOptions OptionsFor(string file, bool exact)
-    {
-        var entry = Fixtures.Entry(file);
-        long e = entry.GetProperty("d_model").GetInt64() / entry.GetProperty("heads").GetInt64();
-        return new SptOptions { Exact = exact, CodewordDim = e % 8 == 0 ? 8 : 4 };
-    }
+    /// <summary>Default options: the codeword dim fits each head dim (llama: d 48, 4 heads -> E 12, d_c 6).</summary>
+    internal static SptOptions OptionsFor(string file, bool exact) => new() { Exact = exact };
 
     [Theory]
     [MemberData(nameof(Models))]
@@ -47,6 +42,9 @@ public class FixtureRecognitionTests(ITestOutputHelper output)
             Assert.Equal(ffn, Count("spt", "RoutedFFN"));
             Assert.Empty(GraphVerifier.Verify(model.Graph));
 
+            long headDim = entry.GetProperty("d_model").GetInt64() / entry.GetProperty("heads").GetInt64();
+            long fitted = Enumerable.Range(1, 8).Last(dc => headDim % dc == 0);
+            Assert.All(report.Attention, a => Assert.Equal(fitted, a.CodewordDim));
             bool causal = entry.GetProperty("causal").GetBoolean();
             Assert.All(report.Attention, a => Assert.Equal(causal, a.Causal));
             string mask = entry.GetProperty("attention_mask").GetString()!;

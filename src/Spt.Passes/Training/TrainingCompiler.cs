@@ -251,8 +251,16 @@ public static class TrainingCompiler
         var work = Model.FromBytes(model.ToBytes(), new LoadOptions { Verify = false });
         work.Graph.Edit().SortTopologically();
         long opset = work.GetOpsetVersion("") ?? throw new OnnxModelException("the model imports no default-domain opset");
+        if (Canonicalization.OpsetUpgrade.Applies(work))
+        {
+            // Opsets 7-12 are upgraded to 13 (the gradient rules are written for it); what cannot be converted is named.
+            if (Canonicalization.OpsetUpgrade.Problems(work) is { Count: > 0 } problems)
+                throw new OnnxModelException($"the model uses opset {opset} and cannot be upgraded to 13: {problems[0]}");
+            new Canonicalization.OpsetUpgrade().Run(work, new PassContext());
+            opset = Canonicalization.OpsetUpgrade.TargetOpset;
+        }
         if (opset < 13)
-            throw new OnnxModelException($"the model uses opset {opset}; training graphs need opset 13 or later");
+            throw new OnnxModelException($"the model uses opset {opset}; training graphs need opset {Canonicalization.OpsetUpgrade.OldestOpset} or later");
 
         var parameters = SelectParameters(work, options);
         var dataInputs = DetectDataInputs(work, parameters);
@@ -484,13 +492,18 @@ public static class TrainingCompiler
     {
         var names = parameters.Select(p => p.Name).ToHashSet(StringComparer.Ordinal);
         var result = new List<DataInput>();
+        // Token ids index the largest embedding table: token_type_ids also index one (BERT's 2 rows), but a small one.
+        long TableRows(Value v) => v.Type is TensorType { ElementType: ElementType.Int64 or ElementType.Int32 }
+            ? v.Uses.Where(u => u.Node.IsDefaultDomain && u.Node.OpType == "Gather" && u.InputIndex == 1 && u.Node.Inputs[0] is { } d && names.Contains(d.Name))
+                .Select(u => u.Node.Inputs[0]!.Initializer?.Dims.FirstOrDefault() ?? 1).DefaultIfEmpty(0).Max()
+            : 0;
+        var idsInput = model.Graph.RequiredInputs.Select(v => (Value: v, Rows: TableRows(v))).Where(c => c.Rows > 0).OrderByDescending(c => c.Rows).FirstOrDefault().Value;
         foreach (var v in model.Graph.Inputs)
         {
             if (v.IsInitializer)
                 continue;
             var type = v.Type as TensorType ?? throw new OnnxModelException($"input '{v.Name}' is not a tensor");
-            bool ids = type.ElementType is ElementType.Int64 or ElementType.Int32 && v.Uses.Any(u =>
-                u.Node.IsDefaultDomain && u.Node.OpType == "Gather" && u.InputIndex == 1 && u.Node.Inputs[0] is { } d && names.Contains(d.Name));
+            bool ids = ReferenceEquals(v, idsInput);
             string role = ids ? "input_ids" : v.Name.Contains("mask", StringComparison.OrdinalIgnoreCase) ? "attention_mask" : "other";
             result.Add(new DataInput(v.Name, type.ElementType, type.Shape?.Select(DimText).ToList() ?? [], role));
         }
