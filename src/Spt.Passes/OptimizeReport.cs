@@ -60,8 +60,15 @@ public sealed class OptimizeReport
     /// <summary>Model save time, when the caller measured it.</summary>
     public TimeSpan? SaveTime { get; set; }
 
-    /// <summary>Attention blocks found.</summary>
-    public int AttentionFound => Attention.Count;
+    /// <summary>
+    /// Attention candidates found: every Softmax over scores (and every fused attention op) the compiler looked at,
+    /// recognized or not, so <c>found − rewritten</c> is exactly the blocks kept dense plus the unmatched candidates
+    /// of kind <c>attention</c>, each with its reason.
+    /// </summary>
+    public int AttentionFound => Attention.Count + AttentionMissed;
+
+    /// <summary>Attention candidates that did not match (each in <see cref="Unmatched"/> with kind <c>attention</c>).</summary>
+    public int AttentionMissed => Unmatched.Count(u => u.Kind == "attention");
 
     /// <summary>Attention blocks rewritten to sparse attention.</summary>
     public int AttentionRewritten => Attention.Count(a => a.Rewritten);
@@ -146,7 +153,7 @@ public sealed class OptimizeReport
             opsets[domain] = version;
         var root = new JsonObject
         {
-            ["attention"] = new JsonObject { ["found"] = AttentionFound, ["rewritten"] = AttentionRewritten },
+            ["attention"] = new JsonObject { ["found"] = AttentionFound, ["rewritten"] = AttentionRewritten, ["unmatched"] = AttentionMissed },
             ["ffn"] = new JsonObject { ["found"] = FfnFound, ["rewritten"] = FfnRewritten },
             ["layers"] = layers,
             ["unmatched"] = new JsonArray([.. Unmatched.Select(u => (JsonNode)new JsonObject

@@ -44,7 +44,8 @@ public class OptimizeCommandTests
         var (code, stdout, stderr) = CliRunner.Run("optimize", input, "-o", output);
         Assert.Equal(3, code);
         Assert.Contains("no recognizable attention or FFN block", stderr, StringComparison.Ordinal);
-        Assert.Contains("no match (attention)", stdout, StringComparison.Ordinal);
+        Assert.Contains("no match (softmax)", stdout, StringComparison.Ordinal);
+        Assert.Contains("not over attention scores", stdout, StringComparison.Ordinal);
         Assert.False(File.Exists(output));
     }
 

@@ -93,7 +93,10 @@ public class RecognitionRuleTests
     {
         using var m = Attention(softmaxAxis: 2);
         var r = Optimize(m);
-        Assert.Equal(0, r.AttentionFound);
+        // A Softmax over scores that does not match is still a found candidate: found − rewritten = the misses.
+        Assert.Equal(1, r.AttentionFound);
+        Assert.Equal(0, r.AttentionRewritten);
+        Assert.Equal(1, r.AttentionMissed);
         Assert.Contains(r.Unmatched, u => u.Kind == "attention" && u.Reason.Contains("axis", StringComparison.Ordinal));
         Assert.Equal(1, TestSupport.Count(m, "Softmax"));
     }
@@ -103,7 +106,10 @@ public class RecognitionRuleTests
     {
         using var m = Attention(scaleIsInput: true);
         var r = Optimize(m);
-        Assert.Equal(0, r.AttentionFound);
+        // A Softmax over scores that does not match is still a found candidate: found − rewritten = the misses.
+        Assert.Equal(1, r.AttentionFound);
+        Assert.Equal(0, r.AttentionRewritten);
+        Assert.Equal(1, r.AttentionMissed);
         Assert.Contains(r.Unmatched, u => u.Reason.Contains("non-constant", StringComparison.Ordinal));
     }
 
@@ -112,7 +118,10 @@ public class RecognitionRuleTests
     {
         using var m = Attention(probsUsedOutside: true);
         var r = Optimize(m);
-        Assert.Equal(0, r.AttentionFound);
+        // A Softmax over scores that does not match is still a found candidate: found − rewritten = the misses.
+        Assert.Equal(1, r.AttentionFound);
+        Assert.Equal(0, r.AttentionRewritten);
+        Assert.Equal(1, r.AttentionMissed);
         Assert.Contains(r.Unmatched, u => u.Reason.Contains("softmax output has 2 uses", StringComparison.Ordinal));
         Assert.Equal(1, TestSupport.Count(m, "Softmax"));
     }
