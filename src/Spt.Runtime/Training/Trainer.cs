@@ -659,7 +659,7 @@ public sealed class Trainer : IDisposable
             ExecutionDevice.Auto => cuda ? ExecutionDevice.Cuda : ExecutionDevice.Cpu,
             ExecutionDevice.Cuda when cuda => ExecutionDevice.Cuda,
             _ => throw new TrainingException("the CUDA execution provider is not available in this ONNX Runtime " +
-                "(build with SPTC_ORT_CUDA=1 on a GPU host); use --device cpu"),
+                "(build with SPTC_ORT_GPU=1, i.e. -p:SptOrtGpu=true, on a GPU host); use --device cpu"),
         };
     }
 
@@ -680,7 +680,7 @@ public sealed class Trainer : IDisposable
         {
             try
             {
-                CustomOpLibrary.Register(options);
+                NativeOpLibrary.Register(options);
             }
             catch (FileNotFoundException e)
             {
