@@ -36,7 +36,7 @@ internal sealed class OptimizeFlags
 
     public Option<int> CodebookSize { get; } = new("--codebook-size") { Description = "Codewords per subspace", DefaultValueFactory = _ => 16 };
 
-    public Option<int> CodewordDim { get; } = new("--codeword-dim") { Description = "Codeword dim; the head dim must be a multiple", DefaultValueFactory = _ => 8 };
+    public Option<int?> CodewordDim { get; } = new("--codeword-dim") { Description = "Codeword dim; the head dim must be a multiple (default: per layer the largest of 1..8 that divides the head dim)" };
 
     public Option<string?> Layers { get; } = new("--layers") { Description = "Layer indices to rewrite, e.g. 0,2,5-7 (default: all)" };
 

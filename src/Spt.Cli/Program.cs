@@ -61,6 +61,7 @@ public static class Program
         root.Subcommands.Add(BenchCommand.CreateWorker(context));
         root.Subcommands.Add(DemoCommand.Create(context));
         root.Subcommands.Add(SampleCommand.Create(context));
+        root.Subcommands.Add(MpiCheckCommand.Create(context));
         return root;
     }
 }

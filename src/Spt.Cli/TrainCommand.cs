@@ -27,7 +27,7 @@ internal static class TrainCommand
         };
         var task = new Option<string>("--task") { Description = "lm (causal language modelling), classify or regress (MSE on a float label)", DefaultValueFactory = _ => "lm" };
         var steps = new Option<long>("--steps") { Description = "Optimizer steps", DefaultValueFactory = _ => 100 };
-        var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch", DefaultValueFactory = _ => 8 };
+        var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch (under mpirun: the global batch, split evenly over the ranks)", DefaultValueFactory = _ => 8 };
         var seq = new Option<int?>("--seq") { Description = "Sequence length (text: chunk size, default 128; JSONL: default the longest line)" };
         var lr = new Option<double>("--lr") { Description = "Peak learning rate", DefaultValueFactory = _ => 1e-3 };
         var warmup = new Option<long>("--warmup") { Description = "Linear warm-up steps", DefaultValueFactory = _ => 0 };
@@ -59,7 +59,8 @@ internal static class TrainCommand
         optimize.AddTo(command);
         var dataFlags = DataFlags.Create();
         dataFlags.AddTo(command);
-        command.SetAction(parse => context.Guard(parse, () =>
+        // Under an MPI launcher, each rank runs this body (see RankLaunch): rank 0 prints and writes files.
+        command.SetAction(parse => RankLaunch.Guard(context, parse, (ranks, output) =>
         {
             var modelPath = parse.GetRequiredValue(model);
             var checkpoints = parse.GetValue(checkpointDir);
@@ -88,7 +89,8 @@ internal static class TrainCommand
                 Keep = parse.GetValue(keep),
                 Seed = parse.GetValue(seed),
                 MetricsPath = parse.GetValue(metrics),
-                Device = TrainingSetup.Device(parse.GetValue(device)!),
+                // Resolved now, so that --device cuda without a CUDA provider fails before any compiling.
+                Device = Trainer.ResolveDevice(TrainingSetup.Device(parse.GetValue(device)!)),
                 IntraOpThreads = parse.GetValue(threads),
                 BestMetric = parse.GetValue(bestMetric),
                 Patience = parse.GetValue(patience),
@@ -99,7 +101,7 @@ internal static class TrainCommand
                 : TrainingSetup.TaskLoss(parse.GetValue(task)!);
 
             // The data first: the label map sizes an added head, and a bad file fails before any compiling.
-            using var tokenizer = dataFlags.OpenTokenizer(parse, context);
+            using var tokenizer = dataFlags.OpenTokenizer(parse, output);
             var knownLabels = LabelMap.TryLoad(Directory.Exists(modelPath) ? modelPath
                 : parse.GetValue(workDir) ?? (checkpoints is not null ? Path.Combine(checkpoints, "artifact") : modelPath + ".none"));
             var dataset = DataFiles.Load(parse.GetRequiredValue(data), dataFlags.Request(parse, tokenizer, loss, parse.GetValue(seq),
@@ -119,18 +121,19 @@ internal static class TrainCommand
             }
             else
             {
-                artifact = parse.GetValue(workDir)
+                artifact = ranks is { IsPrimary: false } ? temp = RankLaunch.PrivateDirectory("sptc-train-rank")
+                    : parse.GetValue(workDir)
                     ?? (checkpoints is not null ? Path.Combine(checkpoints, "artifact") : temp = Path.Combine(Path.GetTempPath(), "sptc-train-" + Guid.NewGuid().ToString("N")));
                 using var source = ModelFiles.Load(new FileInfo(modelPath));
                 var sptReport = optimize.Apply(parse, source);
                 if (sptReport is not null)
                 {
-                    context.Out.WriteLine(sptReport);
+                    output.Out.WriteLine(sptReport);
                 }
 
                 if (dataFlags.AddHeadIfNeeded(parse, source, loss, dataset) is { } head)
                 {
-                    context.Out.WriteLine(head);
+                    output.Out.WriteLine(head);
                 }
 
                 TrainingSetup.Compile(source, artifact, new TrainingOptions
@@ -144,8 +147,9 @@ internal static class TrainCommand
 
             try
             {
-                return Train(context, artifact, dataset, fraction, options, parse.GetValue(resume), parse.GetValue(export),
-                    parse.GetValue(mergeLora), parse.GetValue(adapter));
+                var primary = ranks is not { IsPrimary: false };
+                return Train(output, artifact, dataset, fraction, ranks?.Configure(output, options) ?? options, parse.GetValue(resume),
+                    primary ? parse.GetValue(export) : null, primary && parse.GetValue(mergeLora), primary ? parse.GetValue(adapter) : null);
             }
             finally
             {

@@ -253,8 +253,16 @@ public static class TrainingCompiler
         var work = Model.FromBytes(model.ToBytes(), new LoadOptions { Verify = false });
         work.Graph.Edit().SortTopologically();
         long opset = work.GetOpsetVersion("") ?? throw new OnnxModelException("the model imports no default-domain opset");
+        if (Canonicalization.OpsetUpgrade.Applies(work))
+        {
+            // Opsets 7-12 are upgraded to 13 (the gradient rules are written for it); what cannot be converted is named.
+            if (Canonicalization.OpsetUpgrade.Problems(work) is { Count: > 0 } problems)
+                throw new OnnxModelException($"the model uses opset {opset} and cannot be upgraded to 13: {problems[0]}");
+            new Canonicalization.OpsetUpgrade().Run(work, new PassContext());
+            opset = Canonicalization.OpsetUpgrade.TargetOpset;
+        }
         if (opset < 13)
-            throw new OnnxModelException($"the model uses opset {opset}; training graphs need opset 13 or later");
+            throw new OnnxModelException($"the model uses opset {opset}; training graphs need opset {Canonicalization.OpsetUpgrade.OldestOpset} or later");
 
         var parameters = SelectParameters(work, options);
         var dataInputs = DetectDataInputs(work, parameters);

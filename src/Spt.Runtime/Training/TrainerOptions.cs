@@ -69,6 +69,12 @@ public sealed record TrainerOptions
     /// <summary>Stop after this many evaluations in a row without a better <see cref="BestMetric"/> (0: never).</summary>
     public int Patience { get; init; }
 
+    /// <summary>
+    /// Data parallelism: the communicator that sums the ranks' gradients (null: one process). <see cref="BatchSize"/> is
+    /// then the global batch, split evenly over the ranks.
+    /// </summary>
+    public Distributed.IGradientReducer? Reducer { get; init; }
+
     /// <summary>Checks the values; throws <see cref="TrainingException"/> naming the flag at fault.</summary>
     public void Validate()
     {
