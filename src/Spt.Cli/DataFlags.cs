@@ -86,13 +86,14 @@ internal sealed class DataFlags
         var first = model.Graph.Outputs.FirstOrDefault();
         var rank = first is null ? null : shapes.RankOf(first);
         var asked = parse.GetValue(NumLabels) is not null || parse.GetValue(HiddenOutput) is not null;
-        if (!asked && rank is not 3)
+        // Pre-tokenized JSONL has no label map: without --num-labels the loss reads the model's own output
+        // (classes = its last dim, scored at the first position), as before heads could be added.
+        if (!asked && (rank is not 3 || (loss == LossKind.Classify && data.Labels is null)))
         {
             return null; // the model has its own head: [batch, classes] logits or [batch, k] scores
         }
 
-        var outputs = loss == LossKind.Mse ? 1 : parse.GetValue(NumLabels) ?? data.Labels?.Count
-            ?? throw new CliUsageException("the data has no label map to size the head: give --num-labels");
+        var outputs = loss == LossKind.Mse ? 1 : parse.GetValue(NumLabels) ?? data.Labels!.Count;
         if (loss == LossKind.Classify && data.Labels is { } map && map.Count > outputs)
         {
             throw new CliUsageException($"--num-labels {outputs} is fewer than the {map.Count} labels in the data ({string.Join(", ", map.Names.Take(8))})");

@@ -184,7 +184,8 @@ public sealed class LoraPass(LoraOptions? options = null) : IPass
     public static IReadOnlyList<string> ReadList(Model model, string key) =>
         model.Metadata.Where(kv => kv.Key == key).SelectMany(kv => kv.Value.Split(',', StringSplitOptions.RemoveEmptyEntries)).ToList();
 
-    private static float Normal(Random rng)
+    /// <summary>A standard normal draw (Box–Muller) from <paramref name="rng"/>.</summary>
+    internal static float Normal(Random rng)
     {
         double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
         return (float)(Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2.0 * Math.PI * u2));

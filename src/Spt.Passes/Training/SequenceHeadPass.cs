@@ -113,7 +113,7 @@ public sealed class SequenceHeadPass(SequenceHeadOptions? options = null) : IPas
         var rng = new Random(Options.Seed);
         var w = new float[width * Options.Outputs];
         for (var i = 0; i < w.Length; i++)
-            w[i] = Options.InitStd * Normal(rng);
+            w[i] = Options.InitStd * LoraPass.Normal(rng);
         var weight = editor.AddInitializer(Tensor.Create(g.UniqueName("head.weight"), w, width, Options.Outputs)); // [D, C]
         var bias = editor.AddInitializer(Tensor.Create(g.UniqueName("head.bias"), new float[Options.Outputs], Options.Outputs));
         var logits = e.Op("Add", e.Op("MatMul", pooled, weight), bias);                                          // [B, C]
@@ -157,10 +157,4 @@ public sealed class SequenceHeadPass(SequenceHeadOptions? options = null) : IPas
     private static long? Width(StaticShapes shapes, Value v) =>
         shapes.LastDim(v) ?? (v.Shape is { Count: > 0 } s ? s[^1].Value : null)
         ?? (v.Producer is { OpType: "Add" } add ? add.Inputs.Select(i => i is null ? null : shapes.LastDim(i)).FirstOrDefault(d => d is not null) : null);
-
-    private static float Normal(Random rng)
-    {
-        double u1 = 1.0 - rng.NextDouble(), u2 = rng.NextDouble();
-        return (float)(Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2.0 * Math.PI * u2));
-    }
 }
