@@ -130,11 +130,13 @@ internal sealed class OptimizeFlags
     public static string Rewrite(Model model, SptOptions options)
     {
         var report = SptOptimizer.Optimize(model, options);
-        if (report.AttentionRewritten == 0 && report.FfnRewritten == 0)
+        // Dense LoRA (--attention keep --ffn keep --lora R) rewrites no block and is still a request.
+        if (report.AttentionRewritten == 0 && report.FfnRewritten == 0 && options.LoraRank == 0)
         {
             throw new CliUsageException("the SPT rewrite found nothing to rewrite in the model (see 'sptc optimize --explain')");
         }
 
-        return $"SPT rewrite: {report.AttentionRewritten} of {report.AttentionFound} attention blocks, {report.FfnRewritten} of {report.FfnFound} FFN blocks";
+        return $"SPT rewrite: {report.AttentionRewritten} of {report.AttentionFound} attention blocks, {report.FfnRewritten} of {report.FfnFound} FFN blocks" +
+            (options.LoraRank > 0 ? $", LoRA rank {options.LoraRank}" : "");
     }
 }
