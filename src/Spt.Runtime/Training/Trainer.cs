@@ -6,6 +6,7 @@ using Spt.CustomOps;
 using Spt.Ir;
 using Spt.Passes.Training;
 using Spt.Runtime.Data;
+using Spt.Runtime.Distributed;
 using Spt.Runtime.Memory;
 
 namespace Spt.Runtime.Training;
@@ -39,14 +40,14 @@ public sealed class Trainer : IDisposable
     private readonly List<ResidentParameter> _parameters = [];
     private readonly Dictionary<string, OrtValue> _zeros = [];
     private readonly OrtValue _lr, _stepValue, _gradScale, _loss, _taskLoss, _gradNorm;
-    private readonly BatchFeeder _trainFeeder;
-    private readonly Dictionary<int, BatchFeeder> _evalFeeders = [];
+    private readonly Dictionary<(int Batch, int Length), BatchFeeder> _feeders = [];
     private readonly Dataset _train;
     private readonly Dataset? _evalSet;
     private readonly LrSchedule _schedule;
     private readonly CheckpointStore? _store;
     private readonly MetricsWriter? _metrics;
     private readonly HashSet<string> _gradInputs, _evalInputs;
+    private readonly DataParallel? _parallel;
     private DataOrder _order;
     private TrainerState _state;
     private string? _lastCheckpoint;
@@ -130,10 +131,10 @@ public sealed class Trainer : IDisposable
             _parameters.Add(new ResidentParameter(spec, this));
         }
 
-        _trainFeeder = new BatchFeeder(Manifest, options.BatchSize, train.SequenceLength);
+        _parallel = options.Reducer is { } reducer ? new DataParallel(reducer, Manifest, train, options, Device) : null;
         _schedule = new LrSchedule(options.Schedule, options.LearningRate, checked((int)options.WarmupSteps), checked((int)options.Steps));
         _state = TrainerState.Initial(options.Seed);
-        _order = new DataOrder(train.Count, options.Seed);
+        _order = new DataOrder(train.Count, options.Seed, lengths: train.Lengths, bucket: BucketWindow);
         LoadCheckpoint(Path.Combine(ArtifactDirectory, Manifest.InitialCheckpoint), initial: true);
         _store = options.CheckpointDir is { } dir ? new CheckpointStore(dir, options.Keep) : null;
         _metrics = options.MetricsPath is { } metrics ? new MetricsWriter(metrics) : null;
@@ -214,7 +215,8 @@ public sealed class Trainer : IDisposable
         }
 
         _state = state;
-        _order = new DataOrder(_train.Count, state.DataSeed, state.DataEpoch, state.DataPosition);
+        _order = new DataOrder(_train.Count, state.DataSeed, state.DataEpoch, state.DataPosition, _train.Lengths, BucketWindow);
+        _parallel?.Synchronized = false;
     }
 
     /// <summary>
@@ -225,6 +227,7 @@ public sealed class Trainer : IDisposable
     /// <exception cref="TrainingDivergedException">The loss or gradient norm became NaN or infinite.</exception>
     public TrainingResult Run(Action<StepReport>? onStep = null, long? stopAfter = null, CancellationToken cancel = default)
     {
+        SynchronizeRanks();
         var until = Math.Min(stopAfter ?? _options.Steps, _options.Steps);
         var firstStep = _state.Step + 1;
         _metrics?.Start(_state.Step);
@@ -283,7 +286,7 @@ public sealed class Trainer : IDisposable
             seconds > 0 ? tokens / seconds : 0, _lastCheckpoint);
     }
 
-    /// <summary>Tokens consumed by one optimizer step.</summary>
+    /// <summary>Tokens consumed by one optimizer step (at most: batches of ragged data are padded to their longest example only).</summary>
     public long TokensPerStep => (long)_options.BatchSize * _options.Accumulate * _train.SequenceLength;
 
     /// <summary>
@@ -294,13 +297,21 @@ public sealed class Trainer : IDisposable
     public StepReport TrainStep()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        SynchronizeRanks();
         var watch = Stopwatch.StartNew();
         var step = _state.Step + 1;
         double loss = 0, taskLoss = 0;
+        long stepTokens = 0;
         for (var micro = 0; micro < _options.Accumulate; micro++)
         {
-            _trainFeeder.Fill(_train, _order.Next(_options.BatchSize));
-            BindCommon(_gradBinding, _gradInputs, _trainFeeder);
+            // Every rank draws the same global batch and pads it to the same length; a rank feeds its shard of it.
+            var indices = _order.Next(_options.BatchSize);
+            var length = _train.BatchLength(indices);
+            var local = _parallel?.BeginMicroBatch(micro, indices, micro == 0 ? [] : Accumulators()) ?? indices;
+            var feeder = Feeder(local.Length, length);
+            feeder.Fill(_train, local);
+            stepTokens += (long)indices.Length * length;
+            BindCommon(_gradBinding, _gradInputs, feeder);
             foreach (var p in _parameters.Where(p => p.Spec.Trainable))
             {
                 _gradBinding.BindInput("grad_acc." + p.Spec.Name, micro == 0 ? Zeros(p.Spec) : p.Acc![p.AccCurrent]);
@@ -316,19 +327,30 @@ public sealed class Trainer : IDisposable
             }
 
             var l = ReadScalar(_loss);
-            if (!double.IsFinite(l))
+            if (!double.IsFinite(l) && _parallel is null)
             {
                 throw new TrainingDivergedException(step, "loss", l, _lastCheckpoint);
             }
 
-            loss += l;
-            taskLoss += ReadScalar(_taskLoss);
+            // Data parallel: this rank's share of the global batch's mean loss.
+            var weight = _parallel?.CurrentWeight ?? 1.0;
+            loss += weight * l;
+            taskLoss += weight * ReadScalar(_taskLoss);
+        }
+
+        if (_parallel is not null)
+        {
+            (loss, taskLoss) = _parallel.Reduce(Accumulators(), loss, taskLoss);
+            if (!double.IsFinite(loss))
+            {
+                throw new TrainingDivergedException(step, "loss", loss, _lastCheckpoint);
+            }
         }
 
         var lr = _schedule.At(step);
         WriteScalar(_lr, (float)lr);
         WriteScalar(_stepValue, step);
-        WriteScalar(_gradScale, 1f / _options.Accumulate);
+        WriteScalar(_gradScale, (_parallel?.GradScale ?? 1f) / _options.Accumulate);
         _optimizerBinding.BindInput("lr", _lr);
         _optimizerBinding.BindInput("step", _stepValue);
         _optimizerBinding.BindInput("grad_scale", _gradScale);
@@ -358,10 +380,10 @@ public sealed class Trainer : IDisposable
             p.Current = 1 - p.Current;
         }
 
-        _state = _state with { Step = step, TokensSeen = _state.TokensSeen + TokensPerStep };
+        _state = _state with { Step = step, TokensSeen = _state.TokensSeen + stepTokens };
         var seconds = watch.Elapsed.TotalSeconds;
         return new StepReport(step, _options.Steps, loss / _options.Accumulate, taskLoss / _options.Accumulate, lr,
-            gradNorm, TokensPerStep / Math.Max(seconds, 1e-9), seconds, null, null);
+            gradNorm, stepTokens / Math.Max(seconds, 1e-9), seconds, null, null);
     }
 
     /// <summary>Mean loss and task loss over the held-out set (at most <see cref="TrainerOptions.EvalBatches"/> batches).</summary>
@@ -382,13 +404,9 @@ public sealed class Trainer : IDisposable
             }
 
             var size = Math.Min(_options.BatchSize, data.Count - start);
-            if (!_evalFeeders.TryGetValue(size, out var feeder))
-            {
-                feeder = new BatchFeeder(Manifest, size, data.SequenceLength);
-                _evalFeeders[size] = feeder;
-            }
-
-            feeder.Fill(data, [.. Enumerable.Range(start, size)]);
+            int[] indices = [.. Enumerable.Range(start, size)];
+            var feeder = Feeder(size, data.BatchLength(indices));
+            feeder.Fill(data, indices);
             BindCommon(_evalBinding, _evalInputs, feeder);
             _evalBinding.BindOutput("loss", _loss);
             _evalBinding.BindOutput("task_loss", _taskLoss);
@@ -445,8 +463,8 @@ public sealed class Trainer : IDisposable
     /// Writes <paramref name="sourceModel"/> with its parameters replaced by the current values: the fine-tuned
     /// model for inference.
     /// </summary>
-    public void ExportInference(string sourceModel, string outputPath) =>
-        InferenceExport.Write(sourceModel, ParameterTensors(), outputPath, _state.Step);
+    public void ExportInference(string sourceModel, string outputPath, IEnumerable<KeyValuePair<string, string>>? metadata = null) =>
+        InferenceExport.Write(sourceModel, ParameterTensors(), outputPath, _state.Step, metadata);
 
     /// <summary>
     /// Peak bytes in use of the grad, optimizer and eval sessions' allocators for the execution device (ORT
@@ -489,12 +507,11 @@ public sealed class Trainer : IDisposable
             z.Dispose();
         }
 
-        foreach (var f in _evalFeeders.Values)
+        foreach (var f in _feeders.Values)
         {
             f.Dispose();
         }
 
-        _trainFeeder.Dispose();
         foreach (var v in new[] { _lr, _stepValue, _gradScale, _loss, _taskLoss, _gradNorm })
         {
             v.Dispose();
@@ -510,6 +527,23 @@ public sealed class Trainer : IDisposable
         _eval.Dispose();
         _runOptions.Dispose();
         _metrics?.Dispose();
+    }
+
+    /// <summary>The running gradient sums of the trainable parameters.</summary>
+    private List<OrtValue> Accumulators() => [.. _parameters.Where(p => p.Spec.Trainable).Select(p => p.Acc![p.AccCurrent])];
+
+    /// <summary>Data parallel: rank 0's parameters, moments and position to every rank (before the first step, after a load).</summary>
+    private void SynchronizeRanks()
+    {
+        if (_parallel is null || _parallel.Synchronized)
+        {
+            return;
+        }
+
+        var state = _parallel.Synchronize(State, [.. _parameters.Where(p => p.Spec.Trainable)
+            .SelectMany(p => new[] { p.Values[p.Current], p.M![p.Current], p.V![p.Current] })]);
+        _state = state;
+        _order = new DataOrder(_train.Count, state.DataSeed, state.DataEpoch, state.DataPosition);
     }
 
     private void BindCommon(OrtIoBinding binding, HashSet<string> inputs, BatchFeeder feeder)
@@ -529,6 +563,21 @@ public sealed class Trainer : IDisposable
                 binding.BindInput(p.Spec.Name, p.Values[p.Current]);
             }
         }
+    }
+
+    // Examples per window of the shuffled order that are sorted by length, so that batches hold similar lengths.
+    private int BucketWindow => _options.BatchSize * 32;
+
+    /// <summary>The feeder of one batch shape (ragged data has a few: lengths are rounded to multiples of 8).</summary>
+    private BatchFeeder Feeder(int batch, int length)
+    {
+        if (!_feeders.TryGetValue((batch, length), out var feeder))
+        {
+            feeder = new BatchFeeder(Manifest, batch, length);
+            _feeders[(batch, length)] = feeder;
+        }
+
+        return feeder;
     }
 
     private OrtValue Zeros(ParameterSpec spec)
@@ -603,10 +652,16 @@ public sealed class Trainer : IDisposable
 
     private void CheckDataFitsLoss(Dataset data)
     {
-        if (Manifest.Input(DataRole.Target) is { } target)
+        if (Manifest.DataInputs.FirstOrDefault(d => d.Role == DataRole.Other) is { } other)
         {
-            throw new TrainingException($"the artifact's loss is {Manifest.Loss.Kind} with a float target input '{target.Name}'; " +
-                "the data loader reads token data only (text or JSONL input_ids/labels/label): compile with --loss causal_lm or classify");
+            throw new TrainingException($"the model input '{other.Name}' is neither token ids, an attention mask, token types, " +
+                "positions nor decoder inputs: the trainer cannot fill it from the data (and will not feed made-up values)");
+        }
+
+        if (Manifest.Input(DataRole.Target) is { } target && data.Examples.FirstOrDefault(e => e.Target is null) is { } noTarget)
+        {
+            throw new DataException($"{data.Source} {noTarget.Where}: the {Manifest.Loss.Kind} loss needs a float target on every example " +
+                $"(for '{target.Name}'): read the data with --task regress and a numeric label field");
         }
 
         if (Manifest.Input(DataRole.Label) is not null && data.Examples.FirstOrDefault(e => e.Label is null) is { } missing)
@@ -650,16 +705,36 @@ public sealed class Trainer : IDisposable
         }
     }
 
-    private static ExecutionDevice ChooseDevice(ExecutionDevice wanted)
+    private static ExecutionDevice ChooseDevice(ExecutionDevice wanted) => ResolveDevice(wanted);
+
+    /// <summary>
+    /// The device a trainer asked for <paramref name="wanted"/> runs on: Auto is CUDA when ORT has the CUDA provider
+    /// and sptc's CUDA kernels are built, else CPU. Cuda fails (<see cref="TrainingException"/>, one line) when either
+    /// is missing; a missing GPU surfaces when the first session starts.
+    /// </summary>
+    public static ExecutionDevice ResolveDevice(ExecutionDevice wanted)
     {
-        var cuda = OrtEnv.Instance().GetAvailableProviders().Contains("CUDAExecutionProvider");
+        var provider = OrtEnv.Instance().GetAvailableProviders().Contains("CUDAExecutionProvider");
+        string? kernels = null;
+        try
+        {
+            kernels = NativeOpLibrary.CudaPath;
+        }
+        catch (FileNotFoundException)
+        {
+        }
+
         return wanted switch
         {
             ExecutionDevice.Cpu => ExecutionDevice.Cpu,
-            ExecutionDevice.Auto => cuda ? ExecutionDevice.Cuda : ExecutionDevice.Cpu,
-            ExecutionDevice.Cuda when cuda => ExecutionDevice.Cuda,
-            _ => throw new TrainingException("the CUDA execution provider is not available in this ONNX Runtime " +
-                "(build with SPTC_ORT_GPU=1, i.e. -p:SptOrtGpu=true, on a GPU host); use --device cpu"),
+            ExecutionDevice.Auto => provider && kernels is not null ? ExecutionDevice.Cuda : ExecutionDevice.Cpu,
+            ExecutionDevice.Cuda when !provider => throw new TrainingException(
+                "--device cuda: this ONNX Runtime has no CUDA execution provider (build with SPTC_ORT_GPU=1, i.e. " +
+                "-p:SptOrtGpu=true, on a GPU host); use --device cpu"),
+            ExecutionDevice.Cuda when kernels is null => throw new TrainingException(
+                $"--device cuda: sptc's CUDA kernels ({NativeOpLibrary.CudaFileName}) are not built " +
+                "(dotnet build -p:SptWithCuda=ON, needs nvcc); use --device cpu"),
+            _ => ExecutionDevice.Cuda,
         };
     }
 
@@ -673,14 +748,23 @@ public sealed class Trainer : IDisposable
 
         if (device == ExecutionDevice.Cuda)
         {
-            options.AppendExecutionProvider_CUDA(0);
+            try
+            {
+                options.AppendExecutionProvider_CUDA(0);
+            }
+            catch (OnnxRuntimeException e)
+            {
+                options.Dispose();
+                throw new TrainingException("--device cuda: the CUDA execution provider did not start (no usable GPU?): " +
+                    e.Message.Split('\n')[0], e);
+            }
         }
 
         if (needsCustomOps)
         {
             try
             {
-                NativeOpLibrary.Register(options);
+                NativeOpLibrary.Register(options, cuda: device == ExecutionDevice.Cuda);
             }
             catch (FileNotFoundException e)
             {
