@@ -28,7 +28,7 @@ public sealed class SignalTests : IDisposable
     }
 
     [Fact]
-    public void Sigterm_during_train_checkpoints_the_current_step_exits_6_and_resumes()
+    public async Task Sigterm_during_train_checkpoints_the_current_step_exits_6_and_resumes()
     {
         var data = _dir.File("data.jsonl");
         var rng = new Random(2);
@@ -43,9 +43,13 @@ public sealed class SignalTests : IDisposable
         var watch = Stopwatch.StartNew();
         while (Lines(metrics) < 3)
         {
-            Assert.False(child.HasExited, $"sptc exited early ({(child.HasExited ? child.ExitCode : 0)}): {stderr.Result}");
+            if (child.HasExited)
+            {
+                Assert.Fail($"sptc exited early ({child.ExitCode}): {await stderr}");
+            }
+
             Assert.True(watch.Elapsed < TimeSpan.FromMinutes(3), "training did not start");
-            Thread.Sleep(50);
+            await Task.Delay(50);
         }
 
         using (var kill = Process.Start("kill", ["-TERM", child.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
@@ -53,8 +57,12 @@ public sealed class SignalTests : IDisposable
             kill.WaitForExit();
         }
 
-        Assert.True(child.WaitForExit(TimeSpan.FromMinutes(2)), "sptc did not stop after SIGTERM");
-        var err = stderr.Result;
+        using (var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2)))
+        {
+            await child.WaitForExitAsync(timeout.Token);
+        }
+
+        var err = await stderr;
         Assert.True(child.ExitCode == ExitCodes.Interrupted, $"exit {child.ExitCode}: {err}");
         var line = Assert.Single(err.Split('\n', StringSplitOptions.RemoveEmptyEntries));
         var m = System.Text.RegularExpressions.Regex.Match(line, @"^sptc: SIGTERM received: stopped after step (\d+); checkpoint (.+step-(\d{8})) \(continue with --resume\)$");
@@ -64,7 +72,7 @@ public sealed class SignalTests : IDisposable
         Assert.True(File.Exists(Path.Combine(m.Groups[2].Value, "state.onnx")));
         Assert.Equal(step, Lines(metrics));  // the step under way finished and was recorded
         Assert.Empty(Directory.EnumerateFileSystemEntries(ck, "*.tmp"));
-        _ = stdout.Result;
+        _ = await stdout;
 
         var (code, resumedOut, resumedErr) = CliRunner.Run("train", gpt2, "--data", data, "--steps", (step + 2).ToString(System.Globalization.CultureInfo.InvariantCulture),
             "--batch", "4", "--checkpoint-dir", ck, "--metrics", metrics, "--resume");

@@ -98,6 +98,102 @@ internal static class AttributeKinds
         ["GroupQueryAttention"] = [("num_heads", I), ("kv_num_heads", I), ("scale", F), ("local_window_size", I), ("do_rotary", I), ("rotary_interleaved", I), ("softcap", F)],
     };
 
+    private const int Many = int.MaxValue;
+
+    // Inputs (min, max) and outputs (min, max) of default-domain operators, over the opsets this library reads.
+    private static readonly Dictionary<string, (int MinIn, int MaxIn, int MinOut, int MaxOut)> Arity = BuildArity();
+
+    private static Dictionary<string, (int, int, int, int)> BuildArity()
+    {
+        var a = new Dictionary<string, (int, int, int, int)>(StringComparer.Ordinal);
+        foreach (var op in new[]
+        {
+            "Relu", "Neg", "Abs", "Exp", "Log", "Sqrt", "Tanh", "Sigmoid", "Erf", "Not", "Reciprocal", "Identity", "Softmax",
+            "LogSoftmax", "Transpose", "Shape", "Size", "Cast", "Gelu", "Flatten", "Floor", "Ceil", "Sin", "Cos", "Softplus",
+            "LeakyRelu", "HardSigmoid", "Sign", "ArgMax", "ArgMin", "ConstantOfShape", "Elu", "Selu", "Celu", "HardSwish", "Mish",
+        })
+        {
+            a[op] = (1, 1, 1, 1);
+        }
+
+        foreach (var op in new[]
+        {
+            "Add", "Sub", "Mul", "Div", "Pow", "MatMul", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or",
+            "Xor", "Expand", "Gather", "GatherElements", "GatherND", "Mod", "Tile", "CumSum", "BitShift", "CastLike", "PRelu",
+        })
+        {
+            a[op] = (2, 2, 1, 1);
+        }
+
+        a["Where"] = (3, 3, 1, 1);
+        a["Range"] = (3, 3, 1, 1);
+        a["OneHot"] = (3, 3, 1, 1);
+        a["Reshape"] = (1, 2, 1, 1);
+        a["Unsqueeze"] = (1, 2, 1, 1);
+        a["Squeeze"] = (1, 2, 1, 1);
+        a["Slice"] = (1, 5, 1, 1);
+        a["Concat"] = (1, Many, 1, 1);
+        a["Sum"] = (1, Many, 1, 1);
+        a["Max"] = (1, Many, 1, 1);
+        a["Min"] = (1, Many, 1, 1);
+        a["Mean"] = (1, Many, 1, 1);
+        a["Einsum"] = (1, Many, 1, 1);
+        a["LayerNormalization"] = (2, 3, 1, 3);
+        a["Gemm"] = (2, 3, 1, 1);
+        a["Constant"] = (0, 0, 1, 1);
+        a["Dropout"] = (1, 3, 1, 2);
+        a["Split"] = (1, 2, 1, Many);
+        a["Trilu"] = (1, 2, 1, 1);
+        a["Clip"] = (1, 3, 1, 1);
+        a["Pad"] = (1, 4, 1, 1);
+        a["TopK"] = (1, 2, 2, 2);
+        a["If"] = (1, 1, 1, Many);
+        foreach (var op in new[] { "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp" })
+        {
+            a[op] = (1, 2, 1, 1);
+        }
+
+        return a;
+    }
+
+    /// <summary>
+    /// The problem with <paramref name="node"/>'s number of inputs or outputs for its ONNX operator, or null (also for
+    /// operators not listed). Omitted optional inputs ("") count as given.
+    /// </summary>
+    public static string? ArityProblem(Node node)
+    {
+        if (!node.IsDefaultDomain || !Arity.TryGetValue(node.OpType, out var arity))
+            return null;
+        static string Range(int min, int max) => min == max ? $"{min}" : max == Many ? $"at least {min}" : $"{min} to {max}";
+        if (node.Inputs.Count < arity.MinIn || node.Inputs.Count > arity.MaxIn)
+            return $"has {node.Inputs.Count} inputs, the operator takes {Range(arity.MinIn, arity.MaxIn)}";
+        if (node.Outputs.Count < arity.MinOut || node.Outputs.Count > arity.MaxOut)
+            return $"has {node.Outputs.Count} outputs, the operator gives {Range(arity.MinOut, arity.MaxOut)}";
+        // Operators whose attributes became inputs: from that opset on, those inputs are required.
+        long opset = node.Graph?.Model?.GetOpsetVersion("") ?? 0;
+        int required = (node.OpType, opset) switch
+        {
+            ("Reshape", >= 5) or ("TopK", >= 10) or ("Pad", >= 11) => 2,
+            ("Slice", >= 10) => 3,
+            _ => arity.MinIn,
+        };
+        if (node.Inputs.Count < required)
+            return $"has {node.Inputs.Count} inputs, the operator takes at least {required} at opset {opset}";
+        // Inputs every opset requires (the first MinIn) must not be omitted.
+        for (int i = 0; i < required; i++)
+        {
+            if (node.Inputs[i] is null)
+                return $"input {i} is required but omitted";
+        }
+        if (node.OpType == "Constant")
+        {
+            int values = node.Attributes.Count(a => a.Name is "value" or "sparse_value" || a.Name.StartsWith("value_", StringComparison.Ordinal));
+            if (values != 1)
+                return $"has {values} value attributes, a Constant needs exactly one";
+        }
+        return null;
+    }
+
     /// <summary>The kind <paramref name="attribute"/> of <paramref name="node"/>'s operator must have, or null when not known.</summary>
     public static AttributeKind? Expected(Node node, string attribute)
     {

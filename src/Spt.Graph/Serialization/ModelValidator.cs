@@ -50,6 +50,8 @@ public static class ModelValidator
         {
             if (node.OpType.Length == 0)
                 throw OnnxModelException.ForNode(node, "the node has no op_type");
+            if (AttributeKinds.ArityProblem(node) is { } arity)
+                throw OnnxModelException.ForNode(node, arity);
             foreach (var a in node.Attributes)
             {
                 if (a.Kind == AttributeKind.Undefined && !a.IsReference)

@@ -1,3 +1,4 @@
+using Google.Protobuf;
 using System.Globalization;
 using System.Text;
 
@@ -98,6 +99,9 @@ internal sealed class FuzzHarness
                 File.Delete(entry);
         }
 
+        // SPTC_FUZZ_VERBOSE=1 adds --verbose, so a breach comes with its stack trace (for debugging a seed).
+        if (Environment.GetEnvironmentVariable("SPTC_FUZZ_VERBOSE") == "1")
+            args = [.. args, "--verbose"];
         var task = Task.Run(() => CliRunner.Run(args));
         if (!task.Wait(Limit))
         {
