@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # sptc's one entry point for building, testing and the demo. Each command sets up what it needs first
-# (Debian packages when root, ONNX Runtime from the npm registry, NuGet packages).
+# (Debian packages when root; NuGet packages, ONNX Runtime included, through dotnet restore).
 #
-#   ./build.sh            build everything (C#, the native custom-op library, its tests and benchmarks)
+#   ./build.sh            build everything (C# and the native custom-op library)
 #   ./build.sh demo       build, then run the main job on the built-in sample model
-#   ./build.sh test       build, then run every test (native ctest suites and all xunit projects)
+#   ./build.sh test       build, then build and run every test (native ctest suites and all xunit projects)
+#   ./build.sh native     build, then also build the native tests and benchmarks (build/native/spt_bench)
 #   ./build.sh sptc ARGS  build, then run the sptc command with ARGS
 #
-# Environment: CONFIGURATION (default Release); SPTC_ORT_CUDA=1 also fetches ORT's CUDA provider (GPU hosts).
+# Environment: CONFIGURATION (default Release); SPTC_ORT_GPU=1 builds against Microsoft.ML.OnnxRuntime.Gpu
+# (CUDA provider, for GPU hosts) instead of the CPU package Microsoft.ML.OnnxRuntime (same as -p:SptOrtGpu=true).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -20,6 +22,13 @@ build() {
   dotnet build SptCompiler.sln -c "$config" -nologo -clp:NoSummary -v:quiet
 }
 
+# The native GoogleTest suites and Google Benchmark programs (the .NET build makes only the library; it has
+# already configured build/native with the ORT headers of the restored package).
+native_tests() {
+  cmake -S native/customops -B build/native -DSPT_BUILD_TESTS=ON -DSPT_BUILD_BENCHMARKS=ON > /dev/null
+  cmake --build build/native -j "${SPT_CMAKE_JOBS:-2}"
+}
+
 sptc() {
   dotnet "src/Spt.Cli/bin/$config/net10.0/sptc.dll" "$@"
 }
@@ -28,6 +37,7 @@ run_tests() {
   local log; log="$(mktemp)"
   local status=0
   echo "== native tests (ctest)"
+  native_tests 2>&1 | tee -a "$log" || status=1
   (cd build/native && ctest --output-on-failure -j 2) 2>&1 | tee -a "$log" || status=1
   echo "== C# tests (xunit)"
   dotnet test SptCompiler.sln -c "$config" --no-build -nologo 2>&1 | tee -a "$log" || status=1
@@ -53,6 +63,7 @@ case "$cmd" in
   build) build ;;
   demo) build; sptc demo "$@" ;;
   test) build; run_tests ;;
+  native) build; native_tests ;;
   sptc) build; sptc "$@" ;;
-  *) echo "usage: ./build.sh [build|demo|test|sptc ARGS]" >&2; exit 2 ;;
+  *) echo "usage: ./build.sh [build|demo|test|native|sptc ARGS]" >&2; exit 2 ;;
 esac

@@ -1,22 +1,18 @@
 #!/usr/bin/env bash
 # Makes sure the tools and system packages that sptc's build and tests need are present. Installs missing
-# Debian packages when running as root; otherwise says exactly what to install. ONNX Runtime itself is not a
-# system package: the build fetches it from the npm registry (eng/fetch-ort.sh).
+# Debian packages when running as root; otherwise says exactly what to install. ONNX Runtime is not a system
+# package: it is a NuGet package (Microsoft.ML.OnnxRuntime) restored by dotnet with the other packages.
 set -euo pipefail
 
 # Debian packages: native toolchain, OpenBLAS for CPU GEMMs, GoogleTest/Google Benchmark for the native
-# tests and benchmarks, ONNX's backend test data for the IR peer suite, npm and openssl for the ORT fetch.
-packages=(cmake g++ make libopenblas-dev libgtest-dev libbenchmark-dev libonnx-testdata npm openssl)
+# tests and benchmarks, ONNX's backend test data for the IR peer suite, numpy for the GPU check harness test
+# (native/customops/gpu/test_check.py), Open MPI for data-parallel training (mpirun, libmpi.so.40) and its tests.
+packages=(cmake g++ make libopenblas-dev libgtest-dev libbenchmark-dev libonnx-testdata python3-numpy openmpi-bin libopenmpi-dev)
 
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# npm may come from a Node.js install outside Debian's packages; that is fine too.
-if command -v npm >/dev/null; then
-  missing=("${missing[@]/npm}")
-fi
-missing=($(printf '%s\n' "${missing[@]}" | sed '/^$/d'))
 
 if ((${#missing[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then

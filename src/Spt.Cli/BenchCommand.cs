@@ -32,20 +32,26 @@ internal static class BenchCommand
         var task = new Option<string>("--task") { Description = "lm or classify", DefaultValueFactory = _ => "lm" };
         var dense = new Option<bool>("--dense-only") { Description = "Measure only the dense model" };
         var threads = new Option<int>("--threads") { Description = "ORT intra-op threads (0: ORT's default)", DefaultValueFactory = _ => 0 };
+        var device = new Option<string>("--device") { Description = "auto, cpu or cuda", DefaultValueFactory = _ => "auto" };
+        var ranks = new Option<string?>("--ranks") { Description = "Also time data-parallel steps on this host with these rank counts (e.g. 2,4; mpirun -np N; --batch is the global batch; --threads applies per rank)" };
         var optimize = OptimizeFlags.Create();
         var command = new Command("bench", "Time training steps and measure peak memory, dense vs SPT")
         {
-            model, seqs, batch, steps, warmup, json, task, dense, threads,
+            model, seqs, batch, steps, warmup, json, task, dense, threads, device, ranks,
         };
         optimize.AddTo(command, includeSwitch: false);
         command.SetAction(parse => context.Guard(parse, () =>
         {
             var lengths = ParseLengths(parse.GetValue(seqs)!);
+            DataParallelBench.RefuseMpiLaunch();
+            var rankCounts = parse.GetValue(ranks) is { } r ? DataParallelBench.ParseRanks(r, parse.GetValue(batch)) : [];
             if (parse.GetValue(batch) < 1 || parse.GetValue(steps) < 1 || parse.GetValue(warmup) < 0)
             {
                 throw new CliUsageException("--batch and --steps must be at least 1, --warmup at least 0");
             }
 
+            // Resolved before anything is compiled, so that a missing CUDA provider is one line, at once.
+            var onDevice = Trainer.ResolveDevice(TrainingSetup.Device(parse.GetValue(device)!)).ToString().ToLowerInvariant();
             var modelFile = parse.GetRequiredValue(model);
             var loss = TrainingSetup.TaskLoss(parse.GetValue(task)!);
             var work = Path.Combine(Path.GetTempPath(), "sptc-bench-" + Guid.NewGuid().ToString("N"));
@@ -76,7 +82,7 @@ internal static class BenchCommand
                     JsonObject? baseline = null;
                     foreach (var (name, artifact) in variants)
                     {
-                        var m = RunWorker(artifact, seq, parse.GetValue(batch), parse.GetValue(steps), parse.GetValue(warmup), parse.GetValue(threads));
+                        var m = RunWorker(artifact, seq, parse.GetValue(batch), parse.GetValue(steps), parse.GetValue(warmup), parse.GetValue(threads), onDevice);
                         row[name] = m;
                         baseline ??= m;
                         var ratios = name == "dense" ? null : Ratios(baseline, m);
@@ -98,6 +104,8 @@ internal static class BenchCommand
                 }
 
                 context.Console.Write(table);
+                var scaling = rankCounts.Length == 0 ? null : DataParallelBench.Run(context, results, variants, rankCounts,
+                    (artifact, seq, n) => RunWorker(artifact, seq, parse.GetValue(batch), parse.GetValue(steps), parse.GetValue(warmup), parse.GetValue(threads), onDevice, n));
                 if (parse.GetValue(json) is { } jsonPath)
                 {
                     var doc = new JsonObject
@@ -109,6 +117,11 @@ internal static class BenchCommand
                         ["task"] = parse.GetValue(task),
                         ["results"] = results,
                     };
+                    if (scaling is not null)
+                    {
+                        doc["scaling"] = scaling;
+                    }
+
                     File.WriteAllText(jsonPath, doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
                     context.Out.WriteLine($"wrote {jsonPath}");
                 }
@@ -135,9 +148,10 @@ internal static class BenchCommand
         var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 5 };
         var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 1 };
         var threads = new Option<int>("--threads") { DefaultValueFactory = _ => 0 };
-        var command = new Command("bench-worker", "Measure one training artifact (used by sptc bench)") { artifact, seq, batch, steps, warmup, threads };
+        var device = new Option<string>("--device") { DefaultValueFactory = _ => "auto" };
+        var command = new Command("bench-worker", "Measure one training artifact (used by sptc bench)") { artifact, seq, batch, steps, warmup, threads, device };
         command.Hidden = true;
-        command.SetAction(parse => context.Guard(parse, () =>
+        command.SetAction(parse => RankLaunch.Guard(context, parse, (ranks, output) =>
         {
             var dir = parse.GetRequiredValue(artifact);
             var manifest = TrainingManifest.Load(dir);
@@ -149,15 +163,16 @@ internal static class BenchCommand
 
             var total = parse.GetValue(steps) + parse.GetValue(warmup);
             var data = Dataset.Synthetic(parse.GetValue(batch) * total, parse.GetValue(seq), vocab, seed: 1);
-            using var trainer = new Trainer(dir, data, null, new TrainerOptions
+            var options = new TrainerOptions
             {
                 Steps = total,
                 BatchSize = parse.GetValue(batch),
                 LearningRate = 1e-4,
                 Schedule = LrScheduleKind.Constant,
-                Device = ExecutionDevice.Auto,
+                Device = TrainingSetup.Device(parse.GetValue(device)!),
                 IntraOpThreads = parse.GetValue(threads),
-            });
+            };
+            using var trainer = new Trainer(dir, data, null, ranks?.Configure(output, options) ?? options);
             var times = new List<double>();
             var loss = 0.0;
             for (var i = 0; i < total; i++)
@@ -172,7 +187,7 @@ internal static class BenchCommand
 
             times.Sort();
             var median = times.Count % 2 == 1 ? times[times.Count / 2] : (times[(times.Count / 2) - 1] + times[times.Count / 2]) / 2;
-            context.Out.WriteLine(new JsonObject
+            output.Out.WriteLine(new JsonObject
             {
                 ["median_step_s"] = median,
                 ["min_step_s"] = times[0],
@@ -181,22 +196,29 @@ internal static class BenchCommand
                 ["device"] = trainer.Device.ToString().ToLowerInvariant(),
                 ["last_loss"] = double.IsFinite(loss) ? loss : null,
                 ["tokens_per_s"] = trainer.TokensPerStep / median,
+                ["ranks"] = ranks?.World.Size ?? 1,
             }.ToJsonString());
             return ExitCodes.Ok;
         }));
         return command;
     }
 
-    private static JsonObject RunWorker(string artifact, int seq, int batch, int steps, int warmup, int threads)
+    private static JsonObject RunWorker(string artifact, int seq, int batch, int steps, int warmup, int threads, string device, int ranks = 1)
     {
         var (file, prefix) = SelfInvocation();
+        if (ranks > 1)
+        {
+            (file, prefix) = DataParallelBench.UnderMpirun(ranks, file, prefix);
+        }
+
         var start = new ProcessStartInfo(file)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (var a in prefix.Concat(["bench-worker", artifact, "--seq", Str(seq), "--batch", Str(batch), "--steps", Str(steps), "--warmup", Str(warmup), "--threads", Str(threads)]))
+        DataParallelBench.AllowRoot(start);
+        foreach (var a in prefix.Concat(["bench-worker", artifact, "--seq", Str(seq), "--batch", Str(batch), "--steps", Str(steps), "--warmup", Str(warmup), "--threads", Str(threads), "--device", device]))
         {
             start.ArgumentList.Add(a);
         }

@@ -1,5 +1,7 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
+using System.Text.Json;
+using System.Text.Json.Nodes;
 using Spectre.Console;
 using Spt.CustomOps;
 using Spt.Ir;
@@ -101,15 +103,42 @@ internal sealed class CliContext(TextWriter stdout, TextWriter stderr)
 
     public TextWriter Error { get; } = stderr;
 
-    /// <summary>A Spectre console that writes to <see cref="Out"/> (plain text when it is not a terminal).</summary>
-    public IAnsiConsole Console { get; } = AnsiConsole.Create(new AnsiConsoleSettings
+    /// <summary>Whether <see cref="Out"/> is this process's standard output and that is a terminal.</summary>
+    public bool IsTerminal { get; } = ReferenceEquals(stdout, System.Console.Out) && !System.Console.IsOutputRedirected;
+
+    /// <summary>
+    /// A Spectre console that writes to <see cref="Out"/>. On a terminal: colors and the terminal's width. Anywhere
+    /// else (a pipe, a file, a test's writer): no escape sequences and no width limit, so that a table never wraps
+    /// its cells at 80 columns and every row stays one line for grep and diff.
+    /// </summary>
+    public IAnsiConsole Console => _console ??= CreateConsole(Out, IsTerminal);
+
+    private IAnsiConsole? _console;
+
+    /// <summary>Line width of non-terminal output: tables take the width of their content, up to this.</summary>
+    internal const int UnboundedWidth = 1 << 16;
+
+    private static IAnsiConsole CreateConsole(TextWriter writer, bool terminal)
     {
-        Out = new AnsiConsoleOutput(stdout),
-        Ansi = ReferenceEquals(stdout, System.Console.Out) && !System.Console.IsOutputRedirected
-            ? AnsiSupport.Detect
-            : AnsiSupport.No,
-        ColorSystem = ColorSystemSupport.Detect,
-    });
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(writer),
+            Ansi = terminal ? AnsiSupport.Detect : AnsiSupport.No,
+            ColorSystem = terminal ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
+            Interactive = terminal ? InteractionSupport.Detect : InteractionSupport.No,
+        });
+        if (!terminal)
+        {
+            console.Profile.Width = UnboundedWidth;
+        }
+
+        return console;
+    }
+
+    /// <summary>Writes a JSON document (indented) to <see cref="Out"/>: the <c>--json</c> form of a command's table.</summary>
+    public void WriteJson(JsonNode node) => Out.WriteLine(node.ToJsonString(JsonOptions));
+
+    private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = true };
 
     /// <summary>
     /// Runs a command body; user and model errors become one line on stderr and exit code 2, anything else an

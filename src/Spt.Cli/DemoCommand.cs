@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using System.Text.Json.Nodes;
 using Spectre.Console;
 using Spt.Ir;
 using Spt.Ir.Samples;
@@ -27,16 +28,17 @@ internal static class DemoCommand
         var lr = new Option<double>("--lr") { Description = "Peak learning rate", DefaultValueFactory = _ => 3e-3 };
         var threads = new Option<int>("--threads") { Description = "ORT intra-op threads (0: ORT's default)", DefaultValueFactory = _ => 0 };
         var keep = new Option<string?>("--keep-dir") { Description = "Keep the models and training artifacts in this directory" };
+        var json = new Option<bool>("--json") { Description = "Print the results as JSON instead of the table (progress goes to stderr)" };
         var command = new Command("demo", "Optimize the built-in sample model and fine-tune it dense vs SPT on a small embedded corpus")
         {
-            steps, batch, seq, lr, threads, keep,
+            steps, batch, seq, lr, threads, keep, json,
         };
         command.SetAction(parse => context.Guard(parse, () =>
         {
             var work = parse.GetValue(keep) ?? Path.Combine(Path.GetTempPath(), "sptc-demo-" + Guid.NewGuid().ToString("N"));
             try
             {
-                return Run(context, work, parse.GetValue(steps), parse.GetValue(batch), parse.GetValue(seq), parse.GetValue(lr), parse.GetValue(threads));
+                return Run(context, work, parse.GetValue(steps), parse.GetValue(batch), parse.GetValue(seq), parse.GetValue(lr), parse.GetValue(threads), parse.GetValue(json));
             }
             finally
             {
@@ -55,8 +57,10 @@ internal static class DemoCommand
     /// <summary>The SPT settings of the demo: a quarter of the keys per query, 2 of 4 FFN blocks per token, LoRA rank 16 in the FFNs (the SPT reference).</summary>
     public static SptOptions SptSettings { get; } = new() { TopKRatio = 0.25, Blocks = 4, Active = 2, LoraRank = 16 };
 
-    private static int Run(CliContext context, string work, long steps, int batch, int seq, double lr, int threads)
+    private static int Run(CliContext output, string work, long steps, int batch, int seq, double lr, int threads, bool json)
     {
+        // With --json, stdout carries only the JSON document; the progress lines go to stderr.
+        var context = json ? new CliContext(output.Error, output.Error) : output;
         Directory.CreateDirectory(work);
         var total = Stopwatch.StartNew();
 
@@ -120,8 +124,32 @@ internal static class DemoCommand
                 TrainingSetup.Bytes(memory));
         }
 
-        context.Console.Write(table);
         var (d, s) = (rows[0].Result.FinalEvalLoss!.Value, rows[1].Result.FinalEvalLoss!.Value);
+        if (json)
+        {
+            output.WriteJson(new JsonObject
+            {
+                ["models"] = new JsonArray([.. rows.Select(row => (JsonNode)new JsonObject
+                {
+                    ["name"] = row.Name,
+                    ["trainable_parameters"] = row.Params,
+                    ["train_loss_first"] = row.Result.FirstLoss,
+                    ["train_loss_last"] = row.Result.FinalLoss,
+                    ["eval_loss_before"] = row.Eval0,
+                    ["eval_loss_after"] = row.Result.FinalEvalLoss,
+                    ["seconds"] = row.Result.Seconds,
+                    ["tokens_per_second"] = row.Result.TokensPerSecond,
+                    ["peak_ort_memory_bytes"] = row.Memory,
+                })]),
+                ["spt_eval_loss_vs_dense"] = (s - d) / d,
+                ["seconds"] = total.Elapsed.TotalSeconds,
+            });
+        }
+        else
+        {
+            context.Console.Write(table);
+        }
+
         context.Out.WriteLine(FormattableString.Invariant(
             $"SPT eval loss is {100 * (s - d) / d:+0.0;-0.0}% vs dense; demo took {total.Elapsed.TotalSeconds:0} s"));
         return ExitCodes.Ok;

@@ -31,7 +31,7 @@ internal static class InspectCommand
             var summary = ModelSummary.Of(loaded);
             if (parse.GetValue(json))
             {
-                context.Out.WriteLine(ToJson(summary).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+                context.WriteJson(ToJson(summary));
             }
             else
             {

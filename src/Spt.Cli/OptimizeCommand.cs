@@ -22,9 +22,10 @@ internal static class OptimizeCommand
         var report = new Option<FileInfo?>("--report") { Description = "Write the report as JSON to this file" };
         var explain = new Option<bool>("--explain") { Description = "Print why each candidate did not match" };
         var seed = new Option<int>("--seed") { Description = "Seed of the new parameters (default 0)" };
+        var json = new Option<bool>("--json") { Description = "Print the report as JSON instead of the table (reasons go to stderr with --explain)" };
         var command = new Command("optimize", "Rewrite attention to PQ sparse attention and FFNs to routed FFNs")
         {
-            model, output, exact, report, explain, seed,
+            model, output, exact, report, explain, seed, json,
         };
         rewrite.AddTo(command, includeSwitch: false);
         command.SetAction(parse => context.Guard(parse, () =>
@@ -35,14 +36,18 @@ internal static class OptimizeCommand
             var outFile = new FileInfo(commit.AddFile(parse.GetRequiredValue(output).ToString(), "output model"));
             var reportFile = parse.GetValue(report) is { } r ? commit.AddFile(r.ToString(), "report file") : null;
             var result = Run(parse.GetRequiredValue(model), outFile, options);
-            Render(context.Console, result);
+            bool asJson = parse.GetValue(json);
+            if (asJson)
+                context.Out.WriteLine(result.ToJson());
+            else
+                Render(context.Console, result);
             if (reportFile is not null)
                 File.WriteAllText(reportFile, result.ToJson());
             commit.Commit();
             bool wanted = options.Attention == AttentionMode.Sparse || options.Ffn == FfnMode.Routed;
             bool nothing = result.AttentionRewritten == 0 && result.FfnRewritten == 0;
             if (parse.GetValue(explain) || (wanted && nothing))
-                Explain(context.Out, result);
+                Explain(asJson ? context.Error : context.Out, result);
             if (wanted && nothing)
             {
                 context.Error.WriteLine(result.NoTransformerBlocks

@@ -59,6 +59,7 @@ public static class Program
         root.Subcommands.Add(BenchCommand.CreateWorker(context));
         root.Subcommands.Add(DemoCommand.Create(context));
         root.Subcommands.Add(SampleCommand.Create(context));
+        root.Subcommands.Add(MpiCheckCommand.Create(context));
         OptionBounds.Attach(root);
         return root;
     }

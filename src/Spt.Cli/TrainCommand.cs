@@ -22,7 +22,7 @@ internal static class TrainCommand
         var data = new Option<string>("--data") { Description = "Training data: a text file (byte-level tokens) or JSONL with input_ids (+ attention_mask, labels or label)", Required = true };
         var task = new Option<string>("--task") { Description = "lm (causal language modelling) or classify", DefaultValueFactory = _ => "lm" };
         var steps = new Option<long>("--steps") { Description = "Optimizer steps", DefaultValueFactory = _ => 100 };
-        var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch", DefaultValueFactory = _ => 8 };
+        var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch (under mpirun: the global batch, split evenly over the ranks)", DefaultValueFactory = _ => 8 };
         var seq = new Option<int?>("--seq") { Description = "Sequence length (text: chunk size, default 128; JSONL: default the longest line)" };
         var lr = new Option<double>("--lr") { Description = "Peak learning rate", DefaultValueFactory = _ => 1e-3 };
         var warmup = new Option<long>("--warmup") { Description = "Linear warm-up steps", DefaultValueFactory = _ => 0 };
@@ -48,7 +48,8 @@ internal static class TrainCommand
             checkpointEvery, keep, resume, seed, metrics, export, device, workDir, frozen, threads,
         };
         optimize.AddTo(command);
-        command.SetAction(parse => context.Guard(parse, () =>
+        // Under an MPI launcher, each rank runs this body (see RankLaunch): rank 0 prints and writes files.
+        command.SetAction(parse => RankLaunch.Guard(context, parse, (ranks, output) =>
         {
             var modelPath = parse.GetRequiredValue(model);
             var checkpoints = parse.GetValue(checkpointDir);
@@ -77,20 +78,22 @@ internal static class TrainCommand
                 Keep = parse.GetValue(keep),
                 Seed = parse.GetValue(seed),
                 MetricsPath = parse.GetValue(metrics),
-                Device = TrainingSetup.Device(parse.GetValue(device)!),
+                // Resolved now, so that --device cuda without a CUDA provider fails before any compiling.
+                Device = Trainer.ResolveDevice(TrainingSetup.Device(parse.GetValue(device)!)),
                 IntraOpThreads = parse.GetValue(threads),
             };
             options.Validate();
             var loss = TrainingSetup.TaskLoss(parse.GetValue(task)!);
 
-            // Before anything is compiled: the checkpoint directory is free, and fresh runs do not mix with old checkpoints.
-            if (checkpoints is not null)
+            // Before anything is compiled: the checkpoint directory is free, and fresh runs do not mix with old checkpoints
+            // (rank 0 owns the directory).
+            if (checkpoints is not null && ranks is not { IsPrimary: false })
             {
                 CheckpointStore.Preflight(checkpoints, parse.GetValue(resume));
             }
 
             // Folders this run creates are removed again if it fails before a checkpoint exists in them.
-            var created = new[] { checkpoints, parse.GetValue(workDir), checkpoints is null ? null : Path.Combine(checkpoints, "artifact") }
+            var created = (ranks is { IsPrimary: false } ? [] : new[] { checkpoints, parse.GetValue(workDir), checkpoints is null ? null : Path.Combine(checkpoints, "artifact") })
                 .OfType<string>().Where(d => d.Length > 0 && FileChecks.Kind(d) == PathKind.Missing).ToList();
             try
             {
@@ -122,13 +125,14 @@ internal static class TrainCommand
             }
             else
             {
-                artifact = parse.GetValue(workDir)
+                artifact = ranks is { IsPrimary: false } ? temp = RankLaunch.PrivateDirectory("sptc-train-rank")
+                    : parse.GetValue(workDir)
                     ?? (checkpoints is not null ? Path.Combine(checkpoints, "artifact") : temp = Path.Combine(Path.GetTempPath(), "sptc-train-" + Guid.NewGuid().ToString("N")));
                 using var source = ModelFiles.Load(new FileInfo(modelPath));
                 var sptReport = optimize.Apply(parse, source);
                 if (sptReport is not null)
                 {
-                    context.Out.WriteLine(sptReport);
+                    output.Out.WriteLine(sptReport);
                 }
 
                 TrainingSetup.Compile(source, artifact, new TrainingOptions
@@ -141,8 +145,8 @@ internal static class TrainCommand
 
             try
             {
-                return Train(context, artifact, parse.GetRequiredValue(data), parse.GetValue(seq), fraction, options,
-                    parse.GetValue(resume), parse.GetValue(export));
+                return Train(output, artifact, parse.GetRequiredValue(data), parse.GetValue(seq), fraction, ranks?.Configure(output, options) ?? options,
+                    parse.GetValue(resume), ranks is { IsPrimary: false } ? null : parse.GetValue(export));
             }
             finally
             {

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using System.Text.Json.Nodes;
 using Spectre.Console;
 using Spt.Runtime;
 
@@ -23,9 +24,10 @@ internal static class VerifyCommand
         var seed = new Option<int>("--seed") { Description = "Seed of the generated inputs", DefaultValueFactory = _ => 0 };
         var batch = new Option<int>("--batch") { Description = "Size of batch-like symbolic dimensions", DefaultValueFactory = _ => 2 };
         var seq = new Option<int>("--seq") { Description = "Size of sequence-like symbolic dimensions", DefaultValueFactory = _ => 16 };
+        var json = new Option<bool>("--json") { Description = "Print the comparison as JSON instead of the table" };
         var command = new Command("verify", "Run two models on the same generated inputs (Dropout off in both) and compare their outputs")
         {
-            original, optimized, tol, seed, batch, seq,
+            original, optimized, tol, seed, batch, seq, json,
         };
         command.SetAction(parse => context.Guard(parse, () =>
         {
@@ -61,11 +63,36 @@ internal static class VerifyCommand
             var actualByName = actual.ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
 
             var diffs = expected.Select(e => OutputComparison.Compare(e.Key, e.Value, actualByName[e.Key], tolerance)).ToList();
-            Render(context.Console, diffs, tolerance);
+            if (parse.GetValue(json))
+                context.WriteJson(ToJson(diffs, tolerance));
+            else
+                Render(context.Console, diffs, tolerance);
             return diffs.All(d => d.WithinTolerance) ? ExitCodes.Ok : ExitCodes.OutputsDiffer;
         }));
         return command;
     }
+
+    /// <summary>
+    /// The JSON form: <c>tolerance</c>, <c>passed</c>, <c>failed</c> and per output <c>name</c>, <c>shape</c>,
+    /// <c>shapes_match</c>, <c>max_abs_diff</c>, <c>max_rel_diff</c> (null when infinite or NaN) and <c>within_tolerance</c>.
+    /// </summary>
+    internal static JsonObject ToJson(IReadOnlyList<OutputDiff> diffs, double tolerance) => new()
+    {
+        ["tolerance"] = tolerance,
+        ["passed"] = diffs.All(d => d.WithinTolerance),
+        ["failed"] = diffs.Count(d => !d.WithinTolerance),
+        ["outputs"] = new JsonArray([.. diffs.Select(d => (JsonNode)new JsonObject
+        {
+            ["name"] = d.Name,
+            ["shape"] = new JsonArray([.. d.Shape.Select(x => (JsonNode?)JsonValue.Create(x))]),
+            ["shapes_match"] = d.ShapesMatch,
+            ["max_abs_diff"] = Finite(d.MaxAbsDiff),
+            ["max_rel_diff"] = Finite(d.MaxRelDiff),
+            ["within_tolerance"] = d.WithinTolerance,
+        })]),
+    };
+
+    private static JsonNode? Finite(double v) => double.IsFinite(v) ? JsonValue.Create(v) : null;
 
     private static void Render(IAnsiConsole console, IReadOnlyList<OutputDiff> diffs, double tolerance)
     {

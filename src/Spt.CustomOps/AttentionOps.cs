@@ -9,7 +9,8 @@ namespace Spt.CustomOps;
 /// library implements exactly these contracts on CPU in fp32.
 /// </summary>
 /// <remarks>
-/// Layouts are per head: Q/K/V are [B, H, S, E]. The codebook loss is a fused op pair (<see cref="PQLoss"/> and
+/// Layouts are per head: Q is [B, H, S, E], K/V are [B, Hkv, S, E] with H a multiple of Hkv (grouped-query and
+/// multi-query attention: query head h reads kv head h / (H / Hkv); Hkv = H is plain multi-head attention). The codebook loss is a fused op pair (<see cref="PQLoss"/> and
 /// <see cref="PQLossGrad"/>) rather than a decomposition into standard ONNX ops; a layer's loss
 /// L_pq(Q) + L_pq(K) is two <see cref="PQLoss"/> nodes summed by the compiler.
 /// </remarks>
@@ -53,7 +54,7 @@ public static class AttentionOps
             return [new TensorType(ElementType.Int32, z is null ? null : [.. z.Take(z.Count - 1), m])];
         });
 
-    /// <summary>PQTopK(codes_q [B,H,Sq,M] i32, codes_k [B,H,Sk,M] i32, key_padding_mask? [B,Sk]) -> indices [B,H,Sq,L] i32.</summary>
+    /// <summary>PQTopK(codes_q [B,H,Sq,M] i32, codes_k [B,Hkv,Sk,M] i32, key_padding_mask? [B,Sk]) -> indices [B,H,Sq,L] i32.</summary>
     public static OpSchema PQTopK { get; } = new(
         "PQTopK",
         "Selects L keys per query by the number of subspaces whose codes agree. Rows list the chosen keys in " +
@@ -66,7 +67,7 @@ public static class AttentionOps
         "max(1, ceil(top_k_ratio * Sk)); L is clamped to Sk.",
         [
             new("codes_q", "[B, H, Sq, M] query codes.", Int32Only),
-            new("codes_k", "[B, H, Sk, M] key codes.", Int32Only),
+            new("codes_k", "[B, Hkv, Sk, M] key codes (H % Hkv == 0; query head h uses key head h / (H / Hkv)).", Int32Only),
             new("key_padding_mask", "[B, Sk] keep-mask (0 = padded).", MaskTypes, Optional: true),
         ],
         [new("indices", "[B, H, Sq, L] int32 key indices, -1 = empty slot.", Int32Only)],
@@ -82,11 +83,11 @@ public static class AttentionOps
         ctx =>
         {
             var q = ctx.ShapeOfRank(0, 4, "[B, H, Sq, M]");
-            var k = ctx.ShapeOfRank(1, 4, "[B, H, Sk, M]");
+            var k = ctx.ShapeOfRank(1, 4, "[B, Hkv, Sk, M]");
             if (q is not null && k is not null)
             {
                 ctx.RequireSame(q[0], k[0], "codes_q and codes_k batch B");
-                ctx.RequireSame(q[1], k[1], "codes_q and codes_k heads H");
+                RequireHeadGroups(ctx, "codes_k", q[1], k[1]);
                 ctx.RequireSame(q[3], k[3], "codes_q and codes_k subspaces M");
             }
 
@@ -113,8 +114,8 @@ public static class AttentionOps
         "key_padding_mask: float = additive (0 keep, -inf/large negative pad), bool/int = keep-mask (1 keep, 0 pad).",
         [
             new("Q", "[B, H, Sq, E] queries.", FloatOnly),
-            new("K", "[B, H, Sk, E] keys.", FloatOnly),
-            new("V", "[B, H, Sk, Ev] values.", FloatOnly),
+            new("K", "[B, Hkv, Sk, E] keys (H % Hkv == 0; query head h uses kv head h / (H / Hkv)).", FloatOnly),
+            new("V", "[B, Hkv, Sk, Ev] values.", FloatOnly),
             new("indices", "[B, H, Sq, L] selected keys (PQTopK output), -1 = empty slot.", Int32Only),
             new("key_padding_mask", "[B, Sk] additive float mask or bool/int keep-mask.", MaskTypes, Optional: true),
         ],
@@ -145,16 +146,16 @@ public static class AttentionOps
         [
             new("dY", "[B, H, Sq, Ev] gradient of Y.", FloatOnly),
             new("Q", "[B, H, Sq, E]", FloatOnly),
-            new("K", "[B, H, Sk, E]", FloatOnly),
-            new("V", "[B, H, Sk, Ev]", FloatOnly),
+            new("K", "[B, Hkv, Sk, E]", FloatOnly),
+            new("V", "[B, Hkv, Sk, Ev]", FloatOnly),
             new("indices", "[B, H, Sq, L]", Int32Only),
             new("P", "[B, H, Sq, L] probabilities from SparseAttention.", FloatOnly),
             new("key_padding_mask", "[B, Sk] as in the forward.", MaskTypes, Optional: true),
         ],
         [
             new("dQ", "[B, H, Sq, E]", FloatOnly),
-            new("dK", "[B, H, Sk, E]", FloatOnly),
-            new("dV", "[B, H, Sk, Ev]", FloatOnly),
+            new("dK", "[B, Hkv, Sk, E] (summed over each kv head's query heads)", FloatOnly),
+            new("dV", "[B, Hkv, Sk, Ev] (summed over each kv head's query heads)", FloatOnly),
         ],
         [Scale, Clamp, Causal],
         ctx =>
@@ -265,17 +266,18 @@ public static class AttentionOps
         ShapeContext ctx, int offset, int maskIndex)
     {
         var q = ctx.ShapeOfRank(offset, 4, "[B, H, Sq, E]");
-        var k = ctx.ShapeOfRank(offset + 1, 4, "[B, H, Sk, E]");
-        var v = ctx.ShapeOfRank(offset + 2, 4, "[B, H, Sk, Ev]");
+        var k = ctx.ShapeOfRank(offset + 1, 4, "[B, Hkv, Sk, E]");
+        var v = ctx.ShapeOfRank(offset + 2, 4, "[B, Hkv, Sk, Ev]");
         var idx = ctx.ShapeOfRank(offset + 3, 4, "[B, H, Sq, L]");
         if (q is not null && k is not null)
         {
-            RequireDims(ctx, "K", k, [q[0], q[1], Dim.Unknown, q[3]], "[B, H, Sk, E]");
+            RequireDims(ctx, "K", k, [q[0], Dim.Unknown, Dim.Unknown, q[3]], "[B, Hkv, Sk, E]");
+            RequireHeadGroups(ctx, "K", q[1], k[1]);
         }
 
         if (q is not null && v is not null)
         {
-            RequireDims(ctx, "V", v, [q[0], q[1], k?[2] ?? Dim.Unknown, Dim.Unknown], "[B, H, Sk, Ev]");
+            RequireDims(ctx, "V", v, [q[0], k?[1] ?? Dim.Unknown, k?[2] ?? Dim.Unknown, Dim.Unknown], "[B, Hkv, Sk, Ev]");
         }
 
         if (q is not null && idx is not null)
@@ -285,6 +287,16 @@ public static class AttentionOps
 
         CheckMask(ctx, maskIndex, q?[0] ?? Dim.Unknown, k?[2] ?? Dim.Unknown);
         return (q, v, idx);
+    }
+
+    // Grouped K/V heads: when both are known, the query heads H must be a whole multiple of the kv heads Hkv.
+    private static void RequireHeadGroups(ShapeContext ctx, string input, Dim h, Dim hkv)
+    {
+        if (h.Value is { } queryHeads && hkv.Value is { } kvHeads && (kvHeads < 1 || queryHeads % kvHeads != 0))
+        {
+            throw ctx.Fail(string.Create(CultureInfo.InvariantCulture,
+                $"input '{input}' has {kvHeads} heads; the {queryHeads} query heads must be a whole multiple of it (H % Hkv == 0)"));
+        }
     }
 
     private static void CheckMask(ShapeContext ctx, int index, Dim b, Dim sk)

@@ -1,9 +1,9 @@
-using Microsoft.ML.OnnxRuntime;
-
 namespace Spt.CustomOps;
 
 /// <summary>
-/// The native library that implements sptc's operators (domain <c>spt</c>) for ONNX Runtime.
+/// The identity of sptc's operator set (domain <c>spt</c>) as the compiler writes it into models. The native
+/// library that implements the operators for ONNX Runtime is loaded by the runtime side
+/// (<c>Spt.Runtime.NativeOpLibrary</c>).
 /// </summary>
 public static class CustomOpLibrary
 {
@@ -12,52 +12,4 @@ public static class CustomOpLibrary
 
     /// <summary>The opset version of <see cref="Domain"/> that this build implements.</summary>
     public const int OpsetVersion = 1;
-
-    /// <summary>File name of the native library.</summary>
-    public const string FileName = "libspt_customops.so";
-
-    /// <summary>Environment variable that overrides where the native library is looked for.</summary>
-    public const string PathVariable = "SPTC_CUSTOMOPS_LIB";
-
-    /// <summary>
-    /// Full path of the native library: <c>$SPTC_CUSTOMOPS_LIB</c> when set, else the file beside this assembly
-    /// (the build copies it there).
-    /// </summary>
-    /// <exception cref="FileNotFoundException">The library is not where it should be.</exception>
-    public static string Path
-    {
-        get
-        {
-            var fromEnv = Environment.GetEnvironmentVariable(PathVariable);
-            if (!string.IsNullOrEmpty(fromEnv))
-            {
-                return File.Exists(fromEnv)
-                    ? System.IO.Path.GetFullPath(fromEnv)
-                    : throw new FileNotFoundException($"{PathVariable} names '{fromEnv}', which does not exist", fromEnv);
-            }
-
-            var beside = System.IO.Path.Combine(AppContext.BaseDirectory, FileName);
-            if (File.Exists(beside))
-            {
-                return beside;
-            }
-
-            var assemblyDir = System.IO.Path.GetDirectoryName(typeof(CustomOpLibrary).Assembly.Location);
-            if (!string.IsNullOrEmpty(assemblyDir) && File.Exists(System.IO.Path.Combine(assemblyDir, FileName)))
-            {
-                return System.IO.Path.Combine(assemblyDir, FileName);
-            }
-
-            throw new FileNotFoundException(
-                $"the sptc custom-op library {FileName} was not found beside {AppContext.BaseDirectory}; " +
-                $"build the solution (it builds native/customops) or set {PathVariable}", FileName);
-        }
-    }
-
-    /// <summary>Registers the sptc operators with an ORT session's options.</summary>
-    public static void Register(SessionOptions options)
-    {
-        ArgumentNullException.ThrowIfNull(options);
-        options.RegisterCustomOpLibrary(Path);
-    }
 }

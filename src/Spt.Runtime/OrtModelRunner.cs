@@ -67,7 +67,7 @@ public sealed class OrtModelRunner : IDisposable
             GraphOptimizationLevel = options.Optimization,
         };
         if (options.RegisterCustomOps ?? modelUsesCustomOps)
-            CustomOpLibrary.Register(so);
+            NativeOpLibrary.Register(so);
         return so;
     }
 

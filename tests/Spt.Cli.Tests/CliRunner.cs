@@ -1,3 +1,5 @@
+using System.Diagnostics;
+
 namespace Spt.Cli.Tests;
 
 /// <summary>Runs the sptc command in-process and captures what it prints.</summary>
@@ -9,6 +11,37 @@ internal static class CliRunner
         var stderr = new StringWriter();
         var code = Program.Run(args, stdout, stderr);
         return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    /// <summary>Runs a program to completion (stdout and stderr captured), killing it after <paramref name="timeout"/>.</summary>
+    public static (int Code, string Out, string Err) RunProcess(string file, IEnumerable<string> args, string workDir, TimeSpan timeout, string? path = null)
+    {
+        var start = new ProcessStartInfo(file)
+        {
+            WorkingDirectory = workDir,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in args)
+            start.ArgumentList.Add(a);
+        // The test host's MSBuild settings must not leak into the nested SDK commands.
+        foreach (var key in start.Environment.Keys.Where(k => k.StartsWith("MSBuild", StringComparison.OrdinalIgnoreCase)).ToList())
+            start.Environment.Remove(key);
+        start.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
+        start.Environment["DOTNET_NOLOGO"] = "1";
+        if (path is not null)
+            start.Environment["PATH"] = path + Path.PathSeparator + start.Environment["PATH"];
+        using var process = Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        if (!process.WaitForExit(timeout))
+        {
+            process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"{file} {string.Join(' ', args)} did not finish within {timeout}");
+        }
+
+        return (process.ExitCode, stdout.Result, stderr.Result);
     }
 
     /// <summary>Path of a committed fixture model.</summary>

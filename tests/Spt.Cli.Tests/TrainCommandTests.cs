@@ -118,6 +118,35 @@ public sealed class TrainCommandTests : IDisposable
     }
 
     [Fact]
+    public void Device_cuda_without_the_cuda_provider_is_one_line_exit_2_and_the_default_is_cpu()
+    {
+        // This ONNX Runtime is the CPU package: train and bench refuse --device cuda before compiling anything.
+        Assert.DoesNotContain("CUDAExecutionProvider", Microsoft.ML.OnnxRuntime.OrtEnv.Instance().GetAvailableProviders());
+        foreach (var args in new[]
+        {
+            new[] { "train", Gpt2, "--data", Jsonl(), "--steps", "2", "--device", "cuda" },
+            new[] { "bench", Gpt2, "--seq", "8", "--steps", "1", "--dense-only", "--device", "cuda" },
+        })
+        {
+            var (code, stdout, stderr) = CliRunner.Run(args);
+            Assert.Equal(ExitCodes.BadInput, code);
+            var line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+            Assert.Equal("sptc: error: --device cuda: this ONNX Runtime has no CUDA execution provider (build with " +
+                "SPTC_ORT_GPU=1, i.e. -p:SptOrtGpu=true, on a GPU host); use --device cpu", line);
+            Assert.DoesNotContain("MaxInUse", stdout);
+        }
+
+        var (badCode, _, badErr) = CliRunner.Run("bench", Gpt2, "--seq", "8", "--device", "gpu");
+        Assert.Equal(ExitCodes.BadInput, badCode);
+        Assert.Contains("--device must be auto, cpu or cuda, got 'gpu'", badErr);
+
+        var (okCode, okOut, okErr) = CliRunner.Run("train", Gpt2, "--data", Jsonl(), "--steps", "1", "--batch", "2");
+        Assert.True(okCode == 0, okErr);
+        Assert.Contains("parameter tensors", okOut);
+        Assert.Contains(" on cpu: ", okOut);
+    }
+
+    [Fact]
     public void A_model_whose_output_cannot_feed_the_loss_is_refused()
     {
         // Pooled output [batch, 8]: no [batch, sequence, vocab] logits for the causal-LM loss.

@@ -289,40 +289,62 @@ public class AttentionOpsTests
         Assert.True(RelMax(result[1].F32!, pRef) < 1e-5, $"P error {RelMax(result[1].F32!, pRef)}");
     }
 
-    [Fact]
-    public void SparseAttentionGrad_MatchesFiniteDifferencesThroughOrt()
+    [Theory]
+    [InlineData(2, 2)] // multi-head
+    [InlineData(4, 2)] // grouped-query: two query heads per kv head
+    [InlineData(3, 1)] // multi-query
+    public void SparseAttentionGrad_MatchesFiniteDifferencesThroughOrt(int h, int hkv)
     {
         // Loss = <G, Y>. Central differences of the fp32 forward (step 1e-2, in fp32 through ORT) against the
-        // gradient op; relative L2 error per tensor.
-        const int b = 1, h = 2, sq = 4, sk = 5, e = 4, ev = 3, l = 3;
+        // gradient op; relative L2 error per tensor. K and V have hkv heads (query head i uses kv head i / (h / hkv)),
+        // so dK and dV are sums over each kv head's query heads.
+        const int b = 1, sq = 4, sk = 5, e = 4, ev = 3, l = 3;
         var q = Normal(b * h * sq * e, 21);
-        var k = Normal(b * h * sk * e, 22);
-        var v = Normal(b * h * sk * ev, 23);
+        var k = Normal(b * hkv * sk * e, 22);
+        var v = Normal(b * hkv * sk * ev, 23);
         var g = Normal(b * h * sq * ev, 24);
         var rng = new Random(25);
         var idx = Enumerable.Range(0, b * h * sq * l).Select(_ => rng.Next(-1, sk)).ToArray();
         var attrs = new Dictionary<string, object> { ["causal"] = 0L };
         (string, int, long?[])?[] fwdInputs =
-            [("Q", F, Dims(b, h, sq, e)), ("K", F, Dims(b, h, sk, e)), ("V", F, Dims(b, h, sk, ev)), ("indices", I, Dims(b, h, sq, l))];
+            [("Q", F, Dims(b, h, sq, e)), ("K", F, Dims(b, hkv, sk, e)), ("V", F, Dims(b, hkv, sk, ev)), ("indices", I, Dims(b, h, sq, l))];
         using var forward = new AttentionTestModel("SparseAttention", fwdInputs, [("Y", F), ("P", F)], attrs);
         using var backward = new AttentionTestModel("SparseAttentionGrad",
             [("dY", F, Dims(b, h, sq, ev)), .. fwdInputs, ("P", F, Dims(b, h, sq, l))], [("dQ", F), ("dK", F), ("dV", F)], attrs);
 
         (float[] Y, float[] P) Forward() =>
-            forward.Run(F32(q, b, h, sq, e), F32(k, b, h, sk, e), F32(v, b, h, sk, ev), I32(idx, b, h, sq, l)) is var r
+            forward.Run(F32(q, b, h, sq, e), F32(k, b, hkv, sk, e), F32(v, b, hkv, sk, ev), I32(idx, b, h, sq, l)) is var r
                 ? (r[0].F32!, r[1].F32!)
                 : default;
         double Loss() => Forward().Y.Select((y, i) => (double)y * g[i]).Sum();
 
-        Assert.Equal([[b, h, sq, e], [b, h, sk, e], [b, h, sk, ev]], backward.OutputShapes());
+        Assert.Equal([[b, h, sq, ev], [b, h, sq, l]], forward.OutputShapes());
+        Assert.Equal([[b, h, sq, e], [b, hkv, sk, e], [b, hkv, sk, ev]], backward.OutputShapes());
         var p = Forward().P;
-        var grads = backward.Run(F32(g, b, h, sq, ev), F32(q, b, h, sq, e), F32(k, b, h, sk, e), F32(v, b, h, sk, ev),
+        var grads = backward.Run(F32(g, b, h, sq, ev), F32(q, b, h, sq, e), F32(k, b, hkv, sk, e), F32(v, b, hkv, sk, ev),
             I32(idx, b, h, sq, l), F32(p, b, h, sq, l));
+        Assert.Equal([b, hkv, sk, e], grads[1].Shape);
         foreach (var (x, grad) in new[] { (q, grads[0].F32!), (k, grads[1].F32!), (v, grads[2].F32!) })
         {
             var fd = CentralDifferences(x, 1e-2f, Loss);
             Assert.True(RelL2(grad, fd) < 5e-3, $"relative L2 error {RelL2(grad, fd)}");
         }
+    }
+
+    [Fact]
+    public void GroupedHeads_PQTopKShapeAndHeadCountsThatDoNotDivide()
+    {
+        var topk = AttentionOps.PQTopK.InferTypes([new TensorType(ElementType.Int32, [new Dim(2), new Dim(8), new Dim(16), new Dim(4)]),
+            new TensorType(ElementType.Int32, [new Dim(2), new Dim(2), new Dim(16), new Dim(4)])]);
+        Assert.Equal("i32[2,8,16,2]", topk[0]!.ToString());
+        var error = Assert.Throws<OpContractException>(() => AttentionOps.SparseAttention.InferTypes(
+            [new TensorType(ElementType.Float, [new Dim(1), new Dim(6), new Dim(4), new Dim(8)]),
+             new TensorType(ElementType.Float, [new Dim(1), new Dim(4), new Dim(4), new Dim(8)]),
+             new TensorType(ElementType.Float, [new Dim(1), new Dim(4), new Dim(4), new Dim(8)]),
+             new TensorType(ElementType.Int32, [new Dim(1), new Dim(6), new Dim(4), new Dim(2)])]));
+        Assert.Contains("input 'K' has 4 heads; the 6 query heads must be a whole multiple of it (H % Hkv == 0)", error.Message);
+        Assert.Contains("input 'K' has 4 heads; the 6 query heads must be a whole multiple of it",
+            ErrorOf(() => RunAttention(Dims(1, 6, 3, 8), Dims(1, 4, 4, 8), [1, 6, 3, 8], [1, 4, 4, 8])));
     }
 
     // ------------------------------------------------------------------ PQLoss
@@ -449,7 +471,7 @@ public class AttentionOpsTests
     {
         // ORT 1.29 logs and tolerates a failing custom-op shape inference when the session is created, so with
         // static shapes too the error surfaces from the kernel's own check when the node runs.
-        const string expected = "SparseAttention: input 'K' must have shape [B, H, Sk, E] = [1, 2, ?, 8]; got [1, 2, 4, 6]";
+        const string expected = "SparseAttention: input 'K' must have shape [B, Hkv, Sk, E] = [1, ?, ?, 8]; got [1, 2, 4, 6]";
         Assert.Contains(expected, ErrorOf(() => RunAttention(Dims(1, 2, 3, 8), Dims(1, 2, 4, 6), [1, 2, 3, 8], [1, 2, 4, 6])));
         long?[] open = [null, null, null, null];
         Assert.Contains(expected, ErrorOf(() => RunAttention(open, open, [1, 2, 3, 8], [1, 2, 4, 6])));

@@ -56,7 +56,7 @@ public class AttentionSchemaTests
         Assert.Equal("f32[2,4,10,3]", outputs[1]!.ToString());
         var error = Assert.Throws<OpContractException>(() => AttentionOps.SparseAttention.InferTypes(
             [T(F, 2, 4, 10, 16), T(F, 2, 4, 12, 12), T(F, 2, 4, 12, 8), T(I, 2, 4, 10, 3)]));
-        Assert.Contains("spt::SparseAttention: input 'K' has shape [2, 4, 12, 12], expected [B, H, Sk, E]", error.Message);
+        Assert.Contains("spt::SparseAttention: input 'K' has shape [2, 4, 12, 12], expected [B, Hkv, Sk, E]", error.Message);
         Assert.Throws<OpContractException>(() => AttentionOps.SparseAttention.InferTypes(
             [T(F, 2, 4, 10, 16), T(F, 2, 4, 12, 16), T(F, 2, 4, 12, 8), T(I, 2, 4, 10, 3), T(F, 2, 10)]));
         Assert.Throws<OpContractException>(() => AttentionOps.SparseAttention.InferTypes(

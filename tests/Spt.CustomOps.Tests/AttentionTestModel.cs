@@ -29,7 +29,7 @@ internal sealed class AttentionTestModel : IDisposable
         _outputNames = outputs.Select(o => o.Name).ToArray();
         var model = BuildModel(op, inputs, outputs, attributes ?? new Dictionary<string, object>());
         _options = new SessionOptions { IntraOpNumThreads = 2 };
-        CustomOpLibrary.Register(_options);
+        NativeOpLibrary.Register(_options);
         try
         {
             _session = new InferenceSession(model, _options);

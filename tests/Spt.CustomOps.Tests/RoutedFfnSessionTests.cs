@@ -359,7 +359,7 @@ public class RoutedFfnSessionTests
     private static InferenceSession Session(Model model)
     {
         using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_FATAL, IntraOpNumThreads = 2 };
-        CustomOpLibrary.Register(options);
+        NativeOpLibrary.Register(options);
         return new InferenceSession(model.ToBytes(), options);
     }
 

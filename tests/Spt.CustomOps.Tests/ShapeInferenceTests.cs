@@ -21,7 +21,7 @@ public class ShapeInferenceTests
         using var model = b.Build();
 
         using var options = new SessionOptions();
-        CustomOpLibrary.Register(options);
+        NativeOpLibrary.Register(options);
         using var session = new InferenceSession(model.ToBytes(), options);
 
         var codesQ = new int[1 * 2 * 3 * 4];

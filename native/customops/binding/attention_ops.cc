@@ -1,5 +1,6 @@
 // ORT binding of the sparse-attention family (domain "spt", opset 1, CPU, fp32):
 //   PQEncode, PQTopK, SparseAttention, SparseAttentionGrad, PQLoss, PQLossGrad.
+// Keys and values may have fewer heads than queries (Hkv with H % Hkv == 0: GQA/MQA).
 // Every input is declared with an open element type so that a wrong dtype (fp16, bf16, ...) reaches our own
 // check and fails with a message naming the op, the input and what was expected. The kernels in cpu/ do
 // the work; this file unpacks tensors, validates, converts masks and backs cpu::Parallel with ORT's pool.
@@ -20,6 +21,10 @@
 #include "cpu/parallel.h"
 #include "cpu/pq.h"
 #include "cpu/sparse_attention.h"
+#if SPT_WITH_CUDA
+#include "binding/cuda_support.h"
+#include "cuda/kernels.h"
+#endif
 
 namespace spt::binding {
 namespace {
@@ -241,6 +246,11 @@ InferShape InputShapeOrEmpty(Ort::ShapeInferContext& ctx, std::size_t i) {
   return i < ctx.GetInputCount() ? ctx.GetInputShape(i) : InferShape{};
 }
 
+// Grouped K/V heads at graph time: when both head counts are known, H must be a multiple of Hkv.
+void InferHeadGroups(const char* op, const char* input, const Dim& h, const Dim& hkv) {
+  if (Known(h) && Known(hkv)) cpu::CheckHeadGroups(op, input, h.AsInt(), hkv.AsInt());
+}
+
 template <typename F>
 Ort::Status GuardInfer(F&& body) {
   return Ort::Status(Guard(std::forward<F>(body)));
@@ -337,6 +347,11 @@ struct PQTopKKernel {
     });
   }
 
+  cpu::TopKMode mode() const { return mode_; }
+  bool causal() const { return causal_; }
+  int64_t top_k() const { return top_k_; }
+  float ratio() const { return ratio_; }
+
  private:
   cpu::TopKMode mode_;
   bool causal_;
@@ -364,8 +379,9 @@ struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
       const InferShape q = ctx.GetInputShape(0), k = ctx.GetInputShape(1), m = InputShapeOrEmpty(ctx, 2);
       InferExpect("PQTopK", "codes_q", q, {nullptr, nullptr, nullptr, nullptr}, "[B, H, Sq, M]");
       if (q.size() != 4) return;
-      InferExpect("PQTopK", "codes_k", k, {&q[0], &q[1], nullptr, &q[3]}, "[B, H, Sk, M]");
+      InferExpect("PQTopK", "codes_k", k, {&q[0], nullptr, nullptr, &q[3]}, "[B, Hkv, Sk, M]");
       if (k.size() != 4) return;
+      InferHeadGroups("PQTopK", "codes_k", q[1], k[1]);
       InferExpect("PQTopK", "key_padding_mask", m, {&q[0], &k[2]}, "[B, Sk]");
       const int64_t top_k = InferAttr([&] { return ctx.GetAttrInt("top_k"); }, int64_t{0});
       const float ratio = InferAttr([&] { return ctx.GetAttrFloat("top_k_ratio"); }, 0.125f);
@@ -425,10 +441,11 @@ void InferAttentionInputs(const char* op, Ort::ShapeInferContext& ctx, std::size
   idx = ctx.GetInputShape(offset + 3);
   InferExpect(op, "Q", q, {nullptr, nullptr, nullptr, nullptr}, "[B, H, Sq, E]");
   if (q.size() != 4) q = {Dim(int64_t{-1}), Dim(int64_t{-1}), Dim(int64_t{-1}), Dim(int64_t{-1})};
-  InferExpect(op, "K", k, {&q[0], &q[1], nullptr, &q[3]}, "[B, H, Sk, E]");
-  if (k.size() != 4) k = q;
-  InferExpect(op, "V", v, {&q[0], &q[1], &k[2], nullptr}, "[B, H, Sk, Ev]");
-  if (v.size() != 4) v = {q[0], q[1], k[2], Dim(int64_t{-1})};
+  InferExpect(op, "K", k, {&q[0], nullptr, nullptr, &q[3]}, "[B, Hkv, Sk, E]");
+  if (k.size() != 4) k = {q[0], Dim(int64_t{-1}), Dim(int64_t{-1}), q[3]};
+  InferHeadGroups(op, "K", q[1], k[1]);
+  InferExpect(op, "V", v, {&q[0], &k[1], &k[2], nullptr}, "[B, Hkv, Sk, Ev]");
+  if (v.size() != 4) v = {q[0], k[1], k[2], Dim(int64_t{-1})};
   InferExpect(op, "indices", idx, {&q[0], &q[1], &q[2], nullptr}, "[B, H, Sq, L]");
   if (idx.size() != 4) idx = {q[0], q[1], q[2], Dim(int64_t{-1})};
   InferExpect(op, "key_padding_mask", InputShapeOrEmpty(ctx, mask_index), {&q[0], &k[2]},
@@ -576,6 +593,260 @@ struct PQLossGradOp : SptOp<PQLossGradOp, PQLossGradKernel> {
   }
 };
 
+#if SPT_WITH_CUDA
+// ----------------------------------------------------------------------------- CUDAExecutionProvider kernels
+//
+// The same six ops for sessions with the CUDA provider: inputs and outputs in device memory, work enqueued on
+// ORT's compute stream, scratch from ORT's allocator for the device (CudaScratch). Schemas, attributes,
+// shape checks and error messages are the CPU ops' (the CUDA ops reuse their InferOutputShape). Through ORT
+// the element type is float32, as the op schemas declare; the kernels themselves also take fp16/bf16.
+
+Input RequireDeviceInput(const Ort::KernelContext& ctx, std::size_t index, const char* op, const char* name,
+                         ONNXTensorElementDataType want) {
+  Input in = GetInput(ctx, index);
+  if (!in.present()) throw std::invalid_argument(std::string(op) + ": input '" + name + "' is required");
+  if (in.type != want) {
+    throw std::invalid_argument(std::string(op) + ": input '" + name + "' must be a " + TypeName(want) +
+                                " tensor on CUDA; got " + TypeName(in.type));
+  }
+  return in;
+}
+
+cuda::MaskType DeviceMaskType(const char* op, const Input& m, bool float_allowed, const char* allowed) {
+  switch (m.type) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL:
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8:
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return cuda::MaskType::kByte;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return cuda::MaskType::kInt32;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return cuda::MaskType::kInt64;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT:
+      if (float_allowed) return cuda::MaskType::kFloat;
+      [[fallthrough]];
+    default: FailMaskType(op, allowed, m.type);
+  }
+}
+
+// SparseAttention's mask on the device as the additive [B, Sk] bias: float as given, keep-masks converted.
+const float* DeviceAdditiveMask(const char* op, const Input& m, CudaScratch& scratch, cudaStream_t stream) {
+  if (!m.present()) return nullptr;
+  if (m.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) return m.data<float>();
+  const cuda::MaskType type =
+      DeviceMaskType(op, m, false, "float32 (additive) or bool/int8/uint8/int32/int64 (1 = keep, 0 = padded)");
+  const int64_t n = cpu::NumElements(m.shape);
+  auto* bias = static_cast<float*>(scratch.Take(static_cast<std::size_t>(n) * sizeof(float)));
+  cuda::MaskToBias(type, m.value.GetTensorRawData(), n, bias, stream);
+  return bias;
+}
+
+// Same message as cpu::CheckSparseAttentionIndices, from the device copy (one synchronization).
+void CheckDeviceIndices(const char* op, const cpu::SparseAttentionDims& d, const int32_t* indices, CudaScratch& scratch,
+                        cudaStream_t stream) {
+  const int64_t bad = cuda::FindBadIndex(d, indices, scratch.Take(cuda::FindBadIndexWorkspaceBytes()), stream);
+  if (bad < 0) return;
+  const int32_t j = CopyToHost<int32_t>(indices + bad, stream);
+  const int64_t t = bad % d.L, i = (bad / d.L) % d.Sq, bh = bad / (d.L * d.Sq);
+  throw std::invalid_argument(std::string(op) + ": input 'indices' holds " + std::to_string(j) + " at [" +
+                              std::to_string(bh / d.H) + ", " + std::to_string(bh % d.H) + ", " + std::to_string(i) +
+                              ", " + std::to_string(t) + "]; entries must be -1 (empty) or in [0, Sk = " +
+                              std::to_string(d.Sk) + ")");
+}
+
+template <typename TOp, typename TKernel>
+struct SptCudaOp : SptOp<TOp, TKernel> {
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+};
+
+struct PQEncodeCudaKernel : PQEncodeKernel {
+  using PQEncodeKernel::PQEncodeKernel;
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return Guard([&] {
+      Ort::KernelContext ctx(raw);
+      const Input z = RequireDeviceInput(ctx, 0, "PQEncode", "Z", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+      const Input w = RequireDeviceInput(ctx, 1, "PQEncode", "codebook", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+      const cpu::PQDims d = cpu::CheckPQInputs("PQEncode", z.shape, w.shape);
+      Shape out = z.shape;
+      out.back() = d.M;
+      int32_t* codes = Output<int32_t>(ctx, 0, out);
+      cuda::PQEncode(d, cuda::DType::kF32, z.data<float>(), w.data<float>(), codes, ComputeStream(ctx));
+    });
+  }
+};
+struct PQEncodeCudaOp : SptCudaOp<PQEncodeCudaOp, PQEncodeCudaKernel> {
+  static constexpr std::size_t kInputs = PQEncodeOp::kInputs, kRequiredInputs = PQEncodeOp::kRequiredInputs;
+  const char* GetName() const { return "PQEncode"; }
+  std::size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32; }
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return PQEncodeOp::InferOutputShape(ctx); }
+};
+
+struct PQTopKCudaKernel : PQTopKKernel {
+  using PQTopKKernel::PQTopKKernel;
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return Guard([&] {
+      Ort::KernelContext ctx(raw);
+      const cudaStream_t stream = ComputeStream(ctx);
+      const Input q = RequireDeviceInput(ctx, 0, "PQTopK", "codes_q", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+      const Input k = RequireDeviceInput(ctx, 1, "PQTopK", "codes_k", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+      const Input mask = GetInput(ctx, 2);
+      cpu::PQTopKDims d = cpu::CheckPQTopKInputs(q.shape, k.shape, mask.present() ? &mask.shape : nullptr);
+      d.L = cpu::ResolveTopK(top_k(), ratio(), d.Sk);
+      CudaScratch scratch(ctx);
+      const uint8_t* keep = nullptr;
+      if (mask.present()) {
+        const auto type = DeviceMaskType("PQTopK", mask, true, "bool/int8/uint8/int32/int64/float32 (nonzero = keep, 0 = padded)");
+        auto* buffer = static_cast<uint8_t*>(scratch.Take(static_cast<std::size_t>(d.B * d.Sk)));
+        cuda::MaskToKeep(type, mask.value.GetTensorRawData(), d.B * d.Sk, buffer, stream);
+        keep = buffer;
+      }
+      int32_t* out = Output<int32_t>(ctx, 0, {d.B, d.H, d.Sq, d.L});
+      cuda::PQTopK(d, mode(), causal(), 0, q.data<int32_t>(), k.data<int32_t>(), keep, out, stream);
+    });
+  }
+};
+struct PQTopKCudaOp : SptCudaOp<PQTopKCudaOp, PQTopKCudaKernel> {
+  static constexpr std::size_t kInputs = PQTopKOp::kInputs, kRequiredInputs = PQTopKOp::kRequiredInputs;
+  const char* GetName() const { return "PQTopK"; }
+  std::size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32; }
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return PQTopKOp::InferOutputShape(ctx); }
+};
+
+struct SparseAttentionCudaKernel {
+  explicit SparseAttentionCudaKernel(const OrtKernelInfo* info) : attrs_(info, "SparseAttention") {}
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return Guard([&] {
+      constexpr const char* op = "SparseAttention";
+      constexpr auto f32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+      Ort::KernelContext ctx(raw);
+      const cudaStream_t stream = ComputeStream(ctx);
+      const Input q = RequireDeviceInput(ctx, 0, op, "Q", f32), k = RequireDeviceInput(ctx, 1, op, "K", f32);
+      const Input v = RequireDeviceInput(ctx, 2, op, "V", f32);
+      const Input idx = RequireDeviceInput(ctx, 3, op, "indices", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+      const Input mask = GetInput(ctx, 4);
+      const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
+                                                     mask.present() ? &mask.shape : nullptr);
+      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      CudaScratch scratch(ctx);
+      const float* bias = DeviceAdditiveMask(op, mask, scratch, stream);
+      CheckDeviceIndices(op, d, idx.data<int32_t>(), scratch, stream);
+      float* y = Output<float>(ctx, 0, {d.B, d.H, d.Sq, d.Ev});
+      float* probs = Output<float>(ctx, 1, {d.B, d.H, d.Sq, d.L});
+      cuda::SparseAttentionForward(d, p, cuda::DType::kF32, q.data<float>(), k.data<float>(), v.data<float>(),
+                                   idx.data<int32_t>(), bias, y, probs, stream);
+    });
+  }
+
+ private:
+  AttentionAttributes attrs_;
+};
+struct SparseAttentionCudaOp : SptCudaOp<SparseAttentionCudaOp, SparseAttentionCudaKernel> {
+  static constexpr std::size_t kInputs = SparseAttentionOp::kInputs, kRequiredInputs = SparseAttentionOp::kRequiredInputs;
+  const char* GetName() const { return "SparseAttention"; }
+  std::size_t GetOutputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return SparseAttentionOp::InferOutputShape(ctx); }
+};
+
+struct SparseAttentionGradCudaKernel {
+  explicit SparseAttentionGradCudaKernel(const OrtKernelInfo* info) : attrs_(info, "SparseAttentionGrad") {}
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return Guard([&] {
+      constexpr const char* op = "SparseAttentionGrad";
+      constexpr auto f32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+      Ort::KernelContext ctx(raw);
+      const cudaStream_t stream = ComputeStream(ctx);
+      const Input dy = RequireDeviceInput(ctx, 0, op, "dY", f32);
+      const Input q = RequireDeviceInput(ctx, 1, op, "Q", f32), k = RequireDeviceInput(ctx, 2, op, "K", f32);
+      const Input v = RequireDeviceInput(ctx, 3, op, "V", f32);
+      const Input idx = RequireDeviceInput(ctx, 4, op, "indices", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+      const Input probs = RequireDeviceInput(ctx, 5, op, "P", f32);
+      const Input mask = GetInput(ctx, 6);
+      const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
+                                                     mask.present() ? &mask.shape : nullptr);
+      cpu::CheckSparseAttentionGradInputs(d, dy.shape, probs.shape);
+      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      // As on CPU the mask is only checked: its effect is already in P.
+      if (mask.present() && mask.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+        DeviceMaskType(op, mask, false, "float32 (additive) or bool/int8/uint8/int32/int64 (1 = keep, 0 = padded)");
+      }
+      CudaScratch scratch(ctx);
+      CheckDeviceIndices(op, d, idx.data<int32_t>(), scratch, stream);
+      float* dq = Output<float>(ctx, 0, q.shape);
+      float* dk = Output<float>(ctx, 1, k.shape);
+      float* dv = Output<float>(ctx, 2, v.shape);
+      void* ws = scratch.Take(cuda::SparseAttentionBackwardWorkspaceBytes(d));
+      cuda::SparseAttentionBackward(d, p, cuda::DType::kF32, dy.data<float>(), q.data<float>(), k.data<float>(),
+                                    v.data<float>(), idx.data<int32_t>(), probs.data<float>(), dq, dk, dv, ws, stream);
+    });
+  }
+
+ private:
+  AttentionAttributes attrs_;
+};
+struct SparseAttentionGradCudaOp : SptCudaOp<SparseAttentionGradCudaOp, SparseAttentionGradCudaKernel> {
+  static constexpr std::size_t kInputs = SparseAttentionGradOp::kInputs,
+                               kRequiredInputs = SparseAttentionGradOp::kRequiredInputs;
+  const char* GetName() const { return "SparseAttentionGrad"; }
+  std::size_t GetOutputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return SparseAttentionGradOp::InferOutputShape(ctx); }
+};
+
+struct PQLossCudaKernel {
+  explicit PQLossCudaKernel(const OrtKernelInfo*) {}
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return Guard([&] {
+      Ort::KernelContext ctx(raw);
+      const Input z = RequireDeviceInput(ctx, 0, "PQLoss", "Z", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+      const Input w = RequireDeviceInput(ctx, 1, "PQLoss", "codebook", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+      const auto d = cpu::CheckPQInputs("PQLoss", z.shape, w.shape);
+      CudaScratch scratch(ctx);
+      float* loss = Output<float>(ctx, 0, {});
+      cuda::PQLoss(d, cuda::DType::kF32, z.data<float>(), w.data<float>(), loss,
+                   scratch.Take(cuda::PQLossWorkspaceBytes(d)), ComputeStream(ctx));
+    });
+  }
+};
+struct PQLossCudaOp : SptCudaOp<PQLossCudaOp, PQLossCudaKernel> {
+  static constexpr std::size_t kInputs = PQLossOp::kInputs, kRequiredInputs = PQLossOp::kRequiredInputs;
+  const char* GetName() const { return "PQLoss"; }
+  std::size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return PQLossOp::InferOutputShape(ctx); }
+};
+
+struct PQLossGradCudaKernel {
+  explicit PQLossGradCudaKernel(const OrtKernelInfo* info)
+      : detach_(BoolAttr("PQLossGrad", "detach_inputs", AttrInt("PQLossGrad", info, "detach_inputs", 0))) {}
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return Guard([&] {
+      constexpr const char* op = "PQLossGrad";
+      Ort::KernelContext ctx(raw);
+      const Input dl = RequireDeviceInput(ctx, 0, op, "dLoss", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+      const Input z = RequireDeviceInput(ctx, 1, op, "Z", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+      const Input w = RequireDeviceInput(ctx, 2, op, "codebook", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+      if (cpu::NumElements(dl.shape) != 1) cpu::FailInput(op, "dLoss", "[] (a scalar, or one element)", dl.shape);
+      const auto d = cpu::CheckPQInputs(op, z.shape, w.shape);
+      CudaScratch scratch(ctx);
+      float* dz = Output<float>(ctx, 0, z.shape);
+      float* dw = Output<float>(ctx, 1, w.shape);
+      cuda::PQLossGrad(d, cuda::DType::kF32, dl.data<float>(), z.data<float>(), w.data<float>(), detach_, dz, dw,
+                       scratch.Take(cuda::PQLossGradWorkspaceBytes(d)), ComputeStream(ctx));
+    });
+  }
+
+ private:
+  bool detach_;
+};
+struct PQLossGradCudaOp : SptCudaOp<PQLossGradCudaOp, PQLossGradCudaKernel> {
+  static constexpr std::size_t kInputs = PQLossGradOp::kInputs, kRequiredInputs = PQLossGradOp::kRequiredInputs;
+  const char* GetName() const { return "PQLossGrad"; }
+  std::size_t GetOutputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return PQLossGradOp::InferOutputShape(ctx); }
+};
+#endif  // SPT_WITH_CUDA
+
 }  // namespace
 
 void AddAttentionOps(Ort::CustomOpDomain& domain) {
@@ -590,6 +861,19 @@ void AddAttentionOps(Ort::CustomOpDomain& domain) {
                                                              &sparse_attention_grad, &pq_loss, &pq_loss_grad}) {
     domain.Add(op);
   }
+#if SPT_WITH_CUDA
+  static PQEncodeCudaOp pq_encode_cuda;
+  static PQTopKCudaOp pq_topk_cuda;
+  static SparseAttentionCudaOp sparse_attention_cuda;
+  static SparseAttentionGradCudaOp sparse_attention_grad_cuda;
+  static PQLossCudaOp pq_loss_cuda;
+  static PQLossGradCudaOp pq_loss_grad_cuda;
+  for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&pq_encode_cuda, &pq_topk_cuda, &sparse_attention_cuda,
+                                                             &sparse_attention_grad_cuda, &pq_loss_cuda,
+                                                             &pq_loss_grad_cuda}) {
+    domain.Add(op);
+  }
+#endif
 }
 
 }  // namespace spt::binding

@@ -30,6 +30,10 @@
 #include "cpu/blas.h"
 #include "cpu/parallel.h"
 #include "cpu/routed_ffn.h"
+#if SPT_WITH_CUDA
+#include "binding/cuda_support.h"
+#include "cuda/kernels.h"
+#endif
 
 namespace spt::binding {
 namespace {
@@ -508,8 +512,9 @@ OrtStatusPtr Guarded(Fn&& fn) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-struct RoutedFfnKernel {
-  RoutedFfnKernel(const OrtKernelInfo* info) : label(NodeLabel(kRoutedFfn, info)), attrs(ReadAttrs(info, label)) {}
+template <typename Backend>
+struct RoutedFfnKernelT {
+  RoutedFfnKernelT(const OrtKernelInfo* info) : label(NodeLabel(kRoutedFfn, info)), attrs(ReadAttrs(info, label)) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return Guarded([&] {
@@ -528,9 +533,7 @@ struct RoutedFfnKernel {
       }
       state.pre = OptionalFloatOutput(ctx, kU, {T * k, cfg.PreWidth()});
       const cpu::RoutedFfnWeights w = WeightsFrom(ctx, 0);
-      UseSingleThreadedBlas();
-      ScratchBuffer scratch(ctx, cpu::RoutedFfnForwardWorkspaceBytes(cfg, state));
-      cpu::RoutedFfnForward(cfg, w, FloatData(ctx, kX), y, state, scratch.get(), OrtParallel(ctx));
+      Backend::Forward(ctx, cfg, w, FloatData(ctx, kX), y, state);
     });
   }
 
@@ -538,19 +541,88 @@ struct RoutedFfnKernel {
   Attrs attrs;
 };
 
-struct RoutedFfnOp : Ort::CustomOpBase<RoutedFfnOp, RoutedFfnKernel, true> {
+// The CPU backend: OpenBLAS GEMMs on tasks of ORT's intra-op pool, scratch from ORT's CPU allocator.
+struct CpuFfn {
+  static constexpr const char* kProvider = nullptr;  // ORT's default: CPUExecutionProvider
+  static void Forward(const Ort::KernelContext& ctx, const cpu::RoutedFfnConfig& cfg, const cpu::RoutedFfnWeights& w,
+                      const float* x, float* y, const cpu::RoutedFfnState& state) {
+    UseSingleThreadedBlas();
+    ScratchBuffer scratch(ctx, cpu::RoutedFfnForwardWorkspaceBytes(cfg, state));
+    cpu::RoutedFfnForward(cfg, w, x, y, state, scratch.get(), OrtParallel(ctx));
+  }
+  static std::string CheckSelection(const int32_t* selection, int64_t tokens, int64_t top_k, int64_t n_blocks,
+                                    const Ort::KernelContext&) {
+    return cpu::ValidateSelection(selection, tokens, top_k, n_blocks);
+  }
+  static void Backward(const Ort::KernelContext& ctx, const cpu::RoutedFfnConfig& cfg, const cpu::RoutedFfnWeights& w,
+                       const float* x, const float* dy, const cpu::RoutedFfnConstState& state,
+                       const cpu::RoutedFfnGrads& g) {
+    UseSingleThreadedBlas();
+    ScratchBuffer scratch(ctx, cpu::RoutedFfnBackwardWorkspaceBytes(cfg, g));
+    cpu::RoutedFfnBackward(cfg, w, x, dy, state, g, scratch.get(), OrtParallel(ctx));
+  }
+};
+
+#if SPT_WITH_CUDA
+// The CUDA backend (CUDAExecutionProvider): device tensors, ORT's compute stream, scratch from ORT's device
+// allocator, cuBLAS through a per-stream handle (binding/cuda_support.h). fp32, as the schema declares.
+struct CudaFfn {
+  static constexpr const char* kProvider = "CUDAExecutionProvider";
+  static cuda::FfnWeights Device(const cpu::RoutedFfnWeights& w) {
+    return {w.w1, w.b1, w.w2, w.b2, w.wr, w.br, w.w3, w.a1, w.b1_lora, w.a2, w.b2_lora, w.a3, w.b3_lora};
+  }
+  static void Forward(const Ort::KernelContext& ctx, const cpu::RoutedFfnConfig& cfg, const cpu::RoutedFfnWeights& w,
+                      const float* x, float* y, const cpu::RoutedFfnState& state) {
+    const cudaStream_t stream = ComputeStream(ctx);
+    const cuda::FfnState st{state.probs, state.selection, state.pre};
+    CudaScratch scratch(ctx);
+    void* ws = scratch.Take(cuda::RoutedFfnForwardWorkspaceBytes(cfg, cuda::DType::kF32, st));
+    StreamCublas blas = CublasFor(stream);
+    cuda::RoutedFfnForward(cfg, cuda::DType::kF32, Device(w), x, y, st, ws, blas.handle, stream);
+  }
+  // The selection lives on the device: validated from a host copy (one synchronization).
+  static std::string CheckSelection(const int32_t* selection, int64_t tokens, int64_t top_k, int64_t n_blocks,
+                                    const Ort::KernelContext& ctx) {
+    std::vector<int32_t> host(static_cast<std::size_t>(tokens * top_k));
+    const cudaStream_t stream = ComputeStream(ctx);
+    if (!host.empty() && (cudaMemcpyAsync(host.data(), selection, host.size() * sizeof(int32_t),
+                                          cudaMemcpyDeviceToHost, stream) != cudaSuccess ||
+                          cudaStreamSynchronize(stream) != cudaSuccess)) {
+      throw std::runtime_error("RoutedFFNGrad: reading 'Sel' from the device failed");
+    }
+    return cpu::ValidateSelection(host.data(), tokens, top_k, n_blocks);
+  }
+  static void Backward(const Ort::KernelContext& ctx, const cpu::RoutedFfnConfig& cfg, const cpu::RoutedFfnWeights& w,
+                       const float* x, const float* dy, const cpu::RoutedFfnConstState& state,
+                       const cpu::RoutedFfnGrads& g) {
+    const cudaStream_t stream = ComputeStream(ctx);
+    const cuda::FfnState st{const_cast<float*>(state.probs), const_cast<int32_t*>(state.selection),
+                            const_cast<float*>(state.pre)};  // read only in the backward
+    const cuda::FfnGrads dg{g.dx, g.dwr, g.dbr, g.dw1, g.db1, g.dw2, g.db2, g.dw3, g.da1, g.db1_lora, g.da2,
+                            g.db2_lora, g.da3, g.db3_lora};
+    CudaScratch scratch(ctx);
+    void* ws = scratch.Take(cuda::RoutedFfnBackwardWorkspaceBytes(cfg, cuda::DType::kF32, dg));
+    StreamCublas blas = CublasFor(stream);
+    cuda::RoutedFfnBackward(cfg, cuda::DType::kF32, Device(w), x, dy, st, dg, ws, blas.handle, stream);
+  }
+};
+#endif
+
+template <typename Backend>
+struct RoutedFfnOpT : Ort::CustomOpBase<RoutedFfnOpT<Backend>, RoutedFfnKernelT<Backend>, true> {
   // Shape inference needs the raw context (element types, empty optional inputs), so the hook is set
   // here rather than through the wrapper. ORT ignores the returned status: errors are thrown, which
   // fails the model load with the message.
-  RoutedFfnOp() {
+  RoutedFfnOpT() {
     OrtCustomOp::InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* raw) -> OrtStatusPtr {
       Ort::ShapeInferContext ctx(&Ort::GetApi(), raw);
       return InferRoutedFfn(ctx, raw);
     };
   }
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-    return Guarded([&] { *kernel = new RoutedFfnKernel(info); });
+    return Guarded([&] { *kernel = new RoutedFfnKernelT<Backend>(info); });
   }
+  const char* GetExecutionProviderType() const { return Backend::kProvider; }
   const char* GetName() const { return kRoutedFfn; }
   std::size_t GetInputTypeCount() const { return kFwdInputs; }
   // Any element type is accepted by the schema so that the kernel can reject non-fp32 tensors with a
@@ -570,8 +642,9 @@ struct RoutedFfnOp : Ort::CustomOpBase<RoutedFfnOp, RoutedFfnKernel, true> {
 };
 
 // ---------------------------------------------------------------------------------------------------
-struct RoutedFfnGradKernel {
-  RoutedFfnGradKernel(const OrtKernelInfo* info)
+template <typename Backend>
+struct RoutedFfnGradKernelT {
+  RoutedFfnGradKernelT(const OrtKernelInfo* info)
       : label(NodeLabel(kRoutedFfnGrad, info)), attrs(ReadAttrs(info, label)) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
@@ -603,7 +676,7 @@ struct RoutedFfnGradKernel {
       state.probs = FloatData(ctx, kGradP);
       state.selection = ctx.GetInput(kGradSel).GetTensorData<int32_t>();
       state.pre = FloatData(ctx, kGradU);
-      const std::string bad_sel = cpu::ValidateSelection(state.selection, T, k, nb);
+      const std::string bad_sel = Backend::CheckSelection(state.selection, T, k, nb, ctx);
       if (!bad_sel.empty()) Fail(label, "input 'Sel': " + bad_sel);
 
       const cpu::RoutedFfnWeights w = WeightsFrom(ctx, kGradShift);
@@ -656,10 +729,7 @@ struct RoutedFfnGradKernel {
       g.db2_lora = out[kDLB2];
       g.da3 = out[kDA3];
       g.db3_lora = out[kDLB3];
-      UseSingleThreadedBlas();
-      ScratchBuffer scratch(ctx, cpu::RoutedFfnBackwardWorkspaceBytes(cfg, g));
-      cpu::RoutedFfnBackward(cfg, w, FloatData(ctx, kX + kGradShift), FloatData(ctx, kGradDY), state, g, scratch.get(),
-                             OrtParallel(ctx));
+      Backend::Backward(ctx, cfg, w, FloatData(ctx, kX + kGradShift), FloatData(ctx, kGradDY), state, g);
     });
   }
 
@@ -667,16 +737,18 @@ struct RoutedFfnGradKernel {
   Attrs attrs;
 };
 
-struct RoutedFfnGradOp : Ort::CustomOpBase<RoutedFfnGradOp, RoutedFfnGradKernel, true> {
-  RoutedFfnGradOp() {
+template <typename Backend>
+struct RoutedFfnGradOpT : Ort::CustomOpBase<RoutedFfnGradOpT<Backend>, RoutedFfnGradKernelT<Backend>, true> {
+  RoutedFfnGradOpT() {
     OrtCustomOp::InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* raw) -> OrtStatusPtr {
       Ort::ShapeInferContext ctx(&Ort::GetApi(), raw);
       return InferRoutedFfnGrad(ctx, raw);
     };
   }
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-    return Guarded([&] { *kernel = new RoutedFfnGradKernel(info); });
+    return Guarded([&] { *kernel = new RoutedFfnGradKernelT<Backend>(info); });
   }
+  const char* GetExecutionProviderType() const { return Backend::kProvider; }
   const char* GetName() const { return kRoutedFfnGrad; }
   std::size_t GetInputTypeCount() const { return kGradInputs; }
   ONNXTensorElementDataType GetInputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED; }
@@ -696,10 +768,16 @@ struct RoutedFfnGradOp : Ort::CustomOpBase<RoutedFfnGradOp, RoutedFfnGradKernel,
 }  // namespace
 
 void AddFfnOps(Ort::CustomOpDomain& domain) {
-  static const RoutedFfnOp routed_ffn;
-  static const RoutedFfnGradOp routed_ffn_grad;
+  static const RoutedFfnOpT<CpuFfn> routed_ffn;
+  static const RoutedFfnGradOpT<CpuFfn> routed_ffn_grad;
   domain.Add(&routed_ffn);
   domain.Add(&routed_ffn_grad);
+#if SPT_WITH_CUDA
+  static const RoutedFfnOpT<CudaFfn> routed_ffn_cuda;
+  static const RoutedFfnGradOpT<CudaFfn> routed_ffn_grad_cuda;
+  domain.Add(&routed_ffn_cuda);
+  domain.Add(&routed_ffn_grad_cuda);
+#endif
 }
 
 }  // namespace spt::binding

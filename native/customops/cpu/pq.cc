@@ -99,7 +99,8 @@ int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk) {
 
 PQTopKDims CheckPQTopKInputs(const Shape& q, const Shape& k, const Shape* mask) {
   ExpectShape("PQTopK", "codes_q", q, {-1, -1, -1, -1}, "[B, H, Sq, M]");
-  ExpectShape("PQTopK", "codes_k", k, {q[0], q[1], -1, q[3]}, "[B, H, Sk, M]");
+  ExpectShape("PQTopK", "codes_k", k, {q[0], -1, -1, q[3]}, "[B, Hkv, Sk, M]");
+  CheckHeadGroups("PQTopK", "codes_k", q[1], k[1]);
   if (mask) ExpectShape("PQTopK", "key_padding_mask", *mask, {q[0], k[2]}, "[B, Sk]");
   PQTopKDims d;
   d.B = q[0];
@@ -107,6 +108,7 @@ PQTopKDims CheckPQTopKInputs(const Shape& q, const Shape& k, const Shape* mask) 
   d.Sq = q[2];
   d.Sk = k[2];
   d.M = q[3];
+  d.Hkv = k[1];
   return d;
 }
 
@@ -127,7 +129,10 @@ namespace {
     if (above + histogram[threshold] >= need) break;
     above += histogram[threshold];
   }
-  if (threshold < 0) threshold = 0;  // fewer candidates than `need`: take them all
+  if (threshold < 0) {  // fewer candidates than `need`: take them all (level 0 included)
+    threshold = 0;
+    above -= histogram[0];
+  }
   int64_t at_threshold = need - above, taken = 0;
   for (int64_t j = first; j < sk; j += stride) {
     const int16_t lv = levels[j];
@@ -173,7 +178,7 @@ struct TopKScratch {
   auto limit_of = [&](int64_t i) { return w.causal ? std::clamp<int64_t>(i + d.Sk - d.Sq + 1, 0, d.Sk) : d.Sk; };
   const int64_t key_end = limit_of(i1 - 1);
   // Subspace-major copy of the visible keys' codes so the match count vectorizes over keys.
-  const int32_t* kc = w.codes_k + bh * d.Sk * d.M;
+  const int32_t* kc = w.codes_k + KvHeadOf(bh, d.H, d.Hkv) * d.Sk * d.M;
   for (int64_t j = 0; j < key_end; ++j) {
     for (int64_t m = 0; m < d.M; ++m) s.key_codes[m * d.Sk + j] = kc[j * d.M + m];
   }

@@ -3,7 +3,8 @@
 //
 // Layouts: Z is [N, E] row-major (any leading dims flattened into N); the codebook W is [M, C, dc] with
 // E = M * dc (subspace m of a row is the contiguous chunk [m*dc, (m+1)*dc)); codes are int32 [N, M].
-// Attention tensors are [B, H, S, *]; BH = B*H is the flattened outer loop.
+// Attention tensors are [B, H, S, *]; BH = B*H is the flattened outer loop. Keys may have fewer heads
+// (Hkv, grouped-query attention): see CheckHeadGroups.
 #pragma once
 
 #include <cstdint>
@@ -45,10 +46,11 @@ int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk);
 
 struct PQTopKDims {
   int64_t B = 0, H = 0, Sq = 0, Sk = 0, M = 0;
+  int64_t Hkv = 0;  // key heads (H % Hkv == 0; query head h reads key head h / (H / Hkv))
   int64_t L = 0;  // keys per query (already resolved and clamped)
 };
 
-// Checks codes_q [B, H, Sq, M], codes_k [B, H, Sk, M] and the optional mask [B, Sk] (mask == nullptr: none).
+// Checks codes_q [B, H, Sq, M], codes_k [B, Hkv, Sk, M] (H % Hkv == 0) and the optional mask [B, Sk] (mask == nullptr: none).
 PQTopKDims CheckPQTopKInputs(const Shape& codes_q, const Shape& codes_k, const Shape* mask);
 
 // indices [B, H, Sq, L]: per query row the selected keys in ascending key order, followed by -1 sentinels

@@ -44,15 +44,18 @@ inline int64_t CausalLimit(const SparseAttentionDims& d, bool causal, int64_t i)
 SparseAttentionDims CheckSparseAttentionInputs(const char* op, const Shape& q, const Shape& k, const Shape& v,
                                                const Shape& indices, const Shape* mask) {
   ExpectShape(op, "Q", q, {-1, -1, -1, -1}, "[B, H, Sq, E]");
-  ExpectShape(op, "K", k, {q[0], q[1], -1, q[3]}, "[B, H, Sk, E]");
-  ExpectShape(op, "V", v, {q[0], q[1], k[2], -1}, "[B, H, Sk, Ev]");
+  ExpectShape(op, "K", k, {q[0], -1, -1, q[3]}, "[B, Hkv, Sk, E]");
+  CheckHeadGroups(op, "K", q[1], k[1]);
+  ExpectShape(op, "V", v, {q[0], k[1], k[2], -1}, "[B, Hkv, Sk, Ev]");
   ExpectShape(op, "indices", indices, {q[0], q[1], q[2], -1}, "[B, H, Sq, L]");
   if (mask) ExpectShape(op, "key_padding_mask", *mask, {q[0], k[2]}, "[B, Sk]");
-  SparseAttentionDims d{q[0], q[1], q[2], k[2], q[3], v[3], indices[3]};
+  SparseAttentionDims d{q[0], q[1], q[2], k[2], q[3], v[3], indices[3], k[1]};
   constexpr int64_t kInt32Max = 2147483647;
-  if (d.Sk > kInt32Max || d.Sq * d.L > kInt32Max) {
-    throw std::invalid_argument(std::string(op) + ": Sk and Sq * L must fit in int32 (got Sk = " +
-                                std::to_string(d.Sk) + ", Sq * L = " + std::to_string(d.Sq * d.L) + ")");
+  // The backward's key-major entries index the (query head in group, row, slot) triples of one kv head.
+  const int64_t entries = d.Group() * d.Sq * d.L;
+  if (d.Sk > kInt32Max || entries > kInt32Max) {
+    throw std::invalid_argument(std::string(op) + ": Sk and (H / Hkv) * Sq * L must fit in int32 (got Sk = " +
+                                std::to_string(d.Sk) + ", (H / Hkv) * Sq * L = " + std::to_string(entries) + ")");
   }
   return d;
 }
@@ -100,8 +103,8 @@ struct Problem {
   const T *q, *k, *v, *dy, *p, *key_bias;
   const int32_t* indices;
   T *y, *probs, *ds, *dq, *dk, *dv;
-  const int64_t* offsets;  // [BH, Sk + 1] key-major pattern
-  const int32_t* entries;  // [BH, Sq * L]
+  const int64_t* offsets;  // [B * Hkv, Sk + 1] key-major pattern
+  const int32_t* entries;  // [B * Hkv, G * Sq * L]
 };
 
 // Forward for rows [i0, i1) of head bh: SDDMM, clamp, mask, softmax, SpMM.
@@ -109,8 +112,9 @@ template <typename T>
 [[gnu::always_inline]] inline void ForwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1) {
   const SparseAttentionDims& d = w.d;
   const T neg_inf = -std::numeric_limits<T>::infinity();
-  const T* kb = w.k + bh * d.Sk * d.E;
-  const T* vb = w.v + bh * d.Sk * d.Ev;
+  const int64_t kvh = KvHeadOf(bh, d.H, d.Hkv);
+  const T* kb = w.k + kvh * d.Sk * d.E;
+  const T* vb = w.v + kvh * d.Sk * d.Ev;
   const T* bias = w.key_bias ? w.key_bias + (bh / d.H) * d.Sk : nullptr;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t row = bh * d.Sq + i;
@@ -157,8 +161,9 @@ template <typename T>
 [[gnu::always_inline]] inline void BackwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1,
                                                 uint8_t* pass) {
   const SparseAttentionDims& d = w.d;
-  const T* kb = w.k + bh * d.Sk * d.E;
-  const T* vb = w.v + bh * d.Sk * d.Ev;
+  const int64_t kvh = KvHeadOf(bh, d.H, d.Hkv);
+  const T* kb = w.k + kvh * d.Sk * d.E;
+  const T* vb = w.v + kvh * d.Sk * d.Ev;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t row = bh * d.Sq + i;
     const T* qi = w.q + row * d.E;
@@ -199,20 +204,22 @@ template <typename T>
   }
 }
 
-// dK_j = sum ds q_i and dV_j = sum p dy_i over the entries that point at key j, for keys [j0, j1) of head bh.
+// dK_j = sum ds q_i and dV_j = sum p dy_i over the entries that point at key j, for keys [j0, j1) of kv head
+// kvh. The kv head's G query heads are contiguous in Q, dY, P and ds (heads kvh*G .. kvh*G + G - 1 of the same
+// batch), so an entry e = g * Sq * L + i * L + t addresses slot e of the group and row e / L of its Q and dY.
 template <typename T>
-[[gnu::always_inline]] inline void BackwardKeys(const Problem<T>& w, int64_t bh, int64_t j0, int64_t j1) {
+[[gnu::always_inline]] inline void BackwardKeys(const Problem<T>& w, int64_t kvh, int64_t j0, int64_t j1) {
   const SparseAttentionDims& d = w.d;
-  const int64_t nnz = d.Sq * d.L;
-  const int64_t* off = w.offsets + bh * (d.Sk + 1);
-  const int32_t* ent = w.entries + bh * nnz;
-  const T* dsb = w.ds + bh * nnz;
-  const T* pb = w.p + bh * nnz;
-  const T* qb = w.q + bh * d.Sq * d.E;
-  const T* dyb = w.dy + bh * d.Sq * d.Ev;
+  const int64_t nnz = d.Group() * d.Sq * d.L;
+  const int64_t* off = w.offsets + kvh * (d.Sk + 1);
+  const int32_t* ent = w.entries + kvh * nnz;
+  const T* dsb = w.ds + kvh * nnz;
+  const T* pb = w.p + kvh * nnz;
+  const T* qb = w.q + kvh * d.Group() * d.Sq * d.E;
+  const T* dyb = w.dy + kvh * d.Group() * d.Sq * d.Ev;
   for (int64_t j = j0; j < j1; ++j) {
-    T* dkj = w.dk + (bh * d.Sk + j) * d.E;
-    T* dvj = w.dv + (bh * d.Sk + j) * d.Ev;
+    T* dkj = w.dk + (kvh * d.Sk + j) * d.E;
+    T* dvj = w.dv + (kvh * d.Sk + j) * d.Ev;
     std::fill(dkj, dkj + d.E, T(0));
     std::fill(dvj, dvj + d.Ev, T(0));
     for (int64_t e = off[j]; e < off[j + 1]; ++e) {
@@ -266,17 +273,18 @@ template <typename T>
 void SparseAttentionBackward(const SparseAttentionDims& d, const SparseAttentionParams& params, const T* dy,
                              const T* q, const T* k, const T* v, const int32_t* indices, const T* p, T* dq, T* dk,
                              T* dv, const Parallel& par) {
-  const int64_t bh_count = d.B * d.H, nnz = d.Sq * d.L;
+  const int64_t bh_count = d.B * d.H, kv_count = d.B * d.Hkv, nnz = d.Group() * d.Sq * d.L;
 
-  // Key-major copy of each (b, h) pattern: offsets [BH, Sk + 1], entries [BH, Sq * L] holding i * L + t,
-  // in ascending (i, t) order within each key (counting sort, stable).
-  std::vector<int64_t> offsets(static_cast<std::size_t>(bh_count * (d.Sk + 1)));
-  std::vector<int32_t> entries(static_cast<std::size_t>(bh_count * nnz));
-  par.For(static_cast<std::size_t>(bh_count), [&](std::size_t task) {
-    const int64_t bh = static_cast<int64_t>(task);
-    const int32_t* idx = indices + bh * nnz;
-    int64_t* off = offsets.data() + bh * (d.Sk + 1);
-    int32_t* ent = entries.data() + bh * nnz;
+  // Key-major copy of each (b, kv head) pattern over its G query heads: offsets [B * Hkv, Sk + 1], entries
+  // [B * Hkv, G * Sq * L] holding g * Sq * L + i * L + t, in ascending (g, i, t) order within each key
+  // (counting sort, stable).
+  std::vector<int64_t> offsets(static_cast<std::size_t>(kv_count * (d.Sk + 1)));
+  std::vector<int32_t> entries(static_cast<std::size_t>(kv_count * nnz));
+  par.For(static_cast<std::size_t>(kv_count), [&](std::size_t task) {
+    const int64_t kvh = static_cast<int64_t>(task);
+    const int32_t* idx = indices + kvh * nnz;  // the group's query heads are contiguous
+    int64_t* off = offsets.data() + kvh * (d.Sk + 1);
+    int32_t* ent = entries.data() + kvh * nnz;
     std::fill(off, off + d.Sk + 1, 0);
     for (int64_t e = 0; e < nnz; ++e) {
       if (idx[e] >= 0) ++off[idx[e] + 1];
@@ -290,7 +298,7 @@ void SparseAttentionBackward(const SparseAttentionDims& d, const SparseAttention
     off[0] = 0;
   });
 
-  std::vector<T> ds(static_cast<std::size_t>(bh_count * nnz));  // [BH, Sq, L]
+  std::vector<T> ds(static_cast<std::size_t>(bh_count * d.Sq * d.L));  // [BH, Sq, L]
   const Problem<T> w{d,  static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, q, k, v, dy, p,
                      nullptr, indices, nullptr, nullptr, ds.data(), dq, dk, dv, offsets.data(), entries.data()};
   const int64_t row_blocks = CeilDiv(d.Sq, kRowsPerTask);
@@ -300,9 +308,9 @@ void SparseAttentionBackward(const SparseAttentionDims& d, const SparseAttention
     RunBackwardRows(w, bh, block * kRowsPerTask, std::min(d.Sq, (block + 1) * kRowsPerTask), pass.data());
   });
   const int64_t key_blocks = CeilDiv(d.Sk, kKeysPerTask);
-  par.For(static_cast<std::size_t>(bh_count * key_blocks), [&](std::size_t task) {
-    const int64_t bh = static_cast<int64_t>(task) / key_blocks, block = static_cast<int64_t>(task) % key_blocks;
-    RunBackwardKeys(w, bh, block * kKeysPerTask, std::min(d.Sk, (block + 1) * kKeysPerTask));
+  par.For(static_cast<std::size_t>(kv_count * key_blocks), [&](std::size_t task) {
+    const int64_t kvh = static_cast<int64_t>(task) / key_blocks, block = static_cast<int64_t>(task) % key_blocks;
+    RunBackwardKeys(w, kvh, block * kKeysPerTask, std::min(d.Sk, (block + 1) * kKeysPerTask));
   });
 }
 

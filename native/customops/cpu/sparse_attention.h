@@ -1,7 +1,9 @@
 // Fixed-k sparse attention (spec sections 2.6-2.7): every query row attends to L selected keys.
 //
-//   Q [B, H, Sq, E], K [B, H, Sk, E], V [B, H, Sk, Ev], indices int32 [B, H, Sq, L] (-1 = empty slot),
+//   Q [B, H, Sq, E], K [B, Hkv, Sk, E], V [B, Hkv, Sk, Ev], indices int32 [B, H, Sq, L] (-1 = empty slot),
 //   key_bias [B, Sk] additive (optional) -> Y [B, H, Sq, Ev], P [B, H, Sq, L].
+// Grouped K/V heads: H % Hkv == 0 and query head h reads kv head h / G with G = H / Hkv (CheckHeadGroups);
+// the repeated K/V are never materialized. Hkv == H is plain multi-head attention.
 //
 // Per row i and slot t with key j = indices[i, t]:
 //   a_t = clamp(scale * <q_i, k_j>, -clamp, clamp) + key_bias[j]      (no clamp when clamp == 0)
@@ -13,8 +15,9 @@
 // Backward (plain softmax backward, no floor on c_i):
 //   dp_t = <dy_i, v_j>, c_i = sum_t p_t dp_t, ds_t = p_t (dp_t - c_i) * scale * [|scale <q_i, k_j>| <= clamp]
 //   dQ_i = sum_t ds_t k_j; dK_j = sum_{(i,t) -> j} ds_t q_i; dV_j = sum_{(i,t) -> j} p_t dy_i.
-// dK and dV are gathered through a per-(b, h) key-major copy of the index (counting sort), so every output
-// element is reduced by one task in a fixed order: deterministic and free of atomics.
+// dK and dV are gathered through a per-(b, kv head) key-major copy of the index of the kv head's G query heads
+// (counting sort), so every output element is reduced by one task in a fixed order (query head, row, slot):
+// deterministic and free of atomics; with G > 1 dK/dV are the sums over the group.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +30,8 @@ namespace spt::cpu {
 
 struct SparseAttentionDims {
   int64_t B = 0, H = 0, Sq = 0, Sk = 0, E = 0, Ev = 0, L = 0;
+  int64_t Hkv = 0;  // K/V heads; H % Hkv == 0
+  SPT_HOST_DEVICE int64_t Group() const { return H / Hkv; }
 };
 
 struct SparseAttentionParams {

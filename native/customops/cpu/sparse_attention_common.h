@@ -17,6 +17,13 @@
 #define SPT_CPU_CLONES
 #endif
 
+// Small index helpers are also called from the CUDA kernels (cuda/), which include these headers.
+#if defined(__CUDACC__)
+#define SPT_HOST_DEVICE __host__ __device__
+#else
+#define SPT_HOST_DEVICE
+#endif
+
 namespace spt::cpu {
 
 using Shape = std::vector<int64_t>;
@@ -63,5 +70,18 @@ inline void ExpectShape(const char* op, const char* input, const Shape& shape, c
     FailInput(op, input, want.str(), shape);
   }
 }
+
+// Grouped K/V heads (GQA/MQA): H query heads share Hkv key/value heads, H % Hkv == 0, and query head h reads
+// kv head h / (H / Hkv). Hkv == H is ordinary multi-head attention, Hkv == 1 multi-query attention.
+inline void CheckHeadGroups(const char* op, const char* input, int64_t h, int64_t hkv) {
+  if (hkv < 1 || h % hkv != 0) {
+    throw std::invalid_argument(std::string(op) + ": input '" + input + "' has " + std::to_string(hkv) +
+                                " heads; the " + std::to_string(h) +
+                                " query heads must be a whole multiple of it (H % Hkv == 0)");
+  }
+}
+
+// Flattened (b, kv head) of the flattened (b, query head) bh.
+inline SPT_HOST_DEVICE int64_t KvHeadOf(int64_t bh, int64_t h, int64_t hkv) { return (bh / h) * hkv + (bh % h) / (h / hkv); }
 
 }  // namespace spt::cpu

@@ -12,6 +12,7 @@
 
 #include "cpu/pq.h"
 #include "tests/attention_test_util.h"
+#include "tests/kernel_cases.h"
 
 namespace spt::cpu {
 namespace {
@@ -40,7 +41,9 @@ std::vector<int32_t> BruteForceEncode(const PQDims& d, const std::vector<float>&
 
 TEST(PQEncode, MatchesBruteForce) {
   const ThreadParallel par(3);
-  for (auto [n_rows, m, c, dc] : std::vector<std::array<int64_t, 4>>{{37, 2, 16, 8}, {300, 3, 5, 4}, {1, 1, 1, 3}}) {
+  std::vector<std::array<int64_t, 4>> cases{{37, 2, 16, 8}, {300, 3, 5, 4}, {1, 1, 1, 3}};
+  for (const auto& pc : test::kPQCases) cases.push_back({pc.N, pc.M, pc.C, pc.dc});  // the shared case table
+  for (auto [n_rows, m, c, dc] : cases) {
     const auto d = CheckPQInputs("PQEncode", {n_rows, m * dc}, {m, c, dc});
     const auto z = RandomNormal(n_rows * m * dc, 11);
     const auto w = RandomNormal(m * c * dc, 12);
@@ -77,11 +80,6 @@ TEST(PQEncode, RejectsHeadDimNotDivisibleByCodewordSize) {
 
 // ---------------------------------------------------------------- PQTopK
 
-struct TopKCase {
-  int64_t B, H, Sq, Sk, M, L;
-  bool causal, masked;
-};
-
 std::vector<int32_t> RandomCodes(int64_t n, int64_t m, int32_t range, uint32_t seed) {
   std::mt19937 gen(seed);
   std::uniform_int_distribution<int32_t> dist(0, range - 1);
@@ -105,7 +103,7 @@ bool Eligible(const PQTopKDims& d, bool causal, const std::vector<uint8_t>* keep
 int64_t Matches(const PQTopKDims& d, const std::vector<int32_t>& cq, const std::vector<int32_t>& ck, int64_t bh,
                 int64_t i, int64_t j) {
   int64_t n = 0;
-  for (int64_t m = 0; m < d.M; ++m) n += cq[(bh * d.Sq + i) * d.M + m] == ck[(bh * d.Sk + j) * d.M + m];
+  for (int64_t m = 0; m < d.M; ++m) n += cq[(bh * d.Sq + i) * d.M + m] == ck[(KvHeadOf(bh, d.H, d.Hkv) * d.Sk + j) * d.M + m];
   return n;
 }
 
@@ -132,23 +130,53 @@ std::vector<int32_t> BruteForceTopK(const PQTopKDims& d, bool causal, const std:
 
 TEST(PQTopK, ExactMatchesBruteForceRanking) {
   const ThreadParallel par(2);
-  const std::vector<TopKCase> cases = {
-      {1, 1, 8, 8, 4, 3, true, false},    {2, 3, 19, 19, 8, 5, true, true},   {2, 2, 7, 13, 8, 4, true, false},
-      {1, 2, 13, 7, 8, 3, true, true},    {2, 1, 11, 17, 10, 6, false, true}, {1, 1, 33, 33, 16, 33, true, false},
-      {1, 2, 9, 9, 2, 1, false, false},   {3, 1, 40, 40, 8, 5, true, true},
-  };
-  for (const auto& tc : cases) {
-    PQTopKDims d = CheckPQTopKInputs({tc.B, tc.H, tc.Sq, tc.M}, {tc.B, tc.H, tc.Sk, tc.M}, nullptr);
+  for (const auto& tc : test::kTopKCases) {  // the shared case table (GQA/MQA included)
+    PQTopKDims d = CheckPQTopKInputs({tc.B, tc.H, tc.Sq, tc.M}, {tc.B, tc.Hkv, tc.Sk, tc.M}, nullptr);
     d.L = tc.L;
     // Few distinct codes so counts tie often and the tie-break matters.
     const auto cq = RandomCodes(tc.B * tc.H * tc.Sq, tc.M, 3, 21);
-    const auto ck = RandomCodes(tc.B * tc.H * tc.Sk, tc.M, 3, 22);
+    const auto ck = RandomCodes(tc.B * tc.Hkv * tc.Sk, tc.M, 3, 22);
     const auto keep = RandomKeep(tc.B, tc.Sk, 23);
     const std::vector<uint8_t>* mask = tc.masked ? &keep : nullptr;
     std::vector<int32_t> got(d.B * d.H * d.Sq * d.L, 7);
     PQTopK(d, TopKMode::kExact, tc.causal, cq.data(), ck.data(), mask ? keep.data() : nullptr, got.data(), par);
     EXPECT_EQ(got, BruteForceTopK(d, tc.causal, cq, ck, mask))
-        << "B=" << tc.B << " H=" << tc.H << " Sq=" << tc.Sq << " Sk=" << tc.Sk << " L=" << tc.L;
+        << "B=" << tc.B << " H=" << tc.H << " Hkv=" << tc.Hkv << " Sq=" << tc.Sq << " Sk=" << tc.Sk << " L=" << tc.L;
+  }
+}
+
+// Grouped key heads: codes_k [B, Hkv, Sk, M]; query head h matches against key head h / (H / Hkv), the same
+// result as repeating the key codes per query head (both modes).
+TEST(PQTopK, GroupedKeyHeadsEqualRepeatedKeyHeads) {
+  for (const auto& [h, hkv] : std::vector<std::pair<int64_t, int64_t>>{{4, 2}, {3, 1}, {6, 3}}) {
+    const int64_t B = 2, Sq = 13, Sk = 17, M = 8, L = 5;
+    PQTopKDims g = CheckPQTopKInputs({B, h, Sq, M}, {B, hkv, Sk, M}, nullptr);
+    PQTopKDims r = CheckPQTopKInputs({B, h, Sq, M}, {B, h, Sk, M}, nullptr);
+    EXPECT_EQ(g.Hkv, hkv);
+    g.L = r.L = L;
+    const auto cq = RandomCodes(B * h * Sq, M, 3, 71), ck = RandomCodes(B * hkv * Sk, M, 3, 72);
+    std::vector<int32_t> repeated(B * h * Sk * M);
+    for (int64_t bh = 0; bh < B * h; ++bh) {
+      const int64_t src = KvHeadOf(bh, h, hkv);
+      std::copy(ck.begin() + src * Sk * M, ck.begin() + (src + 1) * Sk * M, repeated.begin() + bh * Sk * M);
+    }
+    const auto keep = RandomKeep(B, Sk, 73);
+    for (TopKMode mode : {TopKMode::kExact, TopKMode::kBucketed}) {
+      std::vector<int32_t> a(B * h * Sq * L), b(a.size());
+      PQTopK(g, mode, true, cq.data(), ck.data(), keep.data(), a.data(), ThreadParallel(2));
+      PQTopK(r, mode, true, cq.data(), repeated.data(), keep.data(), b.data(), Serial());
+      EXPECT_EQ(a, b) << "H=" << h << " Hkv=" << hkv;
+      if (mode == TopKMode::kExact) {
+        EXPECT_EQ(a, BruteForceTopK(g, true, cq, ck, &keep)) << "H=" << h << " Hkv=" << hkv;
+      }
+    }
+  }
+  try {
+    CheckPQTopKInputs({1, 4, 3, 8}, {1, 3, 3, 8}, nullptr);
+    ADD_FAILURE() << "4 query heads over 3 key heads must be rejected";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(),
+                 "PQTopK: input 'codes_k' has 3 heads; the 4 query heads must be a whole multiple of it (H % Hkv == 0)");
   }
 }
 
@@ -204,6 +232,21 @@ TEST(PQTopK, BucketedIsWellFormedWithMaskAndUnevenL) {
       ExpectWellFormed(d, causal, idx, &keep);
     }
   }
+}
+
+// A residue class with fewer eligible keys than its quota keeps all of them, level 0 included; only the slots it
+// cannot fill go to the other classes (a regression: the class once kept just one of its two level-0 keys).
+TEST(PQTopK, BucketedClassShortOfItsQuotaKeepsAllItsKeys) {
+  PQTopKDims d = CheckPQTopKInputs({1, 1, 1, 8}, {1, 1, 40, 8}, nullptr);
+  d.L = 16;  // quota 4 per class
+  const std::vector<int32_t> cq(8, 0);
+  std::vector<int32_t> ck(40 * 8, 0);  // every key matches in all 8 subspaces: bucket 3
+  for (int j : {0, 8}) std::fill(ck.begin() + j * 8, ck.begin() + (j + 1) * 8, 1);  // no match: bucket 0
+  std::vector<uint8_t> keep(40, 1);
+  for (int j = 12; j < 40; j += 4) keep[j] = 0;  // class 0 keeps keys 0, 4 and 8 only
+  std::vector<int32_t> idx(16);
+  PQTopK(d, TopKMode::kBucketed, false, cq.data(), ck.data(), keep.data(), idx.data(), Serial());
+  EXPECT_EQ(idx, (std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 17}));
 }
 
 // Realistic codes: tokens drawn around a few cluster centres, K = Q + small noise, codebook seeded from data
@@ -316,7 +359,9 @@ double ReferenceLoss(const PQDims& d, const std::vector<double>& z, const std::v
 }
 
 TEST(PQLoss, MatchesDoubleReference) {
-  for (auto [rows, m, c, dc] : std::vector<std::array<int64_t, 4>>{{5, 2, 4, 3}, {300, 2, 16, 8}, {1, 1, 1, 2}}) {
+  std::vector<std::array<int64_t, 4>> cases{{5, 2, 4, 3}, {300, 2, 16, 8}, {1, 1, 1, 2}};
+  for (const auto& pc : test::kPQCases) cases.push_back({pc.N, pc.M, pc.C, pc.dc});  // the shared case table
+  for (auto [rows, m, c, dc] : cases) {
     const auto d = CheckPQInputs("PQLoss", {rows, m * dc}, {m, c, dc});
     const auto z = RandomNormal(rows * m * dc, 61), w = RandomNormal(m * c * dc, 62);
     const double got = PQLoss(d, z.data(), w.data(), ThreadParallel(2));

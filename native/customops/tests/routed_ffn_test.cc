@@ -10,6 +10,7 @@
 #include "cpu/parallel.h"
 #include "cpu/routed_ffn.h"
 #include "tests/ffn_test_util.h"
+#include "tests/kernel_cases.h"
 
 namespace spt::test {
 namespace {
@@ -275,6 +276,32 @@ INSTANTIATE_TEST_SUITE_P(Grads, GradientCheck,
                            return std::string(ActName(std::get<0>(info.param))) + "_" + GateName(std::get<1>(info.param)) +
                                   (std::get<2>(info.param) ? "_lora_bias" : "_plain");
                          });
+
+// ---------------------------------------------------------------------------------------------------
+// The shared case table (also run by the GPU check): forward against the per-token reference and every
+// gradient against central differences.
+TEST(RoutedFfnCases, SharedCaseTableMatchesReferences) {
+  for (const FfnCase& fc : kFfnCases) {
+    cpu::RoutedFfnConfig cfg;
+    cfg.tokens = fc.tokens;
+    cfg.d_model = fc.d_model;
+    cfg.d_ff = fc.d_ff;
+    cfg.n_blocks = fc.n_blocks;
+    cfg.top_k = fc.top_k;
+    cfg.rank1 = fc.rank1;
+    cfg.rank2 = fc.rank2;
+    cfg.rank3 = fc.rank3;
+    cfg.activation = kActs[fc.activation];
+    cfg.gate = kGates[fc.gate];
+    ASSERT_EQ(cpu::ValidateRoutedFfnConfig(cfg), "");
+    const FfnProblem pr = MakeProblem(cfg, Options(fc.biases, fc.rank1 + fc.rank2 + fc.rank3 > 0), 53);
+    KernelRun run(pr);
+    run.Forward(cpu::ThreadParallel(2));
+    EXPECT_LT(RelativeError(run.y, RefRoutedForward(pr, RefSelect(pr, RefProbs(pr)))), 1e-5)
+        << ActName(cfg.activation) << " " << GateName(cfg.gate) << " T=" << cfg.tokens;
+    ExpectGradsMatchFiniteDifferences(pr, cpu::ThreadParallel(2), 59);
+  }
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Edge cases.

@@ -13,6 +13,7 @@
 
 #include "cpu/sparse_attention.h"
 #include "tests/attention_test_util.h"
+#include "tests/kernel_cases.h"
 
 namespace spt::cpu {
 namespace {
@@ -22,14 +23,20 @@ using test::RelL2Error;
 using test::RelMaxError;
 using test::ToDouble;
 
+// Shapes of the gradient tests below (K/V have H heads).
 struct Case {
   int64_t B, H, Sq, Sk, E, Ev;
 };
 
-std::string Describe(const Case& c, const SparseAttentionParams& p, bool masked) {
+template <typename C>
+std::string Describe(const C& c, const SparseAttentionParams& p, bool masked) {
   return "B=" + std::to_string(c.B) + " H=" + std::to_string(c.H) + " Sq=" + std::to_string(c.Sq) +
          " Sk=" + std::to_string(c.Sk) + " E=" + std::to_string(c.E) + " Ev=" + std::to_string(c.Ev) +
          " causal=" + std::to_string(p.causal) + " clamp=" + std::to_string(p.clamp) + " mask=" + std::to_string(masked);
+}
+
+std::string Describe(const test::AttentionCase& c, const SparseAttentionParams& p, bool masked) {
+  return Describe<test::AttentionCase>(c, p, masked) + " Hkv=" + std::to_string(c.Hkv);
 }
 
 // Additive key mask: mostly 0, some -inf (excluded), some finite negative biases (added as given).
@@ -71,7 +78,7 @@ void DenseReference(const SparseAttentionDims& d, const SparseAttentionParams& p
       double mx = -INFINITY;
       for (int64_t j = 0; j < d.Sk; ++j) {
         if (!Kept(d, p, bb, i, j)) continue;
-        a[j] = Logit(d, p, &q[row * d.E], &k[(bh * d.Sk + j) * d.E], bb, j);
+        a[j] = Logit(d, p, &q[row * d.E], &k[(KvHeadOf(bh, d.H, d.Hkv) * d.Sk + j) * d.E], bb, j);
         mx = std::max(mx, a[j]);
       }
       if (mx == -INFINITY) continue;
@@ -80,7 +87,7 @@ void DenseReference(const SparseAttentionDims& d, const SparseAttentionParams& p
       for (int64_t j = 0; j < d.Sk; ++j) {
         const double pj = a[j] == -INFINITY ? 0.0 : std::exp(a[j] - mx) / sum;
         probs[row * d.Sk + j] = pj;
-        for (int64_t e = 0; e < d.Ev; ++e) y[row * d.Ev + e] += pj * v[(bh * d.Sk + j) * d.Ev + e];
+        for (int64_t e = 0; e < d.Ev; ++e) y[row * d.Ev + e] += pj * v[(KvHeadOf(bh, d.H, d.Hkv) * d.Sk + j) * d.Ev + e];
       }
     }
   }
@@ -101,7 +108,7 @@ void SparseReference(const SparseAttentionDims& d, const SparseAttentionParams& 
       for (int64_t t = 0; t < d.L; ++t) {
         const int64_t j = idx[row * d.L + t];
         if (!Kept(d, p, bb, i, j)) continue;
-        a[t] = Logit(d, p, &q[row * d.E], &k[(bh * d.Sk + j) * d.E], bb, j);
+        a[t] = Logit(d, p, &q[row * d.E], &k[(KvHeadOf(bh, d.H, d.Hkv) * d.Sk + j) * d.E], bb, j);
         mx = std::max(mx, a[t]);
       }
       if (mx == -INFINITY) continue;
@@ -112,7 +119,7 @@ void SparseReference(const SparseAttentionDims& d, const SparseAttentionParams& 
         const double pt = std::exp(a[t] - mx) / sum;
         probs[row * d.L + t] = pt;
         const int64_t j = idx[row * d.L + t];
-        for (int64_t e = 0; e < d.Ev; ++e) y[row * d.Ev + e] += pt * v[(bh * d.Sk + j) * d.Ev + e];
+        for (int64_t e = 0; e < d.Ev; ++e) y[row * d.Ev + e] += pt * v[(KvHeadOf(bh, d.H, d.Hkv) * d.Sk + j) * d.Ev + e];
       }
     }
   }
@@ -139,9 +146,8 @@ std::vector<int32_t> RandomIndices(const SparseAttentionDims& d, uint32_t seed) 
   return idx;
 }
 
-const std::vector<Case> kCases = {
-    {1, 1, 5, 5, 4, 4}, {2, 3, 9, 9, 16, 8}, {2, 2, 6, 11, 8, 8}, {1, 2, 10, 6, 8, 5}, {1, 1, 17, 17, 64, 64},
-};
+// The shared case table (also run by the GPU check): GQA and MQA cases included.
+constexpr const auto& kCases = test::kAttentionCases;
 
 TEST(SparseAttention, AllKeysSelectedEqualsDenseAttention) {
   const ThreadParallel par(2);
@@ -149,12 +155,12 @@ TEST(SparseAttention, AllKeysSelectedEqualsDenseAttention) {
     for (bool causal : {true, false}) {
       for (bool masked : {false, true}) {
         for (double clamp : {0.0, 0.9}) {
-          const auto q = RandomNormal(c.B * c.H * c.Sq * c.E, 1), k = RandomNormal(c.B * c.H * c.Sk * c.E, 2);
-          const auto v = RandomNormal(c.B * c.H * c.Sk * c.Ev, 3);
+          const auto q = RandomNormal(c.B * c.H * c.Sq * c.E, 1), k = RandomNormal(c.B * c.Hkv * c.Sk * c.E, 2);
+          const auto v = RandomNormal(c.B * c.Hkv * c.Sk * c.Ev, 3);
           const auto bias = RandomBias(c.B, c.Sk, 4);
           const Shape mshape{c.B, c.Sk};
-          auto d = CheckSparseAttentionInputs("SparseAttention", {c.B, c.H, c.Sq, c.E}, {c.B, c.H, c.Sk, c.E},
-                                              {c.B, c.H, c.Sk, c.Ev}, {c.B, c.H, c.Sq, c.Sk}, masked ? &mshape : nullptr);
+          auto d = CheckSparseAttentionInputs("SparseAttention", {c.B, c.H, c.Sq, c.E}, {c.B, c.Hkv, c.Sk, c.E},
+                                              {c.B, c.Hkv, c.Sk, c.Ev}, {c.B, c.H, c.Sq, c.Sk}, masked ? &mshape : nullptr);
           const auto p = ResolveSparseAttentionParams("SparseAttention", 0.0, clamp, causal, c.E);
           const auto idx = AllKeysShuffled(d, 5);
           std::vector<float> y(c.B * c.H * c.Sq * c.Ev, NAN), probs(c.B * c.H * c.Sq * c.Sk, NAN);
@@ -195,14 +201,14 @@ TEST(SparseAttention, ClampIsActiveInTheClampCases) {
 TEST(SparseAttention, RandomIndicesWithSentinelsAndDuplicatesMatchSparseReference) {
   const ThreadParallel par(3);
   for (const auto& c : kCases) {
-    for (int64_t l : {1, 4, 13}) {
+    for (int64_t l : {int64_t{1}, int64_t{4}, int64_t{13}, c.L}) {
       for (bool causal : {true, false}) {
-        const auto q = RandomNormal(c.B * c.H * c.Sq * c.E, 6), k = RandomNormal(c.B * c.H * c.Sk * c.E, 7);
-        const auto v = RandomNormal(c.B * c.H * c.Sk * c.Ev, 8);
+        const auto q = RandomNormal(c.B * c.H * c.Sq * c.E, 6), k = RandomNormal(c.B * c.Hkv * c.Sk * c.E, 7);
+        const auto v = RandomNormal(c.B * c.Hkv * c.Sk * c.Ev, 8);
         const auto bias = RandomBias(c.B, c.Sk, 9);
         const Shape mshape{c.B, c.Sk};
-        auto d = CheckSparseAttentionInputs("SparseAttention", {c.B, c.H, c.Sq, c.E}, {c.B, c.H, c.Sk, c.E},
-                                            {c.B, c.H, c.Sk, c.Ev}, {c.B, c.H, c.Sq, l}, &mshape);
+        auto d = CheckSparseAttentionInputs("SparseAttention", {c.B, c.H, c.Sq, c.E}, {c.B, c.Hkv, c.Sk, c.E},
+                                            {c.B, c.Hkv, c.Sk, c.Ev}, {c.B, c.H, c.Sq, l}, &mshape);
         const auto p = ResolveSparseAttentionParams("SparseAttention", 0.0, 10.0, causal, c.E);
         const auto idx = RandomIndices(d, 10);
         CheckSparseAttentionIndices("SparseAttention", d, idx.data());
@@ -259,8 +265,8 @@ struct GradResult {
 template <typename Forward>
 GradResult CheckGradients(const SparseAttentionDims& d, const SparseAttentionParams& p, const std::vector<int32_t>& idx,
                           const std::vector<float>* bias, Forward&& forward_double, uint32_t seed) {
-  const auto qf = RandomNormal(d.B * d.H * d.Sq * d.E, seed), kf = RandomNormal(d.B * d.H * d.Sk * d.E, seed + 1);
-  const auto vf = RandomNormal(d.B * d.H * d.Sk * d.Ev, seed + 2), gf = RandomNormal(d.B * d.H * d.Sq * d.Ev, seed + 3);
+  const auto qf = RandomNormal(d.B * d.H * d.Sq * d.E, seed), kf = RandomNormal(d.B * d.Hkv * d.Sk * d.E, seed + 1);
+  const auto vf = RandomNormal(d.B * d.Hkv * d.Sk * d.Ev, seed + 2), gf = RandomNormal(d.B * d.H * d.Sq * d.Ev, seed + 3);
   auto q = ToDouble(qf), k = ToDouble(kf), v = ToDouble(vf);
   const auto g = ToDouble(gf);
   auto loss = [&] {
@@ -388,6 +394,98 @@ TEST(SparseAttentionGrad, IsDeterministicAcrossWorkerCounts) {
   for (int x = 0; x < 3; ++x) EXPECT_EQ(a[x], b[x]);
 }
 
+// ---------------------------------------------------------------- grouped K/V heads (GQA, MQA)
+
+// K or V [B, Hkv, Sk, X] repeated to [B, H, Sk, X] (query head h gets kv head h / (H / Hkv)).
+std::vector<float> RepeatHeads(const std::vector<float>& kv, int64_t b, int64_t h, int64_t hkv, int64_t rows) {
+  std::vector<float> out(static_cast<std::size_t>(b * h * rows));
+  for (int64_t bh = 0; bh < b * h; ++bh) {
+    const int64_t src = KvHeadOf(bh, h, hkv);
+    std::copy(kv.begin() + src * rows, kv.begin() + (src + 1) * rows, out.begin() + bh * rows);
+  }
+  return out;
+}
+
+TEST(SparseAttentionGroupedHeads, MatchMultiHeadAttentionOnRepeatedKeysAndValues) {
+  // (H, Hkv): GQA with groups of 2 and 3, MQA, and Hkv == H.
+  for (const auto& [h, hkv] : std::vector<std::pair<int64_t, int64_t>>{{4, 2}, {6, 2}, {3, 1}, {2, 2}}) {
+    for (bool causal : {true, false}) {
+      const int64_t B = 2, Sq = 9, Sk = 11, E = 8, Ev = 6, L = 5;
+      const Shape mshape{B, Sk};
+      const auto g = CheckSparseAttentionInputs("SparseAttention", {B, h, Sq, E}, {B, hkv, Sk, E}, {B, hkv, Sk, Ev},
+                                                {B, h, Sq, L}, &mshape);
+      const auto m = CheckSparseAttentionInputs("SparseAttention", {B, h, Sq, E}, {B, h, Sk, E}, {B, h, Sk, Ev},
+                                                {B, h, Sq, L}, &mshape);
+      EXPECT_EQ(g.Hkv, hkv);
+      EXPECT_EQ(g.Group(), h / hkv);
+      const auto p = ResolveSparseAttentionParams("SparseAttention", 0.0, 10.0, causal, E);
+      const auto idx = RandomIndices(g, 50);
+      auto bias = RandomBias(B, Sk, 51);
+      const auto q = RandomNormal(B * h * Sq * E, 52), k = RandomNormal(B * hkv * Sk * E, 53);
+      const auto v = RandomNormal(B * hkv * Sk * Ev, 54), dy = RandomNormal(B * h * Sq * Ev, 55);
+      const auto kr = RepeatHeads(k, B, h, hkv, Sk * E), vr = RepeatHeads(v, B, h, hkv, Sk * Ev);
+      std::vector<float> yg(dy.size()), pg(idx.size()), ym(dy.size()), pm(idx.size());
+      SparseAttentionForward<float>(g, p, q.data(), k.data(), v.data(), idx.data(), bias.data(), yg.data(), pg.data(),
+                                    ThreadParallel(2));
+      SparseAttentionForward<float>(m, p, q.data(), kr.data(), vr.data(), idx.data(), bias.data(), ym.data(),
+                                    pm.data(), Serial());
+      const std::string what = "H=" + std::to_string(h) + " Hkv=" + std::to_string(hkv) + " causal=" + std::to_string(causal);
+      EXPECT_EQ(yg, ym) << what;  // the same dot products in the same order: bit-identical
+      EXPECT_EQ(pg, pm) << what;
+      std::vector<float> dqg(q.size()), dkg(k.size()), dvg(v.size()), dqm(q.size()), dkm(kr.size()), dvm(vr.size());
+      SparseAttentionBackward<float>(g, p, dy.data(), q.data(), k.data(), v.data(), idx.data(), pg.data(), dqg.data(),
+                                     dkg.data(), dvg.data(), ThreadParallel(2));
+      SparseAttentionBackward<float>(m, p, dy.data(), q.data(), kr.data(), vr.data(), idx.data(), pm.data(),
+                                     dqm.data(), dkm.data(), dvm.data(), Serial());
+      EXPECT_EQ(dqg, dqm) << what;
+      // dK/dV of a kv head = the sum of the repeated heads' dK/dV over its group.
+      std::vector<double> dks(k.size(), 0.0), dvs(v.size(), 0.0);
+      for (int64_t bh = 0; bh < B * h; ++bh) {
+        const int64_t src = KvHeadOf(bh, h, hkv);
+        for (int64_t x = 0; x < Sk * E; ++x) dks[src * Sk * E + x] += dkm[bh * Sk * E + x];
+        for (int64_t x = 0; x < Sk * Ev; ++x) dvs[src * Sk * Ev + x] += dvm[bh * Sk * Ev + x];
+      }
+      EXPECT_LT(RelMaxError(ToDouble(dkg), dks), 1e-5) << what;
+      EXPECT_LT(RelMaxError(ToDouble(dvg), dvs), 1e-5) << what;
+    }
+  }
+}
+
+TEST(SparseAttentionGroupedHeads, GradientsMatchFiniteDifferences) {
+  for (const auto& [h, hkv] : std::vector<std::pair<int64_t, int64_t>>{{4, 2}, {3, 1}}) {
+    for (bool causal : {true, false}) {
+      const int64_t B = 1, Sq = 6, Sk = 7, E = 4, Ev = 3, L = 4;
+      auto d = CheckSparseAttentionInputs("SparseAttentionGrad", {B, h, Sq, E}, {B, hkv, Sk, E}, {B, hkv, Sk, Ev},
+                                          {B, h, Sq, L}, nullptr);
+      const auto p = ResolveSparseAttentionParams("SparseAttentionGrad", 1.0, 1.5, causal, E);
+      const auto idx = RandomIndices(d, 60);
+      auto sparse = [&](const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v) {
+        std::vector<double> y, probs;
+        SparseReference(d, p, q, k, v, idx, nullptr, y, probs);
+        return y;
+      };
+      ExpectGradientsClose(CheckGradients(d, p, idx, nullptr, sparse, 61),
+                           "H=" + std::to_string(h) + " Hkv=" + std::to_string(hkv) + " causal=" + std::to_string(causal));
+    }
+  }
+}
+
+TEST(SparseAttentionGroupedHeads, RejectHeadCountsThatDoNotDivide) {
+  const auto err = [](const Shape& k, const Shape& v) {
+    try {
+      CheckSparseAttentionInputs("SparseAttention", {1, 6, 4, 8}, k, v, {1, 6, 4, 2}, nullptr);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(err({1, 4, 4, 8}, {1, 4, 4, 8}),
+            "SparseAttention: input 'K' has 4 heads; the 6 query heads must be a whole multiple of it (H % Hkv == 0)");
+  EXPECT_NE(err({1, 3, 4, 8}, {1, 2, 4, 8}).find("input 'V' must have shape [B, Hkv, Sk, Ev] = [1, 3, 4, ?]"),
+            std::string::npos);
+  EXPECT_EQ(err({1, 3, 4, 8}, {1, 3, 4, 8}), "");
+}
+
 // ---------------------------------------------------------------- validation helpers
 
 std::string ErrorOf(const std::function<void()>& f) {
@@ -403,11 +501,11 @@ TEST(SparseAttentionValidation, NamesOpInputAndExpectedShape) {
   const std::string k_err = ErrorOf([] {
     CheckSparseAttentionInputs("SparseAttention", {2, 4, 8, 16}, {2, 4, 8, 12}, {2, 4, 8, 16}, {2, 4, 8, 2}, nullptr);
   });
-  EXPECT_EQ(k_err, "SparseAttention: input 'K' must have shape [B, H, Sk, E] = [2, 4, ?, 16]; got [2, 4, 8, 12]");
+  EXPECT_EQ(k_err, "SparseAttention: input 'K' must have shape [B, Hkv, Sk, E] = [2, ?, ?, 16]; got [2, 4, 8, 12]");
   EXPECT_NE(ErrorOf([] {
               CheckSparseAttentionInputs("SparseAttention", {2, 4, 8, 16}, {2, 4, 8, 16}, {2, 4, 9, 16}, {2, 4, 8, 2},
                                          nullptr);
-            }).find("input 'V' must have shape [B, H, Sk, Ev] = [2, 4, 8, ?]"),
+            }).find("input 'V' must have shape [B, Hkv, Sk, Ev] = [2, 4, 8, ?]"),
             std::string::npos);
   EXPECT_NE(ErrorOf([] {
               CheckSparseAttentionInputs("SparseAttentionGrad", {2, 4, 8, 16}, {2, 4, 8, 16}, {2, 4, 8, 16}, {2, 4, 8},

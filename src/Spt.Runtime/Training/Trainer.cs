@@ -6,6 +6,7 @@ using Spt.CustomOps;
 using Spt.Ir;
 using Spt.Passes.Training;
 using Spt.Runtime.Data;
+using Spt.Runtime.Distributed;
 using Spt.Runtime.Memory;
 
 namespace Spt.Runtime.Training;
@@ -47,6 +48,7 @@ public sealed class Trainer : IDisposable
     private readonly CheckpointStore? _store;
     private readonly MetricsWriter? _metrics;
     private readonly HashSet<string> _gradInputs, _evalInputs;
+    private readonly DataParallel? _parallel;
     private DataOrder _order;
     private TrainerState _state;
     private string? _lastCheckpoint;
@@ -132,7 +134,8 @@ public sealed class Trainer : IDisposable
             _parameters.Add(new ResidentParameter(spec, this));
         }
 
-        _trainFeeder = new BatchFeeder(Manifest, options.BatchSize, train.SequenceLength);
+        _parallel = options.Reducer is { } reducer ? new DataParallel(reducer, Manifest, train, options, Device) : null;
+        _trainFeeder = new BatchFeeder(Manifest, _parallel?.LocalBatch ?? options.BatchSize, train.SequenceLength);
         _schedule = new LrSchedule(options.Schedule, options.LearningRate, checked((int)options.WarmupSteps), checked((int)options.Steps));
         _state = TrainerState.Initial(options.Seed);
         _order = new DataOrder(train.Count, options.Seed);
@@ -261,6 +264,7 @@ public sealed class Trainer : IDisposable
 
         _state = state;
         _order = new DataOrder(_train.Count, state.DataSeed, state.DataEpoch, state.DataPosition);
+        _parallel?.Synchronized = false;
     }
 
     /// <summary>
@@ -272,6 +276,7 @@ public sealed class Trainer : IDisposable
     public TrainingResult Run(Action<StepReport>? onStep = null, long? stopAfter = null, CancellationToken cancel = default)
     {
         BeginRun();
+        SynchronizeRanks();
         var until = Math.Min(stopAfter ?? _options.Steps, _options.Steps);
         var firstStep = _state.Step + 1;
         _metrics?.Start(_state.Step);
@@ -341,12 +346,14 @@ public sealed class Trainer : IDisposable
     public StepReport TrainStep()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        SynchronizeRanks();
         var watch = Stopwatch.StartNew();
         var step = _state.Step + 1;
         double loss = 0, taskLoss = 0;
         for (var micro = 0; micro < _options.Accumulate; micro++)
         {
-            _trainFeeder.Fill(_train, _order.Next(_options.BatchSize));
+            var rows = _order.Next(_options.BatchSize);
+            _trainFeeder.Fill(_train, _parallel?.BeginMicroBatch(micro, rows, micro == 0 ? [] : Accumulators()) ?? rows);
             BindCommon(_gradBinding, _gradInputs, _trainFeeder);
             foreach (var p in _parameters.Where(p => p.Spec.Trainable))
             {
@@ -363,19 +370,30 @@ public sealed class Trainer : IDisposable
             }
 
             var l = ReadScalar(_loss);
-            if (!double.IsFinite(l))
+            if (!double.IsFinite(l) && _parallel is null)
             {
                 throw new TrainingDivergedException(step, "loss", l, _lastCheckpoint);
             }
 
-            loss += l;
-            taskLoss += ReadScalar(_taskLoss);
+            // Data parallel: this rank's share of the global batch's mean loss.
+            var weight = _parallel?.CurrentWeight ?? 1.0;
+            loss += weight * l;
+            taskLoss += weight * ReadScalar(_taskLoss);
+        }
+
+        if (_parallel is not null)
+        {
+            (loss, taskLoss) = _parallel.Reduce(Accumulators(), loss, taskLoss);
+            if (!double.IsFinite(loss))
+            {
+                throw new TrainingDivergedException(step, "loss", loss, _lastCheckpoint);
+            }
         }
 
         var lr = _schedule.At(step);
         WriteScalar(_lr, (float)lr);
         WriteScalar(_stepValue, step);
-        WriteScalar(_gradScale, 1f / _options.Accumulate);
+        WriteScalar(_gradScale, (_parallel?.GradScale ?? 1f) / _options.Accumulate);
         _optimizerBinding.BindInput("lr", _lr);
         _optimizerBinding.BindInput("step", _stepValue);
         _optimizerBinding.BindInput("grad_scale", _gradScale);
@@ -570,6 +588,23 @@ public sealed class Trainer : IDisposable
         _metrics?.Dispose();
     }
 
+    /// <summary>The running gradient sums of the trainable parameters.</summary>
+    private List<OrtValue> Accumulators() => [.. _parameters.Where(p => p.Spec.Trainable).Select(p => p.Acc![p.AccCurrent])];
+
+    /// <summary>Data parallel: rank 0's parameters, moments and position to every rank (before the first step, after a load).</summary>
+    private void SynchronizeRanks()
+    {
+        if (_parallel is null || _parallel.Synchronized)
+        {
+            return;
+        }
+
+        var state = _parallel.Synchronize(State, [.. _parameters.Where(p => p.Spec.Trainable)
+            .SelectMany(p => new[] { p.Values[p.Current], p.M![p.Current], p.V![p.Current] })]);
+        _state = state;
+        _order = new DataOrder(_train.Count, state.DataSeed, state.DataEpoch, state.DataPosition);
+    }
+
     private void BindCommon(OrtIoBinding binding, HashSet<string> inputs, BatchFeeder feeder)
     {
         foreach (var (name, value) in feeder.Values)
@@ -708,16 +743,36 @@ public sealed class Trainer : IDisposable
         }
     }
 
-    private static ExecutionDevice ChooseDevice(ExecutionDevice wanted)
+    private static ExecutionDevice ChooseDevice(ExecutionDevice wanted) => ResolveDevice(wanted);
+
+    /// <summary>
+    /// The device a trainer asked for <paramref name="wanted"/> runs on: Auto is CUDA when ORT has the CUDA provider
+    /// and sptc's CUDA kernels are built, else CPU. Cuda fails (<see cref="TrainingException"/>, one line) when either
+    /// is missing; a missing GPU surfaces when the first session starts.
+    /// </summary>
+    public static ExecutionDevice ResolveDevice(ExecutionDevice wanted)
     {
-        var cuda = OrtEnv.Instance().GetAvailableProviders().Contains("CUDAExecutionProvider");
+        var provider = OrtEnv.Instance().GetAvailableProviders().Contains("CUDAExecutionProvider");
+        string? kernels = null;
+        try
+        {
+            kernels = NativeOpLibrary.CudaPath;
+        }
+        catch (FileNotFoundException)
+        {
+        }
+
         return wanted switch
         {
             ExecutionDevice.Cpu => ExecutionDevice.Cpu,
-            ExecutionDevice.Auto => cuda ? ExecutionDevice.Cuda : ExecutionDevice.Cpu,
-            ExecutionDevice.Cuda when cuda => ExecutionDevice.Cuda,
-            _ => throw new TrainingException("the CUDA execution provider is not available in this ONNX Runtime " +
-                "(build with SPTC_ORT_CUDA=1 on a GPU host); use --device cpu"),
+            ExecutionDevice.Auto => provider && kernels is not null ? ExecutionDevice.Cuda : ExecutionDevice.Cpu,
+            ExecutionDevice.Cuda when !provider => throw new TrainingException(
+                "--device cuda: this ONNX Runtime has no CUDA execution provider (build with SPTC_ORT_GPU=1, i.e. " +
+                "-p:SptOrtGpu=true, on a GPU host); use --device cpu"),
+            ExecutionDevice.Cuda when kernels is null => throw new TrainingException(
+                $"--device cuda: sptc's CUDA kernels ({NativeOpLibrary.CudaFileName}) are not built " +
+                "(dotnet build -p:SptWithCuda=ON, needs nvcc); use --device cpu"),
+            _ => ExecutionDevice.Cuda,
         };
     }
 
@@ -731,14 +786,23 @@ public sealed class Trainer : IDisposable
 
         if (device == ExecutionDevice.Cuda)
         {
-            options.AppendExecutionProvider_CUDA(0);
+            try
+            {
+                options.AppendExecutionProvider_CUDA(0);
+            }
+            catch (OnnxRuntimeException e)
+            {
+                options.Dispose();
+                throw new TrainingException("--device cuda: the CUDA execution provider did not start (no usable GPU?): " +
+                    e.Message.Split('\n')[0], e);
+            }
         }
 
         if (needsCustomOps)
         {
             try
             {
-                CustomOpLibrary.Register(options);
+                NativeOpLibrary.Register(options, cuda: device == ExecutionDevice.Cuda);
             }
             catch (FileNotFoundException e)
             {

@@ -63,6 +63,12 @@ public sealed record TrainerOptions
     /// <summary>ORT intra-op threads (0: ORT's default).</summary>
     public int IntraOpThreads { get; init; }
 
+    /// <summary>
+    /// Data parallelism: the communicator that sums the ranks' gradients (null: one process). <see cref="BatchSize"/> is
+    /// then the global batch, split evenly over the ranks.
+    /// </summary>
+    public Distributed.IGradientReducer? Reducer { get; init; }
+
     /// <summary>Checks the values; throws <see cref="TrainingException"/> naming the flag at fault.</summary>
     public void Validate()
     {

@@ -18,7 +18,7 @@ internal sealed class OrtRunner : IDisposable
             InterOpNumThreads = 1,
         };
         if (customOps)
-            Spt.CustomOps.CustomOpLibrary.Register(options);
+            Spt.Runtime.NativeOpLibrary.Register(options);
         _session = new InferenceSession(model.ToBytes(), options);
     }
 
