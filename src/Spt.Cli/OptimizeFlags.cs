@@ -36,7 +36,7 @@ internal sealed class OptimizeFlags
 
     public Option<int> CodebookSize { get; } = new("--codebook-size") { Description = "Codewords per subspace", DefaultValueFactory = _ => 16 };
 
-    public Option<int> CodewordDim { get; } = new("--codeword-dim") { Description = "Codeword dim; the head dim must be a multiple", DefaultValueFactory = _ => 8 };
+    public Option<int?> CodewordDim { get; } = new("--codeword-dim") { Description = "Codeword dim; the head dim must be a multiple (default: per layer the largest of 1..8 that divides the head dim)" };
 
     public Option<string?> Layers { get; } = new("--layers") { Description = "Layer indices to rewrite, e.g. 0,2,5-7 (default: all)" };
 
@@ -130,11 +130,13 @@ internal sealed class OptimizeFlags
     public static string Rewrite(Model model, SptOptions options)
     {
         var report = SptOptimizer.Optimize(model, options);
-        if (report.AttentionRewritten == 0 && report.FfnRewritten == 0)
+        // Dense LoRA (--attention keep --ffn keep --lora R) rewrites no block and is still a request.
+        if (report.AttentionRewritten == 0 && report.FfnRewritten == 0 && options.LoraRank == 0)
         {
             throw new CliUsageException("the SPT rewrite found nothing to rewrite in the model (see 'sptc optimize --explain')");
         }
 
-        return $"SPT rewrite: {report.AttentionRewritten} of {report.AttentionFound} attention blocks, {report.FfnRewritten} of {report.FfnFound} FFN blocks";
+        return $"SPT rewrite: {report.AttentionRewritten} of {report.AttentionFound} attention blocks, {report.FfnRewritten} of {report.FfnFound} FFN blocks" +
+            (options.LoraRank > 0 ? $", LoRA rank {options.LoraRank}" : "");
     }
 }

@@ -55,6 +55,8 @@ public static class Program
         root.Subcommands.Add(VerifyCommand.Create(context));
         root.Subcommands.Add(CompileTrainingCommand.Create(context));
         root.Subcommands.Add(TrainCommand.Create(context));
+        root.Subcommands.Add(ApplyAdapterCommand.Create(context));
+        root.Subcommands.Add(PredictCommand.Create(context));
         root.Subcommands.Add(BenchCommand.Create(context));
         root.Subcommands.Add(BenchCommand.CreateWorker(context));
         root.Subcommands.Add(DemoCommand.Create(context));

@@ -19,8 +19,13 @@ internal static class TrainCommand
     public static Command Create(CliContext context)
     {
         var model = new Argument<string>("MODEL") { Description = "The ONNX model to fine-tune, or a training-artifact directory from 'sptc compile-training'" };
-        var data = new Option<string>("--data") { Description = "Training data: a text file (byte-level tokens) or JSONL with input_ids (+ attention_mask, labels or label)", Required = true };
-        var task = new Option<string>("--task") { Description = "lm (causal language modelling) or classify", DefaultValueFactory = _ => "lm" };
+        var data = new Option<string>("--data")
+        {
+            Description = "Training data: CSV/TSV/JSONL text records (with --tokenizer), a text file (tokenized, or byte-level without --tokenizer), " +
+                "or JSONL with input_ids (+ attention_mask, labels or label)",
+            Required = true,
+        };
+        var task = new Option<string>("--task") { Description = "lm (causal language modelling), classify or regress (MSE on a float label)", DefaultValueFactory = _ => "lm" };
         var steps = new Option<long>("--steps") { Description = "Optimizer steps", DefaultValueFactory = _ => 100 };
         var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch (under mpirun: the global batch, split evenly over the ranks)", DefaultValueFactory = _ => 8 };
         var seq = new Option<int?>("--seq") { Description = "Sequence length (text: chunk size, default 128; JSONL: default the longest line)" };
@@ -37,6 +42,8 @@ internal static class TrainCommand
         var seed = new Option<ulong>("--seed") { Description = "Seed of the data order", DefaultValueFactory = _ => 0 };
         var metrics = new Option<string?>("--metrics") { Description = "Write per-step metrics as JSONL to this file" };
         var export = new Option<string?>("--export") { Description = "Write the fine-tuned model for inference to this file" };
+        var mergeLora = new Option<bool>("--merge-lora") { Description = "With --export: fold the LoRA factors into the base weights (W' = W + A·B)" };
+        var adapter = new Option<string?>("--adapter") { Description = "Write only the trained parameters to this safetensors file (apply with 'sptc apply-adapter')" };
         var device = new Option<string>("--device") { Description = "auto, cpu or cuda", DefaultValueFactory = _ => "auto" };
         var workDir = new Option<string?>("--work-dir") { Description = "Where the training graphs are compiled (default: CHECKPOINT_DIR/artifact, else a temporary directory)" };
         var frozen = new Option<string?>("--frozen") { Description = "Freeze parameters whose names match this regular expression" };
@@ -45,9 +52,11 @@ internal static class TrainCommand
         var command = new Command("train", "Fine-tune a model on a text or JSONL file with ONNX Runtime")
         {
             model, data, task, steps, batch, seq, lr, warmup, schedule, accumulate, evalEvery, evalFraction, checkpointDir,
-            checkpointEvery, keep, resume, seed, metrics, export, device, workDir, frozen, threads,
+            checkpointEvery, keep, resume, seed, metrics, export, device, workDir, frozen, threads, mergeLora, adapter,
         };
         optimize.AddTo(command);
+        var dataFlags = DataFlags.Create();
+        dataFlags.AddTo(command);
         // Under an MPI launcher, each rank runs this body (see RankLaunch): rank 0 prints and writes files.
         command.SetAction(parse => RankLaunch.Guard(context, parse, (ranks, output) =>
         {
@@ -83,7 +92,16 @@ internal static class TrainCommand
                 IntraOpThreads = parse.GetValue(threads),
             };
             options.Validate();
-            var loss = TrainingSetup.TaskLoss(parse.GetValue(task)!);
+            var loss = Directory.Exists(modelPath)
+                ? TrainingSetup.Loss(TrainingManifest.Load(modelPath).Loss.Kind)
+                : TrainingSetup.TaskLoss(parse.GetValue(task)!);
+
+            // The data first: the label map sizes an added head, and a bad file fails before any compiling.
+            using var tokenizer = dataFlags.OpenTokenizer(parse, output);
+            var knownLabels = LabelMap.TryLoad(Directory.Exists(modelPath) ? modelPath
+                : parse.GetValue(workDir) ?? (checkpoints is not null ? Path.Combine(checkpoints, "artifact") : modelPath + ".none"));
+            var dataset = DataFiles.Load(parse.GetRequiredValue(data), dataFlags.Request(parse, tokenizer, loss, parse.GetValue(seq),
+                parse.GetValue(resume) ? knownLabels : null, Dataset.DefaultIgnoreIndex));
 
             // Before anything is compiled: the checkpoint directory is free, and fresh runs do not mix with old checkpoints
             // (rank 0 owns the directory).
@@ -135,18 +153,25 @@ internal static class TrainCommand
                     output.Out.WriteLine(sptReport);
                 }
 
+                if (dataFlags.AddHeadIfNeeded(parse, source, loss, dataset) is { } head)
+                {
+                    output.Out.WriteLine(head);
+                }
+
                 TrainingSetup.Compile(source, artifact, new TrainingOptions
                 {
                     Loss = loss,
                     FrozenPattern = parse.GetValue(frozen),
                     SourceName = Path.GetFileName(modelPath),
                 });
+                dataset.Labels?.Save(artifact);
             }
 
             try
             {
-                return Train(output, artifact, parse.GetRequiredValue(data), parse.GetValue(seq), fraction, ranks?.Configure(output, options) ?? options,
-                    parse.GetValue(resume), ranks is { IsPrimary: false } ? null : parse.GetValue(export));
+                var primary = ranks is not { IsPrimary: false };
+                return Train(output, artifact, dataset, fraction, ranks?.Configure(output, options) ?? options, parse.GetValue(resume),
+                    primary ? parse.GetValue(export) : null, primary && parse.GetValue(mergeLora), primary ? parse.GetValue(adapter) : null);
             }
             finally
             {
@@ -160,13 +185,15 @@ internal static class TrainCommand
         return command;
     }
 
-    private static int Train(CliContext context, string artifact, string dataPath, int? seq, double evalFraction,
-        TrainerOptions options, bool resume, string? export)
+    private static int Train(CliContext context, string artifact, Dataset data, double evalFraction,
+        TrainerOptions options, bool resume, string? export, bool mergeLora = false, string? adapter = null)
     {
+        if (mergeLora && export is null)
+        {
+            throw new CliUsageException("--merge-lora applies to --export: give the file to export to");
+        }
+
         var manifest = TrainingManifest.Load(artifact);
-        var text = !Path.GetExtension(dataPath).Equals(".jsonl", StringComparison.OrdinalIgnoreCase)
-            && !Path.GetExtension(dataPath).Equals(".json", StringComparison.OrdinalIgnoreCase);
-        var data = Dataset.Load(dataPath, seq ?? (text ? 128 : null), manifest.Loss.IgnoreIndex);
         var (train, eval) = data.Split(evalFraction);
         using var trainer = new Trainer(artifact, train, eval, options);
         if (resume)
@@ -211,8 +238,22 @@ internal static class TrainCommand
                 throw new CliUsageException($"--export needs the compiled model, but {artifact} has no {TrainingSetup.SourceCopy}");
             }
 
-            trainer.ExportInference(source, export);
-            context.Out.WriteLine($"exported: {export}");
+            trainer.ExportInference(source, export, data.Labels is { } map ? [new(LabelMap.MetadataKey, map.ToJson())] : null);
+            context.Out.WriteLine($"exported: {export}" + (mergeLora ? $" ({Spt.Runtime.Export.Adapter.MergeLoraInPlace(export)})" : ""));
+        }
+
+        if (adapter is not null)
+        {
+            var trainable = manifest.Trainable.Select(p => p.Name).ToHashSet(StringComparer.Ordinal);
+            var tensors = trainer.ParameterTensors().Where(t => trainable.Contains(t.Name)).ToList();
+            var meta = new List<KeyValuePair<string, string>> { new("base", manifest.SourceModel["name"]?.GetValue<string>() ?? ""), new("steps", trainer.Step.ToString(CultureInfo.InvariantCulture)) };
+            if (data.Labels is { } labels)
+            {
+                meta.Add(new(LabelMap.MetadataKey, labels.ToJson()));
+            }
+
+            Spt.Runtime.Export.Adapter.Write(adapter, tensors, meta);
+            context.Out.WriteLine(FormattableString.Invariant($"adapter: {adapter} ({tensors.Count} tensors, {tensors.Sum(t => t.ElementCount):N0} values; base: {Path.Combine(artifact, TrainingSetup.SourceCopy)})"));
         }
 
         return ExitCodes.Ok;

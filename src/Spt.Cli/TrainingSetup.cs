@@ -74,7 +74,8 @@ internal static class TrainingSetup
     {
         "lm" or "causal_lm" => LossKind.CausalLm,
         "classify" => LossKind.Classify,
-        _ => throw new CliUsageException($"--task must be lm or classify, got '{task}'"),
+        "regress" or "regression" => LossKind.Mse,
+        _ => throw new CliUsageException($"--task must be lm, classify or regress, got '{task}'"),
     };
 
     /// <summary>Parses --loss causal_lm|classify|mse.</summary>

@@ -9,7 +9,8 @@ namespace Spt.Passes;
 /// names, detected properties, what was rewritten, parameters added), every candidate that did not match and why,
 /// what the passes could not reason about, per-pass timings and the model's opsets. <see cref="ToJson"/> gives
 /// the machine-readable form (keys <c>attention.found</c>, <c>attention.rewritten</c>, <c>ffn.found</c>,
-/// <c>ffn.rewritten</c>, <c>layers</c>, <c>unmatched</c>, <c>unsupported</c>, <c>timings</c>, <c>opsets</c>).
+/// <c>ffn.rewritten</c>, <c>layers</c>, <c>unmatched</c>, <c>unsupported</c>, <c>timings</c>, <c>opsets</c>, and
+/// <c>opset_upgrade</c> when an old-opset model was upgraded).
 /// </summary>
 public sealed class OptimizeReport
 {
@@ -41,6 +42,9 @@ public sealed class OptimizeReport
     /// <summary>Opset imports of the input model (domain → version; the default domain as <c>ai.onnx</c>).</summary>
     public IReadOnlyDictionary<string, long> Opsets { get; }
 
+    /// <summary>The default-domain opset the model was upgraded from (to <see cref="Canonicalization.OpsetUpgrade.TargetOpset"/>), when it was.</summary>
+    public long? UpgradedFromOpset { get; init; }
+
     /// <summary>Per-pass timings of the pipeline run.</summary>
     public IReadOnlyList<PassTiming> PassTimings { get; }
 
@@ -56,8 +60,15 @@ public sealed class OptimizeReport
     /// <summary>Model save time, when the caller measured it.</summary>
     public TimeSpan? SaveTime { get; set; }
 
-    /// <summary>Attention blocks found.</summary>
-    public int AttentionFound => Attention.Count;
+    /// <summary>
+    /// Attention candidates found: every Softmax over scores (and every fused attention op) the compiler looked at,
+    /// recognized or not, so <c>found − rewritten</c> is exactly the blocks kept dense plus the unmatched candidates
+    /// of kind <c>attention</c>, each with its reason.
+    /// </summary>
+    public int AttentionFound => Attention.Count + AttentionMissed;
+
+    /// <summary>Attention candidates that did not match (each in <see cref="Unmatched"/> with kind <c>attention</c>).</summary>
+    public int AttentionMissed => Unmatched.Count(u => u.Kind == "attention");
 
     /// <summary>Attention blocks rewritten to sparse attention.</summary>
     public int AttentionRewritten => Attention.Count(a => a.Rewritten);
@@ -102,6 +113,7 @@ public sealed class OptimizeReport
                     ["rewritten"] = a.Rewritten,
                     ["rewritten_nodes"] = Strings(a.RewrittenNodes),
                     ["parameters_added"] = a.ParametersAdded,
+                    ["codeword_dim"] = a.CodewordDim,
                     ["kept_dense_reason"] = a.KeptDenseReason,
                 };
             }
@@ -141,7 +153,7 @@ public sealed class OptimizeReport
             opsets[domain] = version;
         var root = new JsonObject
         {
-            ["attention"] = new JsonObject { ["found"] = AttentionFound, ["rewritten"] = AttentionRewritten },
+            ["attention"] = new JsonObject { ["found"] = AttentionFound, ["rewritten"] = AttentionRewritten, ["unmatched"] = AttentionMissed },
             ["ffn"] = new JsonObject { ["found"] = FfnFound, ["rewritten"] = FfnRewritten },
             ["layers"] = layers,
             ["unmatched"] = new JsonArray([.. Unmatched.Select(u => (JsonNode)new JsonObject
@@ -155,6 +167,8 @@ public sealed class OptimizeReport
             ["timings"] = timings,
             ["opsets"] = opsets,
         };
+        if (UpgradedFromOpset is { } from)
+            root["opset_upgrade"] = new JsonObject { ["from"] = from, ["to"] = Canonicalization.OpsetUpgrade.TargetOpset };
         return root.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
     }
 

@@ -16,6 +16,9 @@ public static class Pipelines
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         var pipeline = new Pipeline("spt-optimize")
+            // Models of opset 7 to 12 become opset 13 first: the rules below read axes, pads and ratios as inputs
+            // and Softmax over one axis.
+            .Add(new OpsetUpgrade())
             // Canonicalization first (Canonicalize.Standard's steps): recognizers then see MatMul(x, W) [+ b]
             // linears, folded shape arithmetic and no Identity/no-op nodes. TransposedWeightFolding is left out on
             // purpose: it rewrites every Linear weight (gigabytes for large models) while the recognizers read

@@ -44,8 +44,28 @@ public sealed record SptOptions
     /// <summary>Codewords per subspace C.</summary>
     public int CodebookSize { get; init; } = 16;
 
-    /// <summary>Codeword dim d_c; the head dim must be a multiple of it.</summary>
-    public int CodewordDim { get; init; } = 8;
+    /// <summary>The codeword dim the SPT reference uses, and the most a fitted codeword dim can be.</summary>
+    public const int DefaultCodewordDim = 8;
+
+    /// <summary>
+    /// Codeword dim d_c. Null (the default): per layer, the largest d_c up to <see cref="DefaultCodewordDim"/> that
+    /// divides the head dim (8 for head dims 64 or 96, 6 for 12, 5 for 20). A value given here is strict: a layer
+    /// whose head dim it does not divide is kept dense.
+    /// </summary>
+    public int? CodewordDim { get; init; }
+
+    /// <summary>The codeword dim for head dim <paramref name="headDim"/>, or null when an explicit one does not divide it.</summary>
+    public long? CodewordDimFor(long headDim)
+    {
+        if (CodewordDim is { } explicitDim)
+            return headDim % explicitDim == 0 ? explicitDim : null;
+        for (long dc = Math.Min(DefaultCodewordDim, headDim); dc > 1; dc--)
+        {
+            if (headDim % dc == 0)
+                return dc;
+        }
+        return 1;
+    }
 
     /// <summary>FFN blocks n_b; d_ff must be a multiple of it.</summary>
     public int Blocks { get; init; } = 4;

@@ -44,7 +44,8 @@ public class OptimizeCommandTests
         var (code, stdout, stderr) = CliRunner.Run("optimize", input, "-o", output);
         Assert.Equal(3, code);
         Assert.Contains("no recognizable attention or FFN block", stderr, StringComparison.Ordinal);
-        Assert.Contains("no match (attention)", stdout, StringComparison.Ordinal);
+        Assert.Contains("no match (softmax)", stdout, StringComparison.Ordinal);
+        Assert.Contains("not over attention scores", stdout, StringComparison.Ordinal);
         Assert.False(File.Exists(output));
     }
 
@@ -52,9 +53,9 @@ public class OptimizeCommandTests
     public void ExplainPrintsTheReasons()
     {
         using var dir = new TempDir();
-        var (code, stdout, _) = CliRunner.Run("optimize", CliRunner.Fixture("llama_op17.onnx"), "-o", Path.Combine(dir.Path, "o.onnx"), "--explain");
+        var (code, stdout, _) = CliRunner.Run("optimize", CliRunner.Fixture("llama_op17.onnx"), "-o", Path.Combine(dir.Path, "o.onnx"), "--explain", "--codeword-dim", "8");
         Assert.Equal(0, code);
-        // llama's head dim 12 is not a multiple of the default codeword dim 8: attention stays dense, FFNs are routed.
+        // llama's head dim 12 is not a multiple of the explicit codeword dim 8: attention stays dense, FFNs are routed.
         Assert.Contains("attention layer 0 kept dense: head dim 12 is not divisible by the codeword dim 8", stdout, StringComparison.Ordinal);
     }
 

@@ -42,7 +42,9 @@ public class FixtureNumericTests(ITestOutputHelper output)
         };
         var rewritten = Model.FromBytes(original.ToBytes());
         var report = SptOptimizer.Optimize(rewritten, options);
-        Assert.True(report.AttentionRewritten + report.FfnRewritten > 0, "nothing was rewritten");
+        // Fixtures whose attention is kept dense on purpose (a sliding window) rewrite only their FFNs.
+        bool attentionKeptDense = Fixtures.Entry(file).TryGetProperty("attention_kept_dense", out _);
+        Assert.True(report.AttentionRewritten + report.FfnRewritten > 0 || (attentionKeptDense && part == Part.Attention), "nothing was rewritten");
         var maxDiff = Compare(original, Model.FromBytes(rewritten.ToBytes()), 1e-4);
         output.WriteLine($"{file} [{part}]: attention {report.AttentionRewritten}/{report.AttentionFound}, ffn {report.FfnRewritten}/{report.FfnFound}, max |diff| {maxDiff:G3}");
     }

@@ -93,7 +93,10 @@ public class RecognitionRuleTests
     {
         using var m = Attention(softmaxAxis: 2);
         var r = Optimize(m);
-        Assert.Equal(0, r.AttentionFound);
+        // A Softmax over scores that does not match is still a found candidate: found − rewritten = the misses.
+        Assert.Equal(1, r.AttentionFound);
+        Assert.Equal(0, r.AttentionRewritten);
+        Assert.Equal(1, r.AttentionMissed);
         Assert.Contains(r.Unmatched, u => u.Kind == "attention" && u.Reason.Contains("axis", StringComparison.Ordinal));
         Assert.Equal(1, TestSupport.Count(m, "Softmax"));
     }
@@ -103,7 +106,10 @@ public class RecognitionRuleTests
     {
         using var m = Attention(scaleIsInput: true);
         var r = Optimize(m);
-        Assert.Equal(0, r.AttentionFound);
+        // A Softmax over scores that does not match is still a found candidate: found − rewritten = the misses.
+        Assert.Equal(1, r.AttentionFound);
+        Assert.Equal(0, r.AttentionRewritten);
+        Assert.Equal(1, r.AttentionMissed);
         Assert.Contains(r.Unmatched, u => u.Reason.Contains("non-constant", StringComparison.Ordinal));
     }
 
@@ -112,19 +118,43 @@ public class RecognitionRuleTests
     {
         using var m = Attention(probsUsedOutside: true);
         var r = Optimize(m);
-        Assert.Equal(0, r.AttentionFound);
+        // A Softmax over scores that does not match is still a found candidate: found − rewritten = the misses.
+        Assert.Equal(1, r.AttentionFound);
+        Assert.Equal(0, r.AttentionRewritten);
+        Assert.Equal(1, r.AttentionMissed);
         Assert.Contains(r.Unmatched, u => u.Reason.Contains("softmax output has 2 uses", StringComparison.Ordinal));
         Assert.Equal(1, TestSupport.Count(m, "Softmax"));
     }
 
+    [Theory]
+    [InlineData(12, 6)]
+    [InlineData(20, 5)]
+    [InlineData(80, 8)]
+    [InlineData(96, 8)]
+    [InlineData(7, 7)]
+    [InlineData(11, 1)]
+    public void CodewordDimFitsTheHeadDimUnlessGiven(int headDim, int fitted)
+    {
+        using var m = Attention(headDim: headDim);
+        var r = TestSupport.AssertSameOutputs(m, copy => Assert.Equal(1, Optimize(copy, new SptOptions { Exact = true }).AttentionRewritten), tolerance: 1e-4);
+        var encode = r.Graph.Nodes.First(n => n.OpType == "PQEncode");
+        // codebook [M, C, d_c] with M·d_c = E
+        Assert.Equal([headDim / fitted, 16, fitted], encode.Inputs[1]!.Initializer!.Dims);
+        using var again = Attention(headDim: headDim);
+        var report = Optimize(again);
+        Assert.Equal(fitted, report.Attention[0].CodewordDim);
+        Assert.Contains($"\"codeword_dim\": {fitted}", report.ToJson(), StringComparison.Ordinal);
+    }
+
     [Fact]
-    public void HeadDimNotDivisibleByCodewordDimIsKeptDense()
+    public void HeadDimNotDivisibleByAnExplicitCodewordDimIsKeptDense()
     {
         using var m = Attention(headDim: 12);
-        var r = Optimize(m);
+        var r = Optimize(m, new SptOptions { CodewordDim = 8 });
         Assert.Equal(1, r.AttentionFound);
         Assert.Equal(0, r.AttentionRewritten);
-        Assert.Contains("not divisible", r.Attention[0].KeptDenseReason, StringComparison.Ordinal);
+        Assert.Contains("head dim 12 is not divisible by the codeword dim 8 (given explicitly", r.Attention[0].KeptDenseReason, StringComparison.Ordinal);
+        Assert.Null(r.Attention[0].CodewordDim);
         // Expanded back to dense ops: no internal node left, one Softmax.
         Assert.Equal(1, TestSupport.Count(m, "Softmax"));
         Assert.DoesNotContain(m.Graph.Nodes, n => n.Domain.StartsWith("spt", StringComparison.Ordinal) && n.OpType != "RoutedFFN");
@@ -242,12 +272,29 @@ public class RecognitionRuleTests
     [Fact]
     public void UnsupportedOpsetIsReportedNotRewritten()
     {
-        var b = new GraphBuilder(11);
+        var b = new GraphBuilder(6);
         var x = b.Input("x", ElementType.Float, 2, 3);
         b.Output(b.Op("Softmax", x), "y");
         using var m = b.Build();
         var r = Optimize(m);
-        Assert.Contains(r.Unsupported, u => u.Contains("opset 11", StringComparison.Ordinal));
+        Assert.Contains(r.Unsupported, u => u.Contains("opset 6 is not supported", StringComparison.Ordinal));
         Assert.Equal(1, TestSupport.Count(m, "Softmax"));
+        Assert.Equal(6, m.GetOpsetVersion(""));
+    }
+
+    [Fact]
+    public void OldOpsetWithAnOpTheUpgradeCannotConvertIsRefusedNamingTheOp()
+    {
+        var b = new GraphBuilder(8);
+        var x = b.Input("x", ElementType.Float, 2, 3, 4, 4);
+        var p = Enumerable.Range(0, 4).Select(i => b.Initializer($"p{i}", Random(3 * 4 * 4, i), 3, 4, 4)).ToArray();
+        b.Output(b.Op("BatchNormalization", [x, p[0], p[1], p[2], p[3]], ("spatial", 0L)), "y");
+        using var m = b.Build();
+        var r = Optimize(m);
+        var line = Assert.Single(r.Unsupported);
+        Assert.Contains("opset 8 cannot be upgraded to 13", line, StringComparison.Ordinal);
+        Assert.Contains("BatchNormalization '", line, StringComparison.Ordinal);
+        Assert.Contains("spatial=0", line, StringComparison.Ordinal);
+        Assert.Equal(8, m.GetOpsetVersion(""));
     }
 }

@@ -144,6 +144,15 @@ internal static class ConstantEvaluator
             "Transpose" => x is null ? null : Transpose(x, n.GetInts("perm")),
             "Expand" => x is null || In(1) is not { IsReal: false } s ? null : Expand(x, s.Ints!, maxElements),
             "ReduceProd" => x is null ? null : ReduceProd(n, x, In(1), opset),
+            // Mask arithmetic (evaluated for mask probing; not folded, see Supported).
+            "LessOrEqual" => Compare(x, In(1), (a, b) => a <= b),
+            "GreaterOrEqual" => Compare(x, In(1), (a, b) => a >= b),
+            "And" => Logical(x, In(1), (a, b) => a && b),
+            "Or" => Logical(x, In(1), (a, b) => a || b),
+            "Xor" => Logical(x, In(1), (a, b) => a != b),
+            "Min" => inputs.Count == 2 ? Binary(x, In(1), Math.Min, Math.Min) : null,
+            "Max" => inputs.Count == 2 ? Binary(x, In(1), Math.Max, Math.Max) : null,
+            "Trilu" => x is null ? null : Trilu(x, In(1), n.GetInt("upper", 1) != 0),
             _ => null,
         };
         return result is not null && result.Count <= maxElements ? result : null;
@@ -241,6 +250,33 @@ internal static class ConstantEvaluator
 
     // Integer compare without going through double (exact for large values).
     private static bool CompareInts(long x, long y, Func<double, double, bool> op) => op(x.CompareTo(y), 0);
+
+    private static ConstArray? Logical(ConstArray? a, ConstArray? b, Func<bool, bool, bool> op)
+    {
+        if (a is not { Type: ElementType.Bool } || b is not { Type: ElementType.Bool })
+            return null;
+        var shape = BroadcastShape(a.Shape, b.Shape);
+        if (shape is null)
+            return null;
+        var strides = ConstArray.Strides(shape);
+        return ConstArray.Of(ElementType.Bool, shape, _ => 0,
+            i => op(a.Int(BroadcastIndex(a.Shape, shape, strides, i)) != 0, b.Int(BroadcastIndex(b.Shape, shape, strides, i)) != 0) ? 1 : 0);
+    }
+
+    // Trilu: keeps x[..., i, j] where j - i >= k (upper) or j - i <= k (lower), zero elsewhere.
+    private static ConstArray? Trilu(ConstArray x, ConstArray? k, bool upper)
+    {
+        if (x.Shape.Length < 2 || k is { Count: not 1 })
+            return null;
+        long diagonal = k is null ? 0 : k.Int(0);
+        long rows = x.Shape[^2], cols = x.Shape[^1];
+        bool Keep(int flat)
+        {
+            long i = flat / cols % rows, j = flat % cols;
+            return upper ? j - i >= diagonal : j - i <= diagonal;
+        }
+        return ConstArray.Of(x.Type, x.Shape, f => Keep(f) ? x.Real(f) : 0, f => Keep(f) ? x.Int(f) : 0);
+    }
 
     private static ConstArray? Where(ConstArray? c, ConstArray? a, ConstArray? b)
     {

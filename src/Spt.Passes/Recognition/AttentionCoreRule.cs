@@ -1,5 +1,6 @@
 using Spt.Ir;
 using Spt.Passes.Analysis;
+using Spt.Passes.Canonicalization;
 using Spt.Passes.Patterns;
 
 namespace Spt.Passes.Recognition;
@@ -72,14 +73,23 @@ public sealed class AttentionCoreFusion : IPass
     {
         var found = context.Result<RecognitionResults>();
         var shapes = new StaticShapes();
+        var softmaxes = model.Graph.Nodes.Where(n => n.OpType == "Softmax" && n.IsDefaultDomain).ToList();
+        // Symbolic shapes for mask probing, computed once (the masks' subgraphs are not changed by the rewrites).
+        var symbolic = softmaxes.Count > 0 ? ShapeAnalysis.Run(model) : null;
+        long opset = model.GetOpsetVersion("") ?? 17;
         bool changed = false;
         int fused = model.Graph.Nodes.Count(AttentionCoreOp.Is);
-        foreach (var softmax in model.Graph.Nodes.Where(n => n.OpType == "Softmax" && n.IsDefaultDomain).ToList())
+        foreach (var softmax in softmaxes)
         {
-            var m = Match(softmax, shapes);
+            var m = Match(softmax, shapes, symbolic, opset);
             if (m.Match is null)
             {
-                found.AddUnmatched("attention", softmax, m.Reason!);
+                // A Softmax over scores (a product of two computed tensors) is an attention block the compiler missed
+                // and counts as found; any other Softmax (a classifier head, a router) is reported apart.
+                if (IsOverScores(softmax))
+                    found.AddUnmatched("attention", softmax, m.Reason!);
+                else
+                    found.AddUnmatched("softmax", softmax, "not over attention scores (no product of two computed tensors feeds it)");
                 continue;
             }
             Rewrite(model.Graph, m.Match, fused++);
@@ -89,7 +99,7 @@ public sealed class AttentionCoreFusion : IPass
     }
 
     /// <summary>Matches the attention core around <paramref name="softmax"/>; pure.</summary>
-    internal static (AttentionCoreMatch? Match, string? Reason) Match(Node softmax, StaticShapes shapes)
+    internal static (AttentionCoreMatch? Match, string? Reason) Match(Node softmax, StaticShapes shapes, ShapeAnalysis? symbolic = null, long opset = 17)
     {
         var probs = softmax.Outputs[0];
         if (probs.Uses.Count != 1 || probs.IsGraphOutput)
@@ -184,25 +194,6 @@ public sealed class AttentionCoreFusion : IPass
         if (Region.FindOutsideUse(region, new HashSet<Value>(consumer.Outputs)) is { } outside)
             return (null, outside.Reason);
 
-        // Mask meaning: causal and/or key padding; anything else keeps the block dense.
-        bool causal = false;
-        Value? keyPadding = null;
-        if (cond != null)
-        {
-            var tri = MaskAnalysis.Triangle(cond, shapes);
-            if (tri == TriangleKind.Unknown || (tri == TriangleKind.KeepLower) != scoresWhenTrue)
-                return (null, $"Where condition {Quote(cond)} is not a causal (tril) mask");
-            causal = true;
-        }
-        if (bias != null)
-        {
-            var meaning = MaskAnalysis.Additive(bias, shapes);
-            if (meaning.Reason != null)
-                return (null, meaning.Reason);
-            causal |= meaning.Causal;
-            keyPadding = meaning.KeyPadding;
-        }
-
         // Q and Kᵀ: peel scalar scales (through single-use reshapes/transposes) into the scale.
         var (q, qScale, qBypass, qExtra) = PeelScalars(qk.Inputs[0]!);
         var (kt, kScale, kBypass, kExtra) = PeelScalars(qk.Inputs[1]!);
@@ -211,6 +202,44 @@ public sealed class AttentionCoreFusion : IPass
             rank = shapes.RankOf(q) ?? 0;
         if (rank is not (3 or 4))
             return (null, rank == 0 ? "cannot tell the rank of Q·Kᵀ" : $"Q·Kᵀ has rank {rank}; expected 3 ([B*H, S, E]) or 4 ([B, H, S, E])");
+        // Mask meaning: causal and/or key padding; anything else keeps the block dense. What the mask computes is
+        // read by evaluating it at probe sizes; masks the evaluator cannot run are read from their structure.
+        bool causal = false;
+        Value? keyPadding = null;
+        if (cond != null || bias != null)
+        {
+            string? notEvaluated = "no symbolic shapes";
+            var probed = symbolic is null ? null : MaskProbing.Classify(bias, cond, scoresWhenTrue, qk.Outputs[0], rank, symbolic, opset, out notEvaluated);
+            if (probed is { Reason: { } failed })
+                return (null, failed);
+            if (probed is { Window: > 0 } windowed)
+                return (null, $"the mask is a causal sliding window of {windowed.Window} keys{(windowed.KeyPadding is null ? "" : " with key padding")}; " +
+                              "the sparse attention kernels have no window attribute, so the block stays dense");
+            if (probed is not null)
+            {
+                causal = probed.Causal;
+                keyPadding = probed.KeyPadding;
+            }
+            else
+            {
+                if (cond != null)
+                {
+                    var tri = MaskAnalysis.Triangle(cond, shapes);
+                    if (tri == TriangleKind.Unknown || (tri == TriangleKind.KeepLower) != scoresWhenTrue)
+                        return (null, $"Where condition {Quote(cond)} is not a causal (tril) mask, and it could not be evaluated: {notEvaluated}");
+                    causal = true;
+                }
+                if (bias != null)
+                {
+                    var meaning = MaskAnalysis.Additive(bias, shapes);
+                    if (meaning.Reason != null)
+                        return (null, $"{meaning.Reason}, and the mask could not be evaluated: {notEvaluated}");
+                    causal |= meaning.Causal;
+                    keyPadding = meaning.KeyPadding;
+                }
+            }
+        }
+
         double total = scale * qScale * kScale;
         double effective = total * qExtra * kExtra;
         return (new AttentionCoreMatch(softmax, qk, consumer, dropout, q, kt, pv["v"], rank, total, effective, qBypass, kBypass,
@@ -224,12 +253,50 @@ public sealed class AttentionCoreFusion : IPass
                     return false;
                 if (p.OpType == "MatMul")
                     return true;
+                if (p.OpType is "Reshape" or "Transpose" or "Cast" or "Identity" or "Squeeze" or "Unsqueeze")
+                {
+                    v = p.Inputs[0]!;
+                    continue;
+                }
                 if (p.OpType is not ("Mul" or "Div" or "Add" or "Where"))
                     return false;
                 v = p.OpType == "Where" ? (LeadsToScores(p.Inputs[1]!) ? p.Inputs[1]! : p.Inputs[2]!) : p.Inputs[0]!;
             }
             return false;
         }
+    }
+
+    /// <summary>
+    /// Whether <paramref name="softmax"/> normalizes scores: within a few elementwise, layout and mask ops above it
+    /// lies a MatMul (or Einsum) whose two operands are both computed (neither is a weight), as in Q·Kᵀ.
+    /// </summary>
+    internal static bool IsOverScores(Node softmax)
+    {
+        var seen = new HashSet<Value>();
+        var queue = new Queue<(Value Value, int Depth)>();
+        queue.Enqueue((softmax.Inputs[0]!, 0));
+        while (queue.Count > 0)
+        {
+            var (v, depth) = queue.Dequeue();
+            if (!seen.Add(v) || depth > 12 || v.Producer is not { } p || !p.IsDefaultDomain)
+                continue;
+            if (p.OpType is "MatMul" or "Einsum")
+            {
+                if (p.Inputs.Count >= 2 && p.Inputs.All(i => i is not null && StaticShapes.ConstantOf(i) is null && Canonicalization.Rewriting.WeightInitializer(i) is null))
+                    return true;
+                continue;
+            }
+            if (p.OpType is "Mul" or "Div" or "Add" or "Sub" or "Where" or "Reshape" or "Transpose" or "Cast" or "Identity" or "Squeeze"
+                or "Unsqueeze" or "Expand" or "Slice" or "Clip" or "Tanh" or "Dropout")
+            {
+                foreach (var input in p.Inputs)
+                {
+                    if (input is not null)
+                        queue.Enqueue((input, depth + 1));
+                }
+            }
+        }
+        return false;
     }
 
     /// <summary>

@@ -19,7 +19,8 @@ internal enum TriangleKind
 /// <param name="Causal">It hides keys after the query (causal).</param>
 /// <param name="KeyPadding">A [B, Sk] keep-mask (1 = keep) it was computed from, when it is a padding mask.</param>
 /// <param name="Reason">Why it could not be classified (null when it was).</param>
-internal sealed record MaskMeaning(bool Causal, Value? KeyPadding, string? Reason)
+/// <param name="Window">With <paramref name="Causal"/>: each query sees only its last <c>Window</c> keys (0: all).</param>
+internal sealed record MaskMeaning(bool Causal, Value? KeyPadding, string? Reason, long Window = 0)
 {
     public static MaskMeaning Fail(string reason) => new(false, null, reason);
 }

@@ -62,6 +62,9 @@ public sealed class AttentionBlockInfo
     /// <summary>Trainable parameters the rewrite added (codebook elements).</summary>
     public long ParametersAdded { get; set; }
 
+    /// <summary>The codeword dim d_c of the rewritten block (fitted to the head dim unless given explicitly).</summary>
+    public long? CodewordDim { get; set; }
+
     /// <summary>Why the block was kept dense (null when rewritten).</summary>
     public string? KeptDenseReason { get; set; }
 }

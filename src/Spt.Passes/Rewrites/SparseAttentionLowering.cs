@@ -7,7 +7,8 @@ namespace Spt.Passes.Rewrites;
 /// <summary>
 /// Stage three of attention recognition: lowers each grown <c>spt.internal::AttentionCore</c> to SPT's sparse
 /// attention, or expands it back to the dense ops when the block is not to be rewritten (not selected, attention
-/// kept, head dim not a multiple of d_c, could not be grown). No AttentionCore survives this pass.
+/// kept, head dim not a multiple of an explicit d_c, could not be grown). Without an
+/// explicit d_c each layer gets the largest d_c up to 8 that divides its head dim, reported per block.. No AttentionCore survives this pass.
 /// <code>
 /// codebook [M, C, dc] ~ N(0, 1)                        // one per layer, shared by Q and K
 /// codes_q = PQEncode(Q, codebook), codes_k = PQEncode(K, codebook)           // [B, H, S, M]
@@ -50,11 +51,11 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
 
     private string? Lower(Graph graph, Node core, AttentionBlockInfo info, StaticShapes shapes)
     {
-        long dc = options.CodewordDim;
         if (info.HeadDim is not { } e)
             return $"head dim of '{core.Name}' is not statically known";
-        if (e % dc != 0)
-            return $"head dim {e} is not divisible by the codeword dim {dc}";
+        // The codeword dim fits the head dim unless the user fixed it: the largest d_c <= 8 dividing E.
+        if (options.CodewordDimFor(e) is not { } dc)
+            return $"head dim {e} is not divisible by the codeword dim {options.CodewordDim} (given explicitly; leave it out to fit it to the head dim)";
         var keyPadding = core.Inputs[AttentionCoreOp.KeyPadding];
         bool folded = core.GetInt("rank", 4) == 3;
         if (folded && keyPadding != null)
@@ -119,6 +120,7 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         info.Rewritten = true;
         info.RewrittenNodes = [.. created.Select(n => n.Name)];
         info.ParametersAdded = m * c * dc;
+        info.CodewordDim = dc;
         return null;
     }
 }

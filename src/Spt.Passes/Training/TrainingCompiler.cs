@@ -219,8 +219,10 @@ public sealed class TrainingArtifacts
 /// data of an embedding lookup, rank 2) or an op of another domain (spt, contrib) reads directly or through Transpose/Identity/Cast; shape constants,
 /// index tensors, masks (bool) and buffers reached through other ops (rotary frequencies via Unsqueeze) are not.
 /// <see cref="TrainingOptions.FrozenPattern"/> freezes matching parameters. Frozen parameters are still graph inputs
-/// but get no gradient work. Data roles: an int64 input that indexes a Gather of a parameter is input_ids; an input
-/// whose name contains "mask" is attention_mask; others are "other". The compiler adds labels (causal_lm, int64
+/// but get no gradient work. Data roles: of the integer inputs that index an embedding table, the one with the largest
+/// table is input_ids, a table of at most 16 rows makes token_type_ids, other tables position_ids; an input named
+/// decoder_input_ids is that, one whose name contains "mask" is attention_mask; others are "other" (the trainer
+/// refuses them by name rather than feeding zeros). The compiler adds labels (causal_lm, int64
 /// [batch, label_sequence]), label (classify, int64 [batch]) or target (mse, shaped like the loss output).
 /// eval.onnx runs Dropout in inference mode; grad.onnx keeps the model's Dropout as exported.
 /// </remarks>
@@ -251,8 +253,16 @@ public static class TrainingCompiler
         var work = Model.FromBytes(model.ToBytes(), new LoadOptions { Verify = false });
         work.Graph.Edit().SortTopologically();
         long opset = work.GetOpsetVersion("") ?? throw new OnnxModelException("the model imports no default-domain opset");
+        if (Canonicalization.OpsetUpgrade.Applies(work))
+        {
+            // Opsets 7-12 are upgraded to 13 (the gradient rules are written for it); what cannot be converted is named.
+            if (Canonicalization.OpsetUpgrade.Problems(work) is { Count: > 0 } problems)
+                throw new OnnxModelException($"the model uses opset {opset} and cannot be upgraded to 13: {problems[0]}");
+            new Canonicalization.OpsetUpgrade().Run(work, new PassContext());
+            opset = Canonicalization.OpsetUpgrade.TargetOpset;
+        }
         if (opset < 13)
-            throw new OnnxModelException($"the model uses opset {opset}; training graphs need opset 13 or later");
+            throw new OnnxModelException($"the model uses opset {opset}; training graphs need opset {Canonicalization.OpsetUpgrade.OldestOpset} or later");
 
         var parameters = SelectParameters(work, options);
         var dataInputs = DetectDataInputs(work, parameters);
@@ -480,21 +490,55 @@ public static class TrainingCompiler
         return false;
     }
 
+    /// <summary>The data inputs of <paramref name="model"/> with their roles (rule in the class remarks), as training and prediction feed them.</summary>
+    public static IReadOnlyList<DataInput> DataInputsOf(Model model) => DetectDataInputs(model, SelectParameters(model));
+
     private static List<DataInput> DetectDataInputs(Model model, IReadOnlyList<TrainingParameter> parameters)
     {
-        var names = parameters.Select(p => p.Name).ToHashSet(StringComparer.Ordinal);
+        var rowsOf = parameters.Where(p => p.Shape.Count == 2).ToDictionary(p => p.Name, p => p.Shape[0], StringComparer.Ordinal);
+        var inputs = model.Graph.Inputs.Where(v => !v.IsInitializer).ToList();
+        // Integer inputs that index an embedding table (a Gather of a 2-D parameter, directly or through a Cast):
+        // the one with the largest table carries the tokens, a table of at most 16 rows holds token types
+        // (segments), any other table is a positions table.
+        var tables = inputs.ToDictionary(v => v, v => GatheredRows(v, rowsOf));
+        long largest = tables.Values.Where(r => r is not null).Select(r => r!.Value).DefaultIfEmpty(-1).Max();
         var result = new List<DataInput>();
-        foreach (var v in model.Graph.Inputs)
+        foreach (var v in inputs)
         {
-            if (v.IsInitializer)
-                continue;
             var type = v.Type as TensorType ?? throw new OnnxModelException($"input '{v.Name}' is not a tensor");
-            bool ids = type.ElementType is ElementType.Int64 or ElementType.Int32 && v.Uses.Any(u =>
-                u.Node.IsDefaultDomain && u.Node.OpType == "Gather" && u.InputIndex == 1 && u.Node.Inputs[0] is { } d && names.Contains(d.Name));
-            string role = ids ? "input_ids" : v.Name.Contains("mask", StringComparison.OrdinalIgnoreCase) ? "attention_mask" : "other";
+            bool integer = type.ElementType is ElementType.Int64 or ElementType.Int32;
+            string role = tables[v] is { } rows && integer
+                ? rows == largest && !NameSays(v, "position", "token_type", "segment") ? "input_ids" : rows <= 16 ? "token_type_ids" : "position_ids"
+                : NameSays(v, "decoder_input_ids") ? "decoder_input_ids"
+                : NameSays(v, "mask") ? "attention_mask"
+                : integer && NameSays(v, "token_type", "segment") ? "token_type_ids"
+                : integer && NameSays(v, "position") ? "position_ids"
+                : "other";
             result.Add(new DataInput(v.Name, type.ElementType, type.Shape?.Select(DimText).ToList() ?? [], role));
         }
         return result;
+    }
+
+    private static bool NameSays(Value v, params string[] words) => words.Any(w => v.Name.Contains(w, StringComparison.OrdinalIgnoreCase));
+
+    // Rows of the 2-D parameter table that v indexes through Gather (v itself or a Cast of it), or null.
+    private static long? GatheredRows(Value v, Dictionary<string, long> rowsOf)
+    {
+        var indices = new List<Value> { v };
+        indices.AddRange(v.Uses.Where(u => u.Node.IsDefaultDomain && u.Node.OpType == "Cast").Select(u => u.Node.Outputs[0]));
+        long? rows = null;
+        foreach (var index in indices)
+        {
+            foreach (var use in index.Uses)
+            {
+                if (use.Node.IsDefaultDomain && use.Node.OpType == "Gather" && use.InputIndex == 1 && use.Node.Inputs[0] is { } table
+                    && Canonicalization.Rewriting.WeightInitializer(table) is { } init && rowsOf.TryGetValue(init.Name, out var r))
+                {
+                    rows = Math.Max(rows ?? 0, r);
+                }
+            }
+        }
+        return rows;
     }
 
     private static Dim BatchDim(Value output) => output.Shape is { Count: > 0 } s ? s[0] : new Dim("batch");

@@ -3,14 +3,19 @@ namespace Spt.Runtime.Data;
 /// <summary>
 /// The order in which training examples are visited: a fresh seeded permutation per epoch (Fisher-Yates driven by
 /// SplitMix64, so the order depends only on the seed and the epoch, not on the .NET version), consumed in batches
-/// that run on into the next epoch. The whole state is (seed, epoch, position), which a checkpoint stores.
+/// that run on into the next epoch. The whole state is (seed, epoch, position), which a checkpoint stores. With
+/// example lengths, each window of <c>bucket</c> consecutive examples of the permutation is sorted by length (stable),
+/// so that consecutive batches hold examples of similar length and pad little; the order stays a function of
+/// (seed, epoch).
 /// </summary>
 public sealed class DataOrder
 {
     private int[] _permutation;
+    private readonly IReadOnlyList<int>? _lengths;
+    private readonly int _bucket;
 
-    /// <summary>Starts at epoch 0, position 0 (or at a resumed state).</summary>
-    public DataOrder(int count, ulong seed, long epoch = 0, int position = 0)
+    /// <summary>Starts at epoch 0, position 0 (or at a resumed state); <paramref name="lengths"/> turns on length buckets.</summary>
+    public DataOrder(int count, ulong seed, long epoch = 0, int position = 0, IReadOnlyList<int>? lengths = null, int bucket = 256)
     {
         if (count <= 0)
         {
@@ -26,7 +31,9 @@ public sealed class DataOrder
         Seed = seed;
         Epoch = epoch;
         Position = position;
-        _permutation = Permutation(count, seed, epoch);
+        _lengths = lengths;
+        _bucket = Math.Max(1, bucket);
+        _permutation = Bucketed(Permutation(count, seed, epoch));
     }
 
     /// <summary>Number of examples.</summary>
@@ -51,7 +58,7 @@ public sealed class DataOrder
             {
                 Epoch++;
                 Position = 0;
-                _permutation = Permutation(Count, Seed, Epoch);
+                _permutation = Bucketed(Permutation(Count, Seed, Epoch));
             }
 
             result[i] = _permutation[Position++];
@@ -77,6 +84,24 @@ public sealed class DataOrder
         }
 
         return perm;
+    }
+
+    private int[] Bucketed(int[] permutation)
+    {
+        if (_lengths is null)
+        {
+            return permutation;
+        }
+
+        for (var start = 0; start < permutation.Length; start += _bucket)
+        {
+            var size = Math.Min(_bucket, permutation.Length - start);
+            var window = permutation.AsSpan(start, size).ToArray();
+            var sorted = window.Select((example, k) => (example, k)).OrderBy(x => _lengths[x.example]).ThenBy(x => x.k).Select(x => x.example).ToArray();
+            sorted.CopyTo(permutation, start);
+        }
+
+        return permutation;
     }
 
     private static ulong SplitMix64(ref ulong state)

@@ -10,7 +10,14 @@ namespace Spt.Runtime.Data;
 /// <param name="Labels">Per-token labels (padding and ignored positions hold the ignore index), or null.</param>
 /// <param name="Label">The class of the sequence, or null.</param>
 /// <param name="Where">Where the example came from, for messages (e.g. "line 12" or "bytes 0..127").</param>
-public sealed record Example(long[] InputIds, long[] AttentionMask, long[]? Labels, long? Label, string Where);
+public sealed record Example(long[] InputIds, long[] AttentionMask, long[]? Labels, long? Label, string Where)
+{
+    /// <summary>Segment ids (0 first text, 1 the pair), same length as <see cref="InputIds"/>; null: all 0.</summary>
+    public long[]? TokenTypeIds { get; init; }
+
+    /// <summary>Regression targets of the sequence (one float per model output value), or null.</summary>
+    public float[]? Target { get; init; }
+}
 
 /// <summary>The kind of data file.</summary>
 public enum DataFormat
@@ -20,6 +27,9 @@ public enum DataFormat
 
     /// <summary>One JSON object per line with <c>input_ids</c> (+ <c>attention_mask</c>, <c>labels</c> or <c>label</c>).</summary>
     Jsonl,
+
+    /// <summary>CSV, TSV or JSONL records with text fields, tokenized by a <see cref="Tokenization.TextTokenizer"/>.</summary>
+    Records,
 }
 
 /// <summary>
@@ -30,7 +40,7 @@ public enum DataFormat
 /// </summary>
 public sealed class Dataset
 {
-    private Dataset(IReadOnlyList<Example> examples, int sequenceLength, string source, DataFormat format, bool hasExplicitMask)
+    internal Dataset(IReadOnlyList<Example> examples, int sequenceLength, string source, DataFormat format, bool hasExplicitMask)
     {
         Examples = examples;
         SequenceLength = sequenceLength;
@@ -56,6 +66,37 @@ public sealed class Dataset
 
     /// <summary>Number of examples.</summary>
     public int Count => Examples.Count;
+
+    /// <summary>
+    /// Examples are unpadded (each at most <see cref="SequenceLength"/> tokens): a batch is padded to its longest
+    /// example (<see cref="BatchLength"/>) with <see cref="PadId"/>.
+    /// </summary>
+    public bool Ragged { get; init; }
+
+    /// <summary>The token id of padding positions.</summary>
+    public long PadId { get; init; }
+
+    /// <summary>The class names of a classification dataset (ids are positions), or null.</summary>
+    public LabelMap? Labels { get; init; }
+
+    /// <summary>Token count of each example (for length-bucketed batches); null when all have <see cref="SequenceLength"/>.</summary>
+    public IReadOnlyList<int>? Lengths { get; init; }
+
+    /// <summary>
+    /// The padded length of a batch of <paramref name="indices"/>: the longest example rounded up to a multiple of 8
+    /// (fewer distinct shapes for ORT), at most <see cref="SequenceLength"/>; <see cref="SequenceLength"/> for
+    /// padded data.
+    /// </summary>
+    public int BatchLength(IReadOnlyList<int> indices)
+    {
+        if (!Ragged || Lengths is null)
+        {
+            return SequenceLength;
+        }
+
+        var longest = indices.Max(i => Lengths[i]);
+        return Math.Min(SequenceLength, (longest + 7) / 8 * 8);
+    }
 
     /// <summary>The vocabulary of byte-level text tokens.</summary>
     public const int ByteVocabulary = 256;
@@ -243,15 +284,22 @@ public sealed class Dataset
     {
         if (evalFraction <= 0 || Count < 2)
         {
-            return (this, new Dataset([], SequenceLength, Source, Format, HasExplicitMask));
+            return (this, Slice(0, 0));
         }
 
         var evalCount = Math.Clamp((int)Math.Round(Count * evalFraction), 1, Count - 1);
-        var train = Examples.Take(Count - evalCount).ToArray();
-        var eval = Examples.Skip(Count - evalCount).ToArray();
-        return (new Dataset(train, SequenceLength, Source, Format, HasExplicitMask),
-                new Dataset(eval, SequenceLength, Source, Format, HasExplicitMask));
+        return (Slice(0, Count - evalCount), Slice(Count - evalCount, evalCount));
     }
+
+    /// <summary>Examples <paramref name="start"/>..start+count-1 as a dataset (a view: streamed data stays on disk).</summary>
+    public Dataset Slice(int start, int count) =>
+        new(new ListSlice<Example>(Examples, start, count), SequenceLength, Source, Format, HasExplicitMask)
+        {
+            Ragged = Ragged,
+            PadId = PadId,
+            Labels = Labels,
+            Lengths = Lengths is null ? null : new ListSlice<int>(Lengths, start, count),
+        };
 
     /// <summary>
     /// Checks the examples against a model: every token id inside the vocabulary, the sequence length within the
@@ -265,9 +313,10 @@ public sealed class Dataset
     /// </param>
     public void Validate(ModelLimits limits, long? tokenLabelIgnoreIndex = null)
     {
-        if (limits.MaxPositions is { } positions && SequenceLength > positions)
+        var longest = Ragged && Lengths is { Count: > 0 } ? Lengths.Max() : SequenceLength;
+        if (limits.MaxPositions is { } positions && longest > positions)
         {
-            throw new DataException($"sequence length {SequenceLength} is longer than the model's positions table " +
+            throw new DataException($"sequence length {longest} is longer than the model's positions table " +
                 $"'{limits.PositionsTable}' ({positions} rows); use --seq {positions} or less");
         }
 
@@ -359,6 +408,24 @@ public sealed class Dataset
         e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out var v)
             ? v
             : throw new DataException($"{path} line {line}: '{key}' holds {e.GetRawText()}, not an integer");
+}
+
+/// <summary>A read-only window onto a list.</summary>
+internal sealed class ListSlice<T>(IReadOnlyList<T> list, int start, int count) : IReadOnlyList<T>
+{
+    public T this[int index] => (uint)index < (uint)count ? list[start + index] : throw new ArgumentOutOfRangeException(nameof(index));
+
+    public int Count => count;
+
+    public IEnumerator<T> GetEnumerator()
+    {
+        for (var i = 0; i < count; i++)
+        {
+            yield return list[start + i];
+        }
+    }
+
+    System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
 }
 
 /// <summary>A data file that cannot be used: empty, malformed, or not fitting the model. The message is one line.</summary>

@@ -10,7 +10,8 @@ public static class InferenceExport
 {
     /// <summary>Writes <paramref name="sourceModel"/> with <paramref name="parameters"/> substituted to <paramref name="outputPath"/>.</summary>
     /// <exception cref="TrainingException">A parameter has no initializer of the same name, type and shape in the source model.</exception>
-    public static void Write(string sourceModel, IEnumerable<Tensor> parameters, string outputPath, long step)
+    public static void Write(string sourceModel, IEnumerable<Tensor> parameters, string outputPath, long step,
+        IEnumerable<KeyValuePair<string, string>>? metadata = null)
     {
         using var model = Model.Load(sourceModel);
         var editor = model.Graph.Edit();
@@ -32,6 +33,16 @@ public static class InferenceExport
         }
 
         model.Metadata.Add(new("spt.finetuned_steps", step.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+        foreach (var entry in metadata ?? [])
+        {
+            foreach (var stale in model.Metadata.Where(kv => kv.Key == entry.Key).ToList())
+            {
+                model.Metadata.Remove(stale);
+            }
+
+            model.Metadata.Add(entry);
+        }
+
         var dir = Path.GetDirectoryName(Path.GetFullPath(outputPath));
         if (dir is not null)
         {

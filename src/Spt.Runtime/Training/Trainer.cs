@@ -40,8 +40,7 @@ public sealed class Trainer : IDisposable
     private readonly List<ResidentParameter> _parameters = [];
     private readonly Dictionary<string, OrtValue> _zeros = [];
     private readonly OrtValue _lr, _stepValue, _gradScale, _loss, _taskLoss, _gradNorm;
-    private readonly BatchFeeder _trainFeeder;
-    private readonly Dictionary<int, BatchFeeder> _evalFeeders = [];
+    private readonly Dictionary<(int Batch, int Length), BatchFeeder> _feeders = [];
     private readonly Dataset _train;
     private readonly Dataset? _evalSet;
     private readonly LrSchedule _schedule;
@@ -135,10 +134,9 @@ public sealed class Trainer : IDisposable
         }
 
         _parallel = options.Reducer is { } reducer ? new DataParallel(reducer, Manifest, train, options, Device) : null;
-        _trainFeeder = new BatchFeeder(Manifest, _parallel?.LocalBatch ?? options.BatchSize, train.SequenceLength);
         _schedule = new LrSchedule(options.Schedule, options.LearningRate, checked((int)options.WarmupSteps), checked((int)options.Steps));
         _state = TrainerState.Initial(options.Seed);
-        _order = new DataOrder(train.Count, options.Seed);
+        _order = new DataOrder(train.Count, options.Seed, lengths: train.Lengths, bucket: BucketWindow);
         LoadCheckpoint(Path.Combine(ArtifactDirectory, Manifest.InitialCheckpoint), initial: true);
         _store = options.CheckpointDir is { } dir ? new CheckpointStore(dir, options.Keep) : null;
         _metrics = options.MetricsPath is { } metrics ? new MetricsWriter(metrics) : null;
@@ -263,7 +261,7 @@ public sealed class Trainer : IDisposable
         }
 
         _state = state;
-        _order = new DataOrder(_train.Count, state.DataSeed, state.DataEpoch, state.DataPosition);
+        _order = new DataOrder(_train.Count, state.DataSeed, state.DataEpoch, state.DataPosition, _train.Lengths, BucketWindow);
         _parallel?.Synchronized = false;
     }
 
@@ -335,7 +333,7 @@ public sealed class Trainer : IDisposable
             seconds > 0 ? tokens / seconds : 0, _lastCheckpoint);
     }
 
-    /// <summary>Tokens consumed by one optimizer step.</summary>
+    /// <summary>Tokens consumed by one optimizer step (at most: batches of ragged data are padded to their longest example only).</summary>
     public long TokensPerStep => (long)_options.BatchSize * _options.Accumulate * _train.SequenceLength;
 
     /// <summary>
@@ -350,11 +348,17 @@ public sealed class Trainer : IDisposable
         var watch = Stopwatch.StartNew();
         var step = _state.Step + 1;
         double loss = 0, taskLoss = 0;
+        long stepTokens = 0;
         for (var micro = 0; micro < _options.Accumulate; micro++)
         {
-            var rows = _order.Next(_options.BatchSize);
-            _trainFeeder.Fill(_train, _parallel?.BeginMicroBatch(micro, rows, micro == 0 ? [] : Accumulators()) ?? rows);
-            BindCommon(_gradBinding, _gradInputs, _trainFeeder);
+            // Every rank draws the same global batch and pads it to the same length; a rank feeds its shard of it.
+            var indices = _order.Next(_options.BatchSize);
+            var length = _train.BatchLength(indices);
+            var local = _parallel?.BeginMicroBatch(micro, indices, micro == 0 ? [] : Accumulators()) ?? indices;
+            var feeder = Feeder(local.Length, length);
+            feeder.Fill(_train, local);
+            stepTokens += (long)indices.Length * length;
+            BindCommon(_gradBinding, _gradInputs, feeder);
             foreach (var p in _parameters.Where(p => p.Spec.Trainable))
             {
                 _gradBinding.BindInput("grad_acc." + p.Spec.Name, micro == 0 ? Zeros(p.Spec) : p.Acc![p.AccCurrent]);
@@ -423,10 +427,10 @@ public sealed class Trainer : IDisposable
             p.Current = 1 - p.Current;
         }
 
-        _state = _state with { Step = step, TokensSeen = _state.TokensSeen + TokensPerStep };
+        _state = _state with { Step = step, TokensSeen = _state.TokensSeen + stepTokens };
         var seconds = watch.Elapsed.TotalSeconds;
         return new StepReport(step, _options.Steps, loss / _options.Accumulate, taskLoss / _options.Accumulate, lr,
-            gradNorm, TokensPerStep / Math.Max(seconds, 1e-9), seconds, null, null);
+            gradNorm, stepTokens / Math.Max(seconds, 1e-9), seconds, null, null);
     }
 
     /// <summary>Mean loss and task loss over the held-out set (at most <see cref="TrainerOptions.EvalBatches"/> batches).</summary>
@@ -447,13 +451,9 @@ public sealed class Trainer : IDisposable
             }
 
             var size = Math.Min(_options.BatchSize, data.Count - start);
-            if (!_evalFeeders.TryGetValue(size, out var feeder))
-            {
-                feeder = new BatchFeeder(Manifest, size, data.SequenceLength);
-                _evalFeeders[size] = feeder;
-            }
-
-            feeder.Fill(data, [.. Enumerable.Range(start, size)]);
+            int[] indices = [.. Enumerable.Range(start, size)];
+            var feeder = Feeder(size, data.BatchLength(indices));
+            feeder.Fill(data, indices);
             BindCommon(_evalBinding, _evalInputs, feeder);
             _evalBinding.BindOutput("loss", _loss);
             _evalBinding.BindOutput("task_loss", _taskLoss);
@@ -520,8 +520,8 @@ public sealed class Trainer : IDisposable
     /// Writes <paramref name="sourceModel"/> with its parameters replaced by the current values: the fine-tuned
     /// model for inference.
     /// </summary>
-    public void ExportInference(string sourceModel, string outputPath) =>
-        InferenceExport.Write(sourceModel, ParameterTensors(), outputPath, _state.Step);
+    public void ExportInference(string sourceModel, string outputPath, IEnumerable<KeyValuePair<string, string>>? metadata = null) =>
+        InferenceExport.Write(sourceModel, ParameterTensors(), outputPath, _state.Step, metadata);
 
     /// <summary>
     /// Peak bytes in use of the grad, optimizer and eval sessions' allocators for the execution device (ORT
@@ -565,12 +565,11 @@ public sealed class Trainer : IDisposable
             z.Dispose();
         }
 
-        foreach (var f in _evalFeeders.Values)
+        foreach (var f in _feeders.Values)
         {
             f.Dispose();
         }
 
-        _trainFeeder.Dispose();
         foreach (var v in new[] { _lr, _stepValue, _gradScale, _loss, _taskLoss, _gradNorm })
         {
             v.Dispose();
@@ -622,6 +621,21 @@ public sealed class Trainer : IDisposable
                 binding.BindInput(p.Spec.Name, p.Values[p.Current]);
             }
         }
+    }
+
+    // Examples per window of the shuffled order that are sorted by length, so that batches hold similar lengths.
+    private int BucketWindow => _options.BatchSize * 32;
+
+    /// <summary>The feeder of one batch shape (ragged data has a few: lengths are rounded to multiples of 8).</summary>
+    private BatchFeeder Feeder(int batch, int length)
+    {
+        if (!_feeders.TryGetValue((batch, length), out var feeder))
+        {
+            feeder = new BatchFeeder(Manifest, batch, length);
+            _feeders[(batch, length)] = feeder;
+        }
+
+        return feeder;
     }
 
     private OrtValue Zeros(ParameterSpec spec)
@@ -696,10 +710,16 @@ public sealed class Trainer : IDisposable
 
     private void CheckDataFitsLoss(Dataset data)
     {
-        if (Manifest.Input(DataRole.Target) is { } target)
+        if (Manifest.DataInputs.FirstOrDefault(d => d.Role == DataRole.Other) is { } other)
         {
-            throw new TrainingException($"the artifact's loss is {Manifest.Loss.Kind} with a float target input '{target.Name}'; " +
-                "the data loader reads token data only (text or JSONL input_ids/labels/label): compile with --loss causal_lm or classify");
+            throw new TrainingException($"the model input '{other.Name}' is neither token ids, an attention mask, token types, " +
+                "positions nor decoder inputs: the trainer cannot fill it from the data (and will not feed made-up values)");
+        }
+
+        if (Manifest.Input(DataRole.Target) is { } target && data.Examples.FirstOrDefault(e => e.Target is null) is { } noTarget)
+        {
+            throw new DataException($"{data.Source} {noTarget.Where}: the {Manifest.Loss.Kind} loss needs a float target on every example " +
+                $"(for '{target.Name}'): read the data with --task regress and a numeric label field");
         }
 
         if (Manifest.Input(DataRole.Label) is not null && data.Examples.FirstOrDefault(e => e.Label is null) is { } missing)

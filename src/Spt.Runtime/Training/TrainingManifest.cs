@@ -22,10 +22,16 @@ public enum DataRole
     /// <summary>Regression target for MSE, float, shaped like the model's first output.</summary>
     Target,
 
-    /// <summary>
-    /// Another model input (token_type_ids, position_ids, ...): fed as 0, 1, ..., S-1 along the sequence when its
-    /// name contains "position", else as zeros.
-    /// </summary>
+    /// <summary>Segment ids (0 first text, 1 its pair), [batch, sequence].</summary>
+    TokenTypeIds,
+
+    /// <summary>Positions 0, 1, ..., S-1 along the sequence, [batch, sequence].</summary>
+    PositionIds,
+
+    /// <summary>A decoder's input tokens: the labels shifted right behind the decoder start id, [batch, sequence].</summary>
+    DecoderInputIds,
+
+    /// <summary>A model input the trainer cannot fill from data: training refuses it, naming it.</summary>
     Other,
 }
 
@@ -48,7 +54,11 @@ public sealed record ParameterSpec(string Name, ElementType ElementType, IReadOn
 /// <c>logits[b, t]</c>: the runtime feeds the next token (labels shifted left by one, the last position set to
 /// <see cref="IgnoreIndex"/>), so the graph does not shift.
 /// </summary>
-public sealed record LossSpec(string Kind, long IgnoreIndex, double PqWeight);
+public sealed record LossSpec(string Kind, long IgnoreIndex, double PqWeight)
+{
+    /// <summary>The first decoder input of an encoder-decoder (seq2seq: <c>decoder_input_ids</c> = start, labels[:-1]).</summary>
+    public long DecoderStartId { get; init; }
+}
 
 /// <summary>The AdamW hyperparameters baked into optimizer.onnx (the learning rate is an input).</summary>
 public sealed record OptimizerSpec(double Beta1, double Beta2, double Epsilon, double WeightDecay, double MaxGradNorm);
@@ -163,7 +173,10 @@ public sealed class TrainingManifest
             Loss = new LossSpec(
                 Str(loss, "kind"),
                 loss["ignore_index"]?.GetValue<long>() ?? -100,
-                loss["pq_weight"]?.GetValue<double>() ?? 0),
+                loss["pq_weight"]?.GetValue<double>() ?? 0)
+            {
+                DecoderStartId = loss["decoder_start_id"]?.GetValue<long>() ?? 0,
+            },
             Optimizer = new OptimizerSpec(
                 betas is { Count: 2 } ? betas[0]!.GetValue<double>() : optimizer["beta1"]?.GetValue<double>() ?? 0.9,
                 betas is { Count: 2 } ? betas[1]!.GetValue<double>() : optimizer["beta2"]?.GetValue<double>() ?? 0.999,
@@ -208,7 +221,7 @@ public sealed class TrainingManifest
             ["shape"] = new JsonArray([.. d.Shape.Select(s => s.Value is { } v ? JsonValue.Create(v) : (JsonNode?)JsonValue.Create(s.Param ?? "?"))]),
             ["role"] = RoleName(d.Role),
         })]),
-        ["loss"] = new JsonObject { ["kind"] = Loss.Kind, ["ignore_index"] = Loss.IgnoreIndex, ["pq_weight"] = Loss.PqWeight },
+        ["loss"] = new JsonObject { ["kind"] = Loss.Kind, ["ignore_index"] = Loss.IgnoreIndex, ["pq_weight"] = Loss.PqWeight, ["decoder_start_id"] = Loss.DecoderStartId },
         ["parameters"] = new JsonArray([.. Parameters.Select(p => (JsonNode)new JsonObject
         {
             ["name"] = p.Name,
@@ -268,6 +281,9 @@ public sealed class TrainingManifest
         DataRole.Labels => "labels",
         DataRole.Label => "label",
         DataRole.Target => "target",
+        DataRole.TokenTypeIds => "token_type_ids",
+        DataRole.PositionIds => "position_ids",
+        DataRole.DecoderInputIds => "decoder_input_ids",
         DataRole.Other => "other",
         _ => throw new ArgumentOutOfRangeException(nameof(role)),
     };
@@ -279,6 +295,9 @@ public sealed class TrainingManifest
         "labels" => DataRole.Labels,
         "label" => DataRole.Label,
         "target" => DataRole.Target,
+        "token_type_ids" => DataRole.TokenTypeIds,
+        "position_ids" => DataRole.PositionIds,
+        "decoder_input_ids" => DataRole.DecoderInputIds,
         "other" => DataRole.Other,
         _ => throw new TrainingException($"unknown data input role '{role}' in training.json"),
     };
