@@ -35,16 +35,20 @@ public sealed class CheckpointDirectoryTests : IDisposable
 
     private string Artifact() => TrainingArtifacts.Bigram(Dir("a"));
 
+    // A complete run to <steps> (checkpoints every 2 steps, the newest 2 kept) that lets go of the directory.
+    private static void RunTo(string checkpoints, string artifact, long steps)
+    {
+        using var t = new Trainer(artifact, Train(), null, Options(checkpoints, steps));
+        t.Run();
+    }
+
     private static string[] StepDirs(string dir) => [.. Directory.GetDirectories(dir, "step-*").Select(Path.GetFileName).Order()!];
 
     [Fact]
     public void A_run_writes_its_identity_and_each_checkpoint_names_it()
     {
         var ck = Dir("ck");
-        using (var t = new Trainer(Artifact(), Train(), null, Options(ck, 4)))
-        {
-            t.Run();
-        }
+        RunTo(ck, Artifact(), 4);
 
         var run = File.ReadAllText(Path.Combine(ck, CheckpointStore.RunFile));
         Assert.Contains("\"seed\": 7", run);
@@ -59,10 +63,7 @@ public sealed class CheckpointDirectoryTests : IDisposable
     {
         var ck = Dir("ck");
         var artifact = Artifact();
-        using (var t = new Trainer(artifact, Train(), null, Options(ck, 6)))
-        {
-            t.Run();
-        }
+        RunTo(ck, artifact, 6);
 
         Assert.Equal(["step-00000004", "step-00000006"], StepDirs(ck));
         using var fresh = new Trainer(artifact, Train(), null, Options(ck, 3));
@@ -79,10 +80,7 @@ public sealed class CheckpointDirectoryTests : IDisposable
     {
         var ck = Dir("ck");
         var artifact = Artifact();
-        using (var t = new Trainer(artifact, Train(), null, Options(ck, 4)))
-        {
-            t.Run();
-        }
+        RunTo(ck, artifact, 4);
 
         // A checkpoint of another run copied in (its run.json names another id) is neither counted nor deleted.
         var foreign = Path.Combine(ck, "step-00000099");
@@ -118,10 +116,7 @@ public sealed class CheckpointDirectoryTests : IDisposable
     {
         var ck = Dir("ck");
         var artifact = Artifact();
-        using (var t = new Trainer(artifact, Train(), null, Options(ck, 6)))
-        {
-            t.Run();
-        }
+        RunTo(ck, artifact, 6);
 
         using var resumed = new Trainer(artifact, Train(), null, Options(ck, 4));
         var e = Assert.Throws<TrainingException>(() => resumed.ResumeFromLatest());
@@ -136,10 +131,7 @@ public sealed class CheckpointDirectoryTests : IDisposable
     {
         var ck = Dir("ck");
         var artifact = Artifact();
-        using (var t = new Trainer(artifact, Train(), null, Options(ck, 4)))
-        {
-            t.Run();
-        }
+        RunTo(ck, artifact, 4);
 
         var options = changed switch
         {
@@ -158,10 +150,7 @@ public sealed class CheckpointDirectoryTests : IDisposable
     {
         var ck = Dir("ck");
         var artifact = Artifact();
-        using (var t = new Trainer(artifact, Train(), null, Options(ck, 6)))
-        {
-            t.Run();
-        }
+        RunTo(ck, artifact, 6);
 
         var newest = Path.Combine(ck, "step-00000006", Checkpoint.FileName);
         var bytes = File.ReadAllBytes(newest);
@@ -185,10 +174,7 @@ public sealed class CheckpointDirectoryTests : IDisposable
         var trash = Path.Combine(ck, $".step-00000002.sptc-{int.MaxValue}-{Guid.NewGuid():N}.tmp");
         Directory.CreateDirectory(trash);
         File.WriteAllText(Path.Combine(trash, "half"), "x");
-        using (var t = new Trainer(Artifact(), Train(), null, Options(ck, 8)))
-        {
-            t.Run();
-        }
+        RunTo(ck, Artifact(), 8);
 
         Assert.False(Directory.Exists(trash));
         Assert.Equal(["step-00000006", "step-00000008"], StepDirs(ck));
