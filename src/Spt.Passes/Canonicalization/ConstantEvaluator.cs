@@ -101,6 +101,18 @@ internal static class ConstantEvaluator
 
     public static ConstArray? Evaluate(Node n, IReadOnlyList<ConstArray?> inputs, long opset, long maxElements)
     {
+        try
+        {
+            return EvaluateNode(n, inputs, opset, maxElements);
+        }
+        catch (AxisOutOfRangeException e)
+        {
+            throw OnnxModelException.ForNode(n, e.Message);
+        }
+    }
+
+    private static ConstArray? EvaluateNode(Node n, IReadOnlyList<ConstArray?> inputs, long opset, long maxElements)
+    {
         ConstArray? In(int i) => i < inputs.Count ? inputs[i] : null;
         var x = In(0);
         ConstArray? result = n.OpType switch
