@@ -11,7 +11,9 @@ if ! command -v nvcc >/dev/null; then
   echo "cuda-compile-check: nvcc not found (install a CUDA toolkit; see README, GPU)" >&2
   exit 2
 fi
-ort_include="$(dotnet msbuild src/Spt.Runtime -restore -getProperty:SptOrtIncludeDir 2>/dev/null | tail -1)"
+# -getProperty ignores -restore: restore first, then read the headers' folder of the restored package.
+dotnet restore src/Spt.Runtime -v:quiet >/dev/null
+ort_include="$(dotnet msbuild src/Spt.Runtime -getProperty:SptOrtIncludeDir 2>/dev/null | tail -1)"
 if [[ ! -f "$ort_include/onnxruntime_cxx_api.h" ]]; then
   echo "cuda-compile-check: ONNX Runtime headers not found (restore failed?): run ./build.sh once first" >&2
   exit 2

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Spectre.Console;
@@ -20,6 +21,73 @@ public static class ExitCodes
 
     /// <summary>Training stopped because the loss or gradient norm became NaN or infinite (the last good checkpoint is kept).</summary>
     public const int Diverged = 5;
+
+    /// <summary>
+    /// <c>sptc train</c> got SIGINT or SIGTERM: it finished the step under way, wrote a checkpoint of it (with
+    /// --checkpoint-dir) and stopped; <c>--resume</c> continues from there. A second signal ends the process at once.
+    /// </summary>
+    public const int Interrupted = 6;
+}
+
+/// <summary>
+/// SIGINT and SIGTERM. Outside a graceful section the process ends as usual, after deleting the outputs it had
+/// staged but not committed (so an interrupted save leaves nothing). Inside one (<see cref="Graceful"/>, used by
+/// training) the first signal only cancels <see cref="Token"/>, so the loop can finish its step and checkpoint.
+/// </summary>
+internal static class Interrupts
+{
+    private static readonly CancellationTokenSource Source = new();
+    private static readonly List<PosixSignalRegistration> Registrations = [];
+    private static int _graceful;
+
+    /// <summary>Cancelled by the first SIGINT/SIGTERM during a graceful section.</summary>
+    public static CancellationToken Token => Source.Token;
+
+    /// <summary>The signal that cancelled <see cref="Token"/>, if any.</summary>
+    public static PosixSignal? Received { get; private set; }
+
+    /// <summary>Installs the handlers (once, from the process entry point).</summary>
+    public static void Install()
+    {
+        if (Registrations.Count == 0)
+        {
+            Registrations.Add(PosixSignalRegistration.Create(PosixSignal.SIGINT, Handle));
+            Registrations.Add(PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handle));
+        }
+    }
+
+    /// <summary>Starts a section in which a signal asks the work to stop instead of ending the process.</summary>
+    public static IDisposable Graceful()
+    {
+        Interlocked.Increment(ref _graceful);
+        return new Section();
+    }
+
+    private static void Handle(PosixSignalContext context)
+    {
+        if (Volatile.Read(ref _graceful) > 0 && !Source.IsCancellationRequested)
+        {
+            Received = context.Signal;
+            context.Cancel = true;
+            Source.Cancel();
+            return;
+        }
+
+        OutputCommit.AbortAll();
+    }
+
+    private sealed class Section : IDisposable
+    {
+        private int _disposed;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _disposed, 1) == 0)
+            {
+                Interlocked.Decrement(ref _graceful);
+            }
+        }
+    }
 }
 
 /// <summary>Where a command writes, and how failures become one-line messages and exit codes.</summary>
@@ -111,10 +179,11 @@ internal sealed class CliContext(TextWriter stdout, TextWriter stderr)
     }
 
     private static bool IsUserError(Exception e) => e is OnnxModelException or OpContractException
-        or FileNotFoundException or DirectoryNotFoundException or UnauthorizedAccessException
+        or IOException or UnauthorizedAccessException
         or CliUsageException or Microsoft.ML.OnnxRuntime.OnnxRuntimeException or Spt.Runtime.Training.TrainingException;
 
-    private static string OneLine(string message) =>
+    /// <summary>A message folded onto one line.</summary>
+    public static string OneLine(string message) =>
         string.Join(' ', message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
 }
 

@@ -31,15 +31,19 @@ internal static class OptimizeCommand
         command.SetAction(parse => context.Guard(parse, () =>
         {
             var options = rewrite.Options(parse, parse.GetValue(exact), parse.GetValue(seed));
-            var outFile = parse.GetRequiredValue(output);
+            // Every output is checked before anything is written, and all of them appear together at the end.
+            using var commit = new OutputCommit();
+            var outFile = new FileInfo(commit.AddFile(parse.GetRequiredValue(output).ToString(), "output model"));
+            var reportFile = parse.GetValue(report) is { } r ? commit.AddFile(r.ToString(), "report file") : null;
             var result = Run(parse.GetRequiredValue(model), outFile, options);
             bool asJson = parse.GetValue(json);
             if (asJson)
                 context.Out.WriteLine(result.ToJson());
             else
                 Render(context.Console, result);
-            if (parse.GetValue(report) is { } reportFile)
-                File.WriteAllText(reportFile.FullName, result.ToJson());
+            if (reportFile is not null)
+                File.WriteAllText(reportFile, result.ToJson());
+            commit.Commit();
             bool wanted = options.Attention == AttentionMode.Sparse || options.Ffn == FfnMode.Routed;
             bool nothing = result.AttentionRewritten == 0 && result.FfnRewritten == 0;
             if (parse.GetValue(explain) || (wanted && nothing))

@@ -5,7 +5,11 @@ namespace Spt.Cli;
 /// <summary>The <c>sptc</c> command: parses flags, calls the libraries, prints.</summary>
 public static class Program
 {
-    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+    public static int Main(string[] args)
+    {
+        Interrupts.Install();
+        return Run(args, Console.Out, Console.Error);
+    }
 
     /// <summary>Runs sptc with the given arguments and writers; returns the exit code.</summary>
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -14,13 +18,9 @@ public static class Program
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {
-            // One line per problem and exit code 2, instead of the full help text.
-            foreach (var error in parse.Errors)
-            {
-                stderr.WriteLine($"sptc: error: {error.Message}");
-            }
-
-            stderr.WriteLine($"sptc: see '{string.Join(' ', CommandPath(parse))} --help'");
+            // Exactly one line and exit code 2, instead of the full help text: the first problem, a count of the rest.
+            var more = parse.Errors.Count > 1 ? $" (and {parse.Errors.Count - 1} more)" : "";
+            stderr.WriteLine($"sptc: error: {CliContext.OneLine(parse.Errors[0].Message)}{more}; see '{string.Join(' ', CommandPath(parse))} --help'");
             return ExitCodes.BadInput;
         }
 
@@ -62,6 +62,7 @@ public static class Program
         root.Subcommands.Add(DemoCommand.Create(context));
         root.Subcommands.Add(SampleCommand.Create(context));
         root.Subcommands.Add(MpiCheckCommand.Create(context));
+        OptionBounds.Attach(root);
         return root;
     }
 }

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Spt.Ir;
 using Spt.Ir.Samples;
 
 namespace Spt.Cli;
@@ -22,17 +23,25 @@ internal static class SampleCommand
         };
         command.SetAction(parse => context.Guard(parse, () =>
         {
-            SampleDecoderConfig config;
+            var config = new SampleDecoderConfig(parse.GetValue(layers), parse.GetValue(dModel),
+                parse.GetValue(heads), parse.GetValue(dFf), parse.GetValue(vocab), parse.GetValue(maxSeq), parse.GetValue(seed));
             try
             {
-                using var model = SampleModels.TinyDecoder(config = new SampleDecoderConfig(parse.GetValue(layers), parse.GetValue(dModel),
-                    parse.GetValue(heads), parse.GetValue(dFf), parse.GetValue(vocab), parse.GetValue(maxSeq), parse.GetValue(seed)));
-                model.Save(parse.GetRequiredValue(output));
+                config.Validate();
             }
             catch (ArgumentException e)
             {
                 throw new CliUsageException(e.Message);
             }
+
+            using var commit = new OutputCommit();
+            var staged = commit.AddFile(parse.GetRequiredValue(output), "output model");
+            using (var model = SampleModels.TinyDecoder(config))
+            {
+                model.Save(staged);
+            }
+
+            commit.Commit();
 
             context.Out.WriteLine($"wrote {parse.GetRequiredValue(output)}: {config}");
             return ExitCodes.Ok;

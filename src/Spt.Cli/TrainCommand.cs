@@ -12,7 +12,7 @@ namespace Spt.Cli;
 /// <c>sptc train MODEL.onnx --data FILE [...]</c>: compiles the model for training into a work directory (or takes
 /// an artifact directory written by <c>sptc compile-training</c> as MODEL), then fine-tunes it on the data with
 /// the ORT trainer. Exit codes: 0 done; 2 bad input (missing files, bad data, a model that cannot feed the loss,
-/// bad flags); 5 (<see cref="ExitCodes.Diverged"/>) the loss became NaN/Inf (the last good checkpoint is kept).
+/// bad flags); 5 (<see cref="ExitCodes.Diverged"/>) the loss became NaN/Inf (the last good checkpoint is kept); 6 (<see cref="ExitCodes.Interrupted"/>) SIGINT/SIGTERM: the step under way finished and was checkpointed.
 /// </summary>
 internal static class TrainCommand
 {
@@ -107,6 +107,32 @@ internal static class TrainCommand
             var dataset = DataFiles.Load(parse.GetRequiredValue(data), dataFlags.Request(parse, tokenizer, loss, parse.GetValue(seq),
                 parse.GetValue(resume) ? knownLabels : null, Dataset.DefaultIgnoreIndex));
 
+            // Before anything is compiled: the checkpoint directory is free, and fresh runs do not mix with old checkpoints
+            // (rank 0 owns the directory).
+            if (checkpoints is not null && ranks is not { IsPrimary: false })
+            {
+                CheckpointStore.Preflight(checkpoints, parse.GetValue(resume));
+            }
+
+            // Folders this run creates are removed again if it fails before a checkpoint exists in them.
+            var created = (ranks is { IsPrimary: false } ? [] : new[] { checkpoints, parse.GetValue(workDir), checkpoints is null ? null : Path.Combine(checkpoints, "artifact") })
+                .OfType<string>().Where(d => d.Length > 0 && FileChecks.Kind(d) == PathKind.Missing).ToList();
+            try
+            {
+                return CompileAndTrain();
+            }
+            catch
+            {
+                foreach (var dir in created.Where(d => Directory.Exists(d) && !Directory.EnumerateDirectories(d, "step-*").Any()).Reverse())
+                {
+                    OutputCommit.DeleteDirectory(dir);
+                }
+
+                throw;
+            }
+
+            int CompileAndTrain()
+            {
             // The artifact: a given directory, or the model compiled into the work directory.
             string artifact;
             string? temp = null;
@@ -158,6 +184,7 @@ internal static class TrainCommand
                     Directory.Delete(temp, recursive: true);
                 }
             }
+            }
         }));
         return command;
     }
@@ -175,7 +202,7 @@ internal static class TrainCommand
         using var trainer = new Trainer(artifact, train, eval, options);
         if (resume)
         {
-            var from = trainer.ResumeFromLatest();
+            var from = trainer.ResumeFromLatest(warning => context.Error.WriteLine($"sptc: warning: {warning}"));
             context.Out.WriteLine(from is null
                 ? "no checkpoint to resume from; starting at step 0"
                 : $"resuming from {from} (step {trainer.Step})");
@@ -184,7 +211,20 @@ internal static class TrainCommand
         context.Out.WriteLine(FormattableString.Invariant(
             $"training {manifest.Trainable.Count()} of {manifest.Parameters.Count} parameter tensors ({manifest.Trainable.Sum(p => p.ElementCount):N0} values) on {trainer.Device.ToString().ToLowerInvariant()}: {train.Count} train / {eval.Count} eval sequences of {train.SequenceLength} tokens, steps {trainer.Step + 1}..{options.Steps}"));
 
-        var result = RunWithProgress(context, trainer, options);
+        TrainingResult result;
+        using (Interrupts.Graceful())
+        {
+            result = RunWithProgress(context, trainer, options);
+        }
+
+        if (Interrupts.Received is { } signal)
+        {
+            context.Error.WriteLine($"sptc: {signal} received: stopped after step {result.LastStep}" + (result.LastCheckpoint is { } at
+                ? $"; checkpoint {at} (continue with --resume)"
+                : "; no --checkpoint-dir, so nothing was saved"));
+            return ExitCodes.Interrupted;
+        }
+
         context.Out.WriteLine(FormattableString.Invariant(
             $"done: steps {result.FirstStep}..{result.LastStep}, loss {result.FirstLoss:0.0000} -> {result.FinalLoss:0.0000}") +
             (result.FinalEvalLoss is { } e ? FormattableString.Invariant($", eval loss {e:0.0000}") : "") +
@@ -246,7 +286,7 @@ internal static class TrainCommand
                 {
                     context.Out.WriteLine(StepLine(label, r));
                 }
-            });
+            }, cancel: Interrupts.Token);
         }
 
         TrainingResult? result = null;
@@ -263,7 +303,7 @@ internal static class TrainCommand
                     task.Description = Markup.Escape(FormattableString.Invariant(
                         $"{label} {r.Step}/{r.TotalSteps} loss {r.Loss:0.000} {r.TokensPerSecond:0} tok/s") +
                         (r.EvalLoss is { } e ? FormattableString.Invariant($" eval {e:0.000}") : ""));
-                });
+                }, cancel: Interrupts.Token);
             });
         return result!;
     }

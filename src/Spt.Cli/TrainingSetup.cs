@@ -14,12 +14,59 @@ internal static class TrainingSetup
     /// Compiles <paramref name="model"/> into <paramref name="directory"/> (training.json, grad/optimizer/eval graphs,
     /// the initial checkpoint) and keeps a copy of the model as source.onnx for <c>--export</c>.
     /// </summary>
+    /// <remarks>
+    /// All or nothing: the artifact is written to a staging directory beside <paramref name="directory"/>, read back,
+    /// and only then renamed into place; on any failure nothing is left (missing parent directories created for it
+    /// are removed again). An existing directory is replaced only when it is an artifact directory itself.
+    /// </remarks>
     public static TrainingManifest Compile(Model model, string directory, TrainingOptions options)
     {
-        Directory.CreateDirectory(directory);
-        TrainingCompiler.CompileToDirectory(model, directory, options);
-        model.Save(Path.Combine(directory, SourceCopy));
-        return TrainingManifest.Load(directory);
+        var createdParent = CreateMissingParents(directory);
+        try
+        {
+            using (var commit = new OutputCommit())
+            {
+                var staged = commit.AddDirectory(directory, "artifact directory",
+                    replaceable: existing => File.Exists(Path.Combine(existing, TrainingManifest.FileName)));
+                TrainingCompiler.CompileToDirectory(model, staged, options);
+                model.Save(Path.Combine(staged, SourceCopy));
+                TrainingManifest.Load(staged);
+                commit.Commit();
+            }
+
+            return TrainingManifest.Load(directory);
+        }
+        catch
+        {
+            if (createdParent is not null)
+            {
+                Directory.Delete(createdParent, recursive: true);
+            }
+
+            throw;
+        }
+    }
+
+    // Creates the missing ancestors of path (not path itself); returns the topmost one created, or null.
+    private static string? CreateMissingParents(string path)
+    {
+        if (string.IsNullOrWhiteSpace(path))
+        {
+            throw new CliUsageException("the output directory path is empty");
+        }
+
+        string? top = null;
+        for (var dir = Path.GetDirectoryName(Path.GetFullPath(path)); dir is not null && FileChecks.Kind(dir) == PathKind.Missing; dir = Path.GetDirectoryName(dir))
+        {
+            top = dir;
+        }
+
+        if (top is not null)
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        }
+
+        return top;
     }
 
     /// <summary>Parses --task lm|classify into the compiler's loss.</summary>

@@ -94,7 +94,7 @@ public sealed record SptOptions
     /// <summary>Throws <see cref="ArgumentException"/> for inconsistent values.</summary>
     public void Validate()
     {
-        if (TopKRatio <= 0 || TopKRatio > 1)
+        if (!(TopKRatio > 0 && TopKRatio <= 1))
             throw new ArgumentException($"top-k ratio must be in (0, 1]; got {TopKRatio}");
         if (TopK is <= 0)
             throw new ArgumentException($"top-k must be positive; got {TopK}");

@@ -63,7 +63,7 @@ public sealed class OrtModelRunner : IDisposable
         {
             IntraOpNumThreads = options.IntraOpThreads,
             InterOpNumThreads = 1,
-            LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR,
+            LogSeverityLevel = OrtLogging.SessionLevel,
             GraphOptimizationLevel = options.Optimization,
         };
         if (options.RegisterCustomOps ?? modelUsesCustomOps)

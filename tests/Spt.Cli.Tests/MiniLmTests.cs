@@ -81,8 +81,9 @@ public sealed class MiniLmTests : IClassFixture<MiniLmTests.ModelFile>
     [Fact]
     public void SptFineTuningLowersTheLoss()
     {
-        // A learnable labelling of short sequences (label = parity of the second token), classified from the first
-        // position's hidden state; the SPT rewrite (sparse attention, routed FFN, LoRA) trains on top of the weights.
+        // A learnable labelling of short sequences (label = parity of the second token), classified by a 2-way head
+        // that sptc adds over the first position's hidden state; the SPT rewrite (sparse attention, routed FFN, LoRA)
+        // trains on top of the pretrained weights.
         var data = _model.Scratch("classify.jsonl");
         var rng = new Random(2);
         File.WriteAllLines(data, Enumerable.Range(0, 32).Select(i =>
@@ -93,7 +94,7 @@ public sealed class MiniLmTests : IClassFixture<MiniLmTests.ModelFile>
         }));
         var metrics = _model.Scratch("metrics.jsonl");
         var (code, stdout, stderr) = CliRunner.Run("train", _model.Path, "--optimize", "--lora", "4", "--topk-ratio", "0.5", "--task", "classify",
-            "--data", data, "--steps", "8", "--batch", "8", "--lr", "1e-3", "--schedule", "constant", "--metrics", metrics, "--seed", "1");
+            "--num-labels", "2", "--data", data, "--steps", "8", "--batch", "8", "--lr", "1e-3", "--schedule", "constant", "--metrics", metrics, "--seed", "1");
         Assert.True(code == 0, stderr + stdout);
         Assert.Contains("SPT rewrite: 6 of 6 attention blocks, 6 of 6 FFN blocks", stdout);
         var losses = File.ReadAllLines(metrics).Select(l => JsonDocument.Parse(l).RootElement.GetProperty("loss").GetDouble()).ToList();

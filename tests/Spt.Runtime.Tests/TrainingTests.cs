@@ -146,7 +146,7 @@ public sealed class TrainingTests : IDisposable
 
         var store = new CheckpointStore(checkpoints, 2);
         Assert.Equal([4L, 6], store.List().Select(c => c.Step));
-        Assert.Empty(Directory.EnumerateDirectories(checkpoints, ".tmp-*"));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(checkpoints, "*.tmp"));
         using var state = Model.Load(Path.Combine(store.Latest()!, Checkpoint.FileName));
         Assert.Empty(state.Graph.Nodes);
         Assert.Equal(["E", "m.E", "v.E", "W", "m.W", "v.W"], state.Graph.Initializers.Select(v => v.Name));
@@ -155,10 +155,11 @@ public sealed class TrainingTests : IDisposable
         Assert.Equal("7", meta["data_seed"]);
         Assert.Equal("1", meta["spt.checkpoint.format"]);
 
-        // Loading restores the values bit for bit.
-        using var reloaded = new Trainer(artifact, train, null, Options(checkpoints, steps: 6));
-        reloaded.ResumeFromLatest();
+        // Loading restores the values bit for bit (the first trainer lets go of the directory's lock first).
         var now = trainer.ParameterTensors().ToDictionary(t => t.Name, t => t.ToFloatArray());
+        trainer.Dispose();
+        using var reloaded = new Trainer(artifact, train, null, Options(checkpoints, steps: 7));
+        reloaded.ResumeFromLatest();
         foreach (var t in reloaded.ParameterTensors())
         {
             Assert.Equal(now[t.Name], t.ToFloatArray());
@@ -170,8 +171,10 @@ public sealed class TrainingTests : IDisposable
     {
         var checkpoints = Dir("ckpt");
         var store = new CheckpointStore(checkpoints, 3);
-        // A crash in the middle of a write leaves a temp directory and an incomplete step directory.
-        Directory.CreateDirectory(Path.Combine(checkpoints, ".tmp-step-00000009-1-x"));
+        // A crash in the middle of a write leaves a staging directory (named with the dead process's id) and, from
+        // older versions, an incomplete step directory.
+        var stale = Path.Combine(checkpoints, $".sptc-{int.MaxValue}-{Guid.NewGuid():N}.tmp");
+        Directory.CreateDirectory(Path.Combine(stale, "step-00000009"));
         Directory.CreateDirectory(Path.Combine(checkpoints, "step-00000009"));
         using var model = Checkpoint.Build([Tensor.Create("w", new float[] { 1, 2 }, 2)], new TrainerState(5, 1, 0, 3, 100));
         store.Save(model, 5);
@@ -183,7 +186,8 @@ public sealed class TrainingTests : IDisposable
         using var read = Model.Load(Path.Combine(store.Latest()!, Checkpoint.FileName));
         Assert.Equal(new float[] { 3, 4 }, read.Graph.Initializers.Single().Initializer!.ToFloatArray());
         Assert.Equal(new TrainerState(5, 1, 0, 3, 100), Checkpoint.ReadState(read, 0));
-        Assert.DoesNotContain(Directory.EnumerateDirectories(checkpoints, ".tmp-*"), d => !d.Contains("-1-x", StringComparison.Ordinal));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(checkpoints, "*.tmp"));
+        Assert.False(Directory.Exists(stale));
     }
 
     [Fact]

@@ -24,12 +24,40 @@ internal sealed class ExternalDataStore : IDisposable
     /// <summary>Directory that external locations are relative to.</summary>
     public string Directory { get; }
 
-    public string Resolve(string location) => Path.GetFullPath(Path.Combine(Directory, location));
+    /// <summary>
+    /// The file a location names. Like ONNX's checker, refuses locations that could read anything but the model's own
+    /// data: absolute paths, paths that leave the model's directory (<c>..</c>), and symbolic links whose target lies
+    /// outside it; a device, FIFO or directory is not a data file either.
+    /// </summary>
+    /// <exception cref="OnnxModelException">The location is refused; the message names <paramref name="tensor"/>.</exception>
+    public string Resolve(string location, string tensor)
+    {
+        string Refuse(string why) => throw new OnnxModelException($"tensor '{tensor}': external data location '{location}' {why}");
+        if (location.Length == 0 || location.Contains('\0'))
+            Refuse("is not a file name");
+        if (Path.IsPathRooted(location) || location.StartsWith('/') || location.StartsWith('\\'))
+            Refuse("is an absolute path; external data must lie in the model's directory");
+        string root = Path.TrimEndingDirectorySeparator(Path.GetFullPath(Directory));
+        string path = Path.GetFullPath(Path.Combine(root, location));
+        if (!FileChecks.IsWithin(path, root) || path == root)
+            Refuse($"leaves the model's directory '{root}'");
+        var kind = FileChecks.Kind(path);
+        if (kind == PathKind.Missing)
+            throw new OnnxModelException($"tensor '{tensor}': external data file '{location}' does not exist (looked for '{path}')");
+        if (kind != PathKind.File)
+            Refuse(FileChecks.Describe(kind));
+        // Symbolic links (of the file or of a folder on the way) must stay inside the model's directory too.
+        string? realRoot = FileChecks.RealPath(root);
+        string? realPath = FileChecks.RealPath(path);
+        if (realRoot == null || realPath == null || !FileChecks.IsWithin(realPath, realRoot))
+            Refuse($"leads outside the model's directory (to '{realPath ?? "?"}') through a symbolic link");
+        return path;
+    }
 
     /// <summary>Maps (once) the file and returns its mapping.</summary>
-    public MappedFile Get(string location)
+    public MappedFile Get(string location, string tensor)
     {
-        string path = Resolve(location);
+        string path = Resolve(location, tensor);
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);

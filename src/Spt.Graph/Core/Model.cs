@@ -166,11 +166,18 @@ public sealed class Model : IDisposable
     public static Model Load(string path, LoadOptions? options = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
-        if (!File.Exists(path))
-            throw new OnnxModelException($"model file '{path}' does not exist");
+        // A FIFO or device would block or never end, a link loop fails to open: refuse them before opening.
+        FileChecks.RequireInputFile(path, "model file");
         ModelProto proto;
-        using (var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16))
+        try
+        {
+            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
             proto = Parse(() => ModelProto.Parser.ParseFrom(stream), $"'{path}'");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new OnnxModelException($"cannot read model file '{path}': {FirstLine(e.Message)}", e);
+        }
         string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
         return FromOwnedProto(proto, new ExternalDataStore(dir), options, $"'{path}'");
     }
@@ -228,7 +235,9 @@ public sealed class Model : IDisposable
         Model? model = null;
         try
         {
+            ModelValidator.CheckProto(proto, what);
             model = ModelReader.Read(proto, store);
+            ModelValidator.CheckNodes(model.Graph);
             foreach (var t in ModelReader.AllTensors(model))
                 t.ValidateExternal();
             if (options?.Verify ?? true)

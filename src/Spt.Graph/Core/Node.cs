@@ -71,16 +71,31 @@ public sealed class Node
     public Attribute? GetAttribute(string name) => Attributes.Find(name);
 
     /// <summary>Integer attribute value, or <paramref name="defaultValue"/> when absent.</summary>
-    public long GetInt(string name, long defaultValue) => Attributes.Find(name)?.AsInt() ?? defaultValue;
+    /// <exception cref="OnnxModelException">The attribute is there with another kind (or without a value).</exception>
+    public long GetInt(string name, long defaultValue) => Typed(name, AttributeKind.Int)?.AsInt() ?? defaultValue;
 
     /// <summary>Float attribute value, or <paramref name="defaultValue"/> when absent.</summary>
-    public float GetFloat(string name, float defaultValue) => Attributes.Find(name)?.AsFloat() ?? defaultValue;
+    /// <exception cref="OnnxModelException">The attribute is there with another kind (or without a value).</exception>
+    public float GetFloat(string name, float defaultValue) => Typed(name, AttributeKind.Float)?.AsFloat() ?? defaultValue;
 
     /// <summary>String attribute value, or <paramref name="defaultValue"/> when absent.</summary>
-    public string? GetString(string name, string? defaultValue = null) => Attributes.Find(name)?.AsString() ?? defaultValue;
+    /// <exception cref="OnnxModelException">The attribute is there with another kind (or without a value).</exception>
+    public string? GetString(string name, string? defaultValue = null) => Typed(name, AttributeKind.String)?.AsString() ?? defaultValue;
 
     /// <summary>Integer list attribute value, or null when absent.</summary>
-    public IReadOnlyList<long>? GetInts(string name) => Attributes.Find(name)?.AsInts();
+    /// <exception cref="OnnxModelException">The attribute is there with another kind (or without a value).</exception>
+    public IReadOnlyList<long>? GetInts(string name) => Typed(name, AttributeKind.Ints)?.AsInts();
+
+    // A model's attribute of the wrong kind is the model's error: name the node, the attribute, expected and got.
+    private Attribute? Typed(string name, AttributeKind kind)
+    {
+        var a = Attributes.Find(name);
+        if (a != null && (a.Kind != kind || a.RawValue == null))
+            throw OnnxModelException.ForNode(this, a.RawValue == null && a.Kind == kind
+                ? $"attribute '{name}' has no value"
+                : AttributeKinds.Mismatch(name, kind, a.Kind));
+        return a;
+    }
 
     private string DebuggerText =>
         $"{string.Join(", ", OutputList.Select(v => "%" + v.Name))} = {(Domain.Length > 0 ? Domain + "::" : "")}{OpType}({string.Join(", ", InputList.Select(v => v == null ? "\"\"" : "%" + v.Name))}){(Name.Length > 0 ? "  '" + Name + "'" : "")}";

@@ -238,12 +238,10 @@ public sealed class Tensor
             return;
         if (_store == null)
             throw new OnnxModelException($"tensor '{Name}' stores its data in external file '{ext.Location}', but the model was not loaded from a file; set LoadOptions.ExternalDataDirectory");
-        string path = _store.Resolve(ext.Location);
+        string path = _store.Resolve(ext.Location, Name);
         var info = new FileInfo(path);
-        if (!info.Exists)
-            throw new OnnxModelException($"tensor '{Name}': external data file '{ext.Location}' does not exist (looked for '{path}')");
         long need = ext.Length ?? 0;
-        if (ext.Offset + need > info.Length)
+        if (ext.Offset > info.Length || need > info.Length - ext.Offset)
             throw new OnnxModelException($"tensor '{Name}': external data file '{ext.Location}' has {info.Length} bytes, but the tensor needs [{ext.Offset}, {ext.Offset + need})");
         long expected = ByteLength;
         long actual = ext.Length ?? info.Length - ext.Offset;
@@ -301,7 +299,7 @@ public sealed class Tensor
             throw new OnnxModelException($"tensor '{Name}' stores its data in external file '{External!.Location}', but the model was not loaded from a file");
         try
         {
-            return _store.Get(External!.Location);
+            return _store.Get(External!.Location, Name);
         }
         catch (IOException e)
         {

@@ -8,7 +8,40 @@ namespace Spt.Ir.Samples;
 /// <param name="Vocab">Vocabulary size.</param>
 /// <param name="MaxSequence">Positions in the position embedding and causal mask buffer.</param>
 /// <param name="Seed">Seed of the weights.</param>
-public sealed record SampleDecoderConfig(int Layers = 2, int DModel = 64, int Heads = 4, int DFf = 256, int Vocab = 128, int MaxSequence = 32, int Seed = 1);
+public sealed record SampleDecoderConfig(int Layers = 2, int DModel = 64, int Heads = 4, int DFf = 256, int Vocab = 128, int MaxSequence = 32, int Seed = 1)
+{
+    /// <summary>
+    /// Most parameters a sample may hold: 2^28 floats (1 GiB). The sample is a demo and test model built in memory,
+    /// where one tensor is also limited to 2^31 elements; beyond this a typo (an extra zero) would exhaust memory.
+    /// </summary>
+    public const long MaxParameters = 1L << 28;
+
+    /// <summary>Parameters (and mask buffer elements) of a decoder of this size, computed without overflow.</summary>
+    public long ParameterCount
+    {
+        get
+        {
+            double d = DModel, f = DFf, v = Vocab, s = MaxSequence;
+            // embeddings + mask buffer + per layer (4 d^2 + 4 d attention, 2 d f + d + f FFN, 4 d norms) + final norm + LM head
+            double n = v * d + s * d + s * s + Layers * (4 * d * d + 4 * d + 2 * d * f + d + f + 4 * d) + 2 * d + d * v;
+            return n >= long.MaxValue ? long.MaxValue : (long)n;
+        }
+    }
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first size out of range.</summary>
+    public void Validate()
+    {
+        foreach (var (name, value) in new[] { ("layers", Layers), ("d_model", DModel), ("heads", Heads), ("d_ff", DFf), ("vocab", Vocab), ("max_seq", MaxSequence) })
+        {
+            if (value < 1)
+                throw new ArgumentException($"{name} must be at least 1, got {value}");
+        }
+        if (DModel % Heads != 0)
+            throw new ArgumentException($"d_model {DModel} is not a multiple of heads {Heads}");
+        if (ParameterCount > MaxParameters)
+            throw new ArgumentException($"the sample would hold {ParameterCount:N0} parameters, more than {MaxParameters:N0} (1 GiB of float32); choose smaller sizes");
+    }
+}
 
 /// <summary>Models built in code, for the demo and tests.</summary>
 public static class SampleModels
@@ -24,8 +57,7 @@ public static class SampleModels
     public static Model TinyDecoder(SampleDecoderConfig? config = null)
     {
         var c = config ?? new SampleDecoderConfig();
-        if (c.DModel % c.Heads != 0)
-            throw new ArgumentException($"d_model {c.DModel} is not a multiple of heads {c.Heads}");
+        c.Validate();
         int e = c.DModel / c.Heads;
         var rng = new Random(c.Seed);
         var b = new GraphBuilder(17);

@@ -182,6 +182,7 @@ internal static class ModelWriter
         string dir = Path.GetDirectoryName(full)!;
         if (!Directory.Exists(dir))
             throw new OnnxModelException($"cannot save model to '{path}': directory '{dir}' does not exist");
+        FileChecks.RequireOutputFile(full, "model output");
         string dataName = options.ExternalDataFileName ?? Path.GetFileName(full) + ".data";
         if (dataName.IndexOfAny(['/', '\\']) >= 0)
             throw new ArgumentException($"external data file name '{dataName}' must be a plain file name", nameof(options));
@@ -206,6 +207,8 @@ internal static class ModelWriter
                     external.Add(t);
             }
         }
+        if (external.Count > 0)
+            FileChecks.RequireOutputFile(Path.Combine(dir, dataName), "external data output");
         long inline = total - external.Sum(t => t.ByteLength);
         if (inline > InlineLimit)
         {
@@ -214,9 +217,8 @@ internal static class ModelWriter
                 : $"cannot save model to '{path}': {inline} bytes of tensor data would stay inline, more than one protobuf message can hold (2 GB); lower ExternalDataThreshold");
         }
 
-        string tag = Guid.NewGuid().ToString("N");
-        string modelTmp = Path.Combine(dir, $".{Path.GetFileName(full)}.{tag}.tmp");
-        string dataTmp = Path.Combine(dir, $".{dataName}.{tag}.tmp");
+        string modelTmp = OutputCommit.TempSibling(full);
+        string dataTmp = OutputCommit.TempSibling(Path.Combine(dir, dataName));
         try
         {
             var placement = new Dictionary<Tensor, (long Offset, long Length)>(ReferenceEqualityComparer.Instance);
@@ -249,17 +251,23 @@ internal static class ModelWriter
             if (external.Count > 0)
                 File.Move(dataTmp, Path.Combine(dir, dataName), overwrite: true);
             File.Move(modelTmp, full, overwrite: true);
+            OutputCommit.Release(dataTmp);
+            OutputCommit.Release(modelTmp);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             TryDelete(dataTmp);
             TryDelete(modelTmp);
+            OutputCommit.Release(dataTmp);
+            OutputCommit.Release(modelTmp);
             throw new OnnxModelException($"cannot save model to '{path}': {e.Message}", e);
         }
         catch
         {
             TryDelete(dataTmp);
             TryDelete(modelTmp);
+            OutputCommit.Release(dataTmp);
+            OutputCommit.Release(modelTmp);
             throw;
         }
     }

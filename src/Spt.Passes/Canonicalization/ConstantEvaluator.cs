@@ -101,6 +101,18 @@ internal static class ConstantEvaluator
 
     public static ConstArray? Evaluate(Node n, IReadOnlyList<ConstArray?> inputs, long opset, long maxElements)
     {
+        try
+        {
+            return EvaluateNode(n, inputs, opset, maxElements);
+        }
+        catch (AxisOutOfRangeException e)
+        {
+            throw OnnxModelException.ForNode(n, e.Message);
+        }
+    }
+
+    private static ConstArray? EvaluateNode(Node n, IReadOnlyList<ConstArray?> inputs, long opset, long maxElements)
+    {
         ConstArray? In(int i) => i < inputs.Count ? inputs[i] : null;
         var x = In(0);
         ConstArray? result = n.OpType switch
@@ -213,27 +225,15 @@ internal static class ConstantEvaluator
     {
         if (a is null || b is null || a.Type != b.Type || a.Type == ElementType.Bool)
             return null;
-        var shape = BroadcastShape(a.Shape, b.Shape);
-        if (shape is null)
-            return null;
-        var strides = ConstArray.Strides(shape);
-        return ConstArray.Of(a.Type, shape,
-            i => real(a.Real(BroadcastIndex(a.Shape, shape, strides, i)), b.Real(BroadcastIndex(b.Shape, shape, strides, i))),
-            i => integer(a.Int(BroadcastIndex(a.Shape, shape, strides, i)), b.Int(BroadcastIndex(b.Shape, shape, strides, i))));
+        return Zip(a, b, a.Type, (x, y) => real(a.Real(x), b.Real(y)), (x, y) => integer(a.Int(x), b.Int(y)));
     }
 
     private static ConstArray? Compare(ConstArray? a, ConstArray? b, Func<double, double, bool> op)
     {
         if (a is null || b is null || a.Type != b.Type)
             return null;
-        var shape = BroadcastShape(a.Shape, b.Shape);
-        if (shape is null)
-            return null;
-        var strides = ConstArray.Strides(shape);
-        return ConstArray.Of(ElementType.Bool, shape, _ => 0,
-            i => a.IsReal
-                ? (op(a.Real(BroadcastIndex(a.Shape, shape, strides, i)), b.Real(BroadcastIndex(b.Shape, shape, strides, i))) ? 1 : 0)
-                : (CompareInts(a.Int(BroadcastIndex(a.Shape, shape, strides, i)), b.Int(BroadcastIndex(b.Shape, shape, strides, i)), op) ? 1 : 0));
+        return Zip(a, b, ElementType.Bool, (_, _) => 0,
+            (x, y) => (a.IsReal ? op(a.Real(x), b.Real(y)) : CompareInts(a.Int(x), b.Int(y), op)) ? 1 : 0);
     }
 
     // Integer compare without going through double (exact for large values).
@@ -243,12 +243,19 @@ internal static class ConstantEvaluator
     {
         if (a is not { Type: ElementType.Bool } || b is not { Type: ElementType.Bool })
             return null;
+        return Zip(a, b, ElementType.Bool, (_, _) => 0, (x, y) => op(a.Int(x) != 0, b.Int(y) != 0) ? 1 : 0);
+    }
+
+    // An elementwise result over the broadcast shape of a and b; the element functions get the flat indices into a, b.
+    private static ConstArray? Zip(ConstArray a, ConstArray b, ElementType type, Func<int, int, double> real, Func<int, int, long> integer)
+    {
         var shape = BroadcastShape(a.Shape, b.Shape);
         if (shape is null)
             return null;
         var strides = ConstArray.Strides(shape);
-        return ConstArray.Of(ElementType.Bool, shape, _ => 0,
-            i => op(a.Int(BroadcastIndex(a.Shape, shape, strides, i)) != 0, b.Int(BroadcastIndex(b.Shape, shape, strides, i)) != 0) ? 1 : 0);
+        return ConstArray.Of(type, shape,
+            i => real(BroadcastIndex(a.Shape, shape, strides, i), BroadcastIndex(b.Shape, shape, strides, i)),
+            i => integer(BroadcastIndex(a.Shape, shape, strides, i), BroadcastIndex(b.Shape, shape, strides, i)));
     }
 
     // Trilu: keeps x[..., i, j] where j - i >= k (upper) or j - i <= k (lower), zero elsewhere.

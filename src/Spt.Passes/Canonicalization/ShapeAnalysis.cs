@@ -28,7 +28,16 @@ public sealed class ShapeAnalysis
         foreach (var v in g.Initializers)
             a.Seed(v);
         foreach (var node in g.Nodes)
-            a.Visit(node);
+        {
+            try
+            {
+                a.Visit(node);
+            }
+            catch (AxisOutOfRangeException e)
+            {
+                throw OnnxModelException.ForNode(node, e.Message);
+            }
+        }
         return a;
     }
 
@@ -228,6 +237,8 @@ public sealed class ShapeAnalysis
                     if (parts.Any(p => p is null) || parts.Count == 0)
                         return null;
                     int rank = parts[0]!.Length;
+                    if (parts.Any(p => p!.Length != rank))
+                        throw OnnxModelException.ForNode(n, $"inputs of ranks {string.Join(", ", parts.Select(p => p!.Length))} cannot be concatenated");
                     int axis = NormAxis(n.GetInt("axis", 0), rank);
                     var result = (Dim[])parts[0]!.Clone();
                     var along = parts.Select(p => p![axis]).ToList();
@@ -411,7 +422,10 @@ public sealed class ShapeAnalysis
         return (Math.Clamp(start, 0, dim), Math.Clamp(end, 0, dim));
     }
 
-    internal static int NormAxis(long axis, int rank) => (int)(axis < 0 ? axis + rank : axis);
+    /// <summary>A negative axis counted from the end; an axis outside [-rank, rank) is the model's error.</summary>
+    internal static int NormAxis(long axis, int rank) => axis >= -rank && axis < Math.Max(rank, 1)
+        ? (int)(axis < 0 ? axis + rank : axis)
+        : throw new AxisOutOfRangeException(axis, rank);
 
     private Dim[]? Broadcast(Dim[]? a, Dim[]? b, bool expand = false)
     {
@@ -553,3 +567,7 @@ public sealed class ShapeAnalysis
         return result;
     }
 }
+
+/// <summary>An axis attribute or input outside [-rank, rank); turned into a model error naming the node.</summary>
+internal sealed class AxisOutOfRangeException(long axis, int rank)
+    : ArgumentOutOfRangeException(nameof(axis), $"axis {axis} is out of range for a rank-{rank} input");

@@ -98,6 +98,9 @@ public sealed class LoraPass(LoraOptions? options = null) : IPass
             if (Options.Include is { } include && !include.IsMatch(w.Name) && !(originals.TryGetValue(w.Name, out var orig) && include.IsMatch(orig)))
                 continue;
 
+            // A rank above min(d_in, d_out) adds parameters without adding capacity (B·A is full rank already).
+            if (Options.Rank > Math.Min(dIn, dOut))
+                throw OnnxModelException.ForNode(mm, $"LoRA rank {Options.Rank} exceeds min(d_in, d_out) = {Math.Min(dIn, dOut)} of weight '{w.Name}' [{dIn}, {dOut}]; give a rank of at most {Math.Min(dIn, dOut)}");
             var output = bias is not null ? m.Node("add").Outputs[0] : mm.Outputs[0];
             AddFactors(editor, m["x"], w, dIn, dOut, output, rng, trainable);
             (Options.FreezeBase ? frozen : trainable).Add(w.Name);

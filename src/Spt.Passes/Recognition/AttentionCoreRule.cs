@@ -210,33 +210,23 @@ public sealed class AttentionCoreFusion : IPass
         {
             string? notEvaluated = "no symbolic shapes";
             var probed = symbolic is null ? null : MaskProbing.Classify(bias, cond, scoresWhenTrue, qk.Outputs[0], rank, symbolic, opset, out notEvaluated);
-            if (probed is { Reason: { } failed })
-                return (null, failed);
             if (probed is { Window: > 0 } windowed)
                 return (null, $"the mask is a causal sliding window of {windowed.Window} keys{(windowed.KeyPadding is null ? "" : " with key padding")}; " +
                               "the sparse attention kernels have no window attribute, so the block stays dense");
-            if (probed is not null)
+            if (probed is { Reason: null })
             {
                 causal = probed.Causal;
                 keyPadding = probed.KeyPadding;
             }
             else
             {
-                if (cond != null)
-                {
-                    var tri = MaskAnalysis.Triangle(cond, shapes);
-                    if (tri == TriangleKind.Unknown || (tri == TriangleKind.KeepLower) != scoresWhenTrue)
-                        return (null, $"Where condition {Quote(cond)} is not a causal (tril) mask, and it could not be evaluated: {notEvaluated}");
-                    causal = true;
-                }
-                if (bias != null)
-                {
-                    var meaning = MaskAnalysis.Additive(bias, shapes);
-                    if (meaning.Reason != null)
-                        return (null, $"{meaning.Reason}, and the mask could not be evaluated: {notEvaluated}");
-                    causal |= meaning.Causal;
-                    keyPadding = meaning.KeyPadding;
-                }
+                // Not evaluated, or evaluated to no known meaning: the exporters' known structural forms still count
+                // (a mask cut from a fixed-size buffer need not broadcast at the probe sizes).
+                var structural = ReadStructure(cond, bias, scoresWhenTrue, shapes);
+                if (structural.Reason is { } why)
+                    return (null, probed?.Reason ?? $"{why}, and the mask could not be evaluated: {notEvaluated}");
+                causal = structural.Causal;
+                keyPadding = structural.KeyPadding;
             }
         }
 
@@ -264,6 +254,24 @@ public sealed class AttentionCoreFusion : IPass
             }
             return false;
         }
+    }
+
+    // The mask read from its structure: tril/triu buffers and Trilu as Where conditions, (1 - mask) * large negative
+    // padding and triu(large negative, 1) as additive terms.
+    private static MaskMeaning ReadStructure(Value? cond, Value? bias, bool scoresWhenTrue, StaticShapes shapes)
+    {
+        bool causal = false;
+        if (cond != null)
+        {
+            var tri = MaskAnalysis.Triangle(cond, shapes);
+            if (tri == TriangleKind.Unknown || (tri == TriangleKind.KeepLower) != scoresWhenTrue)
+                return MaskMeaning.Fail($"Where condition {Quote(cond)} is not a causal (tril) mask");
+            causal = true;
+        }
+        if (bias is null)
+            return new MaskMeaning(causal, null, null);
+        var meaning = MaskAnalysis.Additive(bias, shapes);
+        return meaning.Reason != null ? meaning : meaning with { Causal = causal || meaning.Causal };
     }
 
     /// <summary>

@@ -1,3 +1,4 @@
+using Spt.Ir;
 using System.Text;
 using System.Text.Json;
 
@@ -305,7 +306,12 @@ public sealed class Dataset
     /// positions table, class labels below the number of classes (each check only where the limit is known).
     /// </summary>
     /// <exception cref="DataException">The first violation, in one line.</exception>
-    public void Validate(ModelLimits limits)
+    /// <param name="limits">What the model accepts.</param>
+    /// <param name="tokenLabelIgnoreIndex">
+    /// When per-token labels feed the loss (causal LM): the label value without loss; every other label must be a token
+    /// id of the vocabulary too. Null: per-token labels are not checked.
+    /// </param>
+    public void Validate(ModelLimits limits, long? tokenLabelIgnoreIndex = null)
     {
         var longest = Ragged && Lengths is { Count: > 0 } ? Lengths.Max() : SequenceLength;
         if (limits.MaxPositions is { } positions && longest > positions)
@@ -328,6 +334,15 @@ public sealed class Dataset
                             : "";
                         throw new DataException($"{Source} {example.Where}: token id {id} is outside the model's vocabulary of {vocab} " +
                             $"(embedding '{limits.EmbeddingTable}'){hint}");
+                    }
+                }
+
+                foreach (var label in tokenLabelIgnoreIndex is { } ignore ? example.Labels ?? [] : [])
+                {
+                    if (label != tokenLabelIgnoreIndex && (label < 0 || label >= vocab))
+                    {
+                        throw new DataException($"{Source} {example.Where}: label {label} is outside the model's vocabulary of {vocab} " +
+                            $"(and is not the ignore index {tokenLabelIgnoreIndex})");
                     }
                 }
             }
@@ -355,6 +370,12 @@ public sealed class Dataset
         if (!File.Exists(path))
         {
             throw new DataException($"data file '{path}' does not exist");
+        }
+
+        // A FIFO or device would block or never end.
+        if (FileChecks.Kind(path) is var kind and not PathKind.File)
+        {
+            throw new DataException($"data file '{path}' {FileChecks.Describe(kind)}");
         }
 
         var bytes = File.ReadAllBytes(path);

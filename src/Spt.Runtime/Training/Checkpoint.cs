@@ -64,117 +64,67 @@ public static class Checkpoint
         return model;
     }
 
-    /// <summary>Reads the trainer state from a checkpoint model's metadata (missing entries read as a fresh run's).</summary>
+    /// <summary>
+    /// Reads the trainer state from a checkpoint model's metadata (missing entries read as a fresh run's); values
+    /// that are not numbers or are out of range (a negative step, ...) make the checkpoint unusable.
+    /// </summary>
+    /// <exception cref="TrainingException">An entry is malformed.</exception>
     public static TrainerState ReadState(Model model, ulong defaultSeed)
     {
         string? Get(string key) => model.Metadata.LastOrDefault(kv => kv.Key == key).Value;
-        long Long(string key, long fallback) =>
-            Get(key) is { } s ? long.Parse(s, NumberStyles.Integer, CultureInfo.InvariantCulture) : fallback;
-        var seed = Get("data_seed") is { } seedText ? ulong.Parse(seedText, CultureInfo.InvariantCulture) : defaultSeed;
-        return new TrainerState(Long("step", 0), seed, Long("data_epoch", 0), (int)Long("data_position", 0), Long("tokens_seen", 0));
+        long Long(string key, long fallback, long max = long.MaxValue)
+        {
+            if (Get(key) is not { } s)
+            {
+                return fallback;
+            }
+
+            if (!long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out var v) || v > max)
+            {
+                throw new TrainingException($"checkpoint metadata '{key}' is '{s}', not an integer in [0, {max}]");
+            }
+
+            return v;
+        }
+
+        var seedText = Get("data_seed");
+        var seed = defaultSeed;
+        if (seedText is not null && !ulong.TryParse(seedText, NumberStyles.None, CultureInfo.InvariantCulture, out seed))
+        {
+            throw new TrainingException($"checkpoint metadata 'data_seed' is '{seedText}', not an unsigned integer");
+        }
+
+        return new TrainerState(Long("step", 0, int.MaxValue), seed, Long("data_epoch", 0), (int)Long("data_position", 0, int.MaxValue), Long("tokens_seen", 0));
     }
 
     /// <summary>
-    /// Writes the checkpoint into <paramref name="directory"/> atomically: everything goes to a temporary sibling
-    /// directory first, which is then renamed into place, so a reader sees either no directory or a complete one.
-    /// An existing directory of that name is replaced.
+    /// Writes the checkpoint into <paramref name="directory"/> atomically: everything goes to a staging directory
+    /// first, which is then renamed into place (<see cref="OutputCommit"/>), so a reader sees either no directory or
+    /// a complete one, and a failure or signal leaves nothing. An existing directory of that name is replaced.
     /// </summary>
-    public static void WriteAtomically(Model model, string directory)
+    public static void WriteAtomically(Model model, string directory, IEnumerable<(string Name, string Text)>? extraFiles = null)
     {
         var full = Path.GetFullPath(directory);
-        var parent = Path.GetDirectoryName(full) ?? throw new ArgumentException($"'{directory}' has no parent directory");
-        Directory.CreateDirectory(parent);
-        var tmp = Path.Combine(parent, $".tmp-{Path.GetFileName(full)}-{Environment.ProcessId}-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(tmp);
-        try
+        Directory.CreateDirectory(Path.GetDirectoryName(full) ?? throw new ArgumentException($"'{directory}' has no parent directory"));
+        using var commit = new OutputCommit();
+        var staged = commit.AddDirectory(full, "checkpoint directory", replaceable: _ => true);
+        model.Save(Path.Combine(staged, FileName));
+        foreach (var (name, text) in extraFiles ?? [])
         {
-            model.Save(Path.Combine(tmp, FileName));
-            if (Directory.Exists(full))
-            {
-                // Move the old one aside first: Directory.Move does not replace.
-                var old = Path.Combine(parent, $".old-{Path.GetFileName(full)}-{Guid.NewGuid():N}");
-                Directory.Move(full, old);
-                Directory.Move(tmp, full);
-                Directory.Delete(old, recursive: true);
-            }
-            else
-            {
-                Directory.Move(tmp, full);
-            }
+            File.WriteAllText(Path.Combine(staged, name), text);
         }
-        catch
-        {
-            if (Directory.Exists(tmp))
-            {
-                Directory.Delete(tmp, recursive: true);
-            }
 
-            throw;
-        }
+        commit.Commit();
     }
 }
 
-/// <summary>
-/// The checkpoints of one run: <c>DIR/step-00000010/state.onnx</c>, ..., the newest <see cref="Keep"/> kept.
-/// Temporary directories (<c>.tmp-*</c>) left by a crash are ignored and removed.
-/// </summary>
-public sealed class CheckpointStore
+
+/// <summary>A checkpoint file that cannot be read: truncated, corrupt, missing a parameter, or with malformed metadata.</summary>
+public sealed class CheckpointUnreadableException : TrainingException
 {
-    private const string Prefix = "step-";
-
-    /// <summary>Opens (and creates) <paramref name="directory"/>.</summary>
-    public CheckpointStore(string directory, int keep)
+    /// <summary>Creates the exception with a one-line message and its cause.</summary>
+    public CheckpointUnreadableException(string message, Exception? innerException)
+        : base(message, innerException)
     {
-        if (keep < 1)
-        {
-            throw new TrainingException($"--keep must be at least 1 (got {keep})");
-        }
-
-        Directory = Path.GetFullPath(directory);
-        Keep = keep;
-        System.IO.Directory.CreateDirectory(Directory);
-    }
-
-    /// <summary>The run's checkpoint directory.</summary>
-    public string Directory { get; }
-
-    /// <summary>How many checkpoints are kept.</summary>
-    public int Keep { get; }
-
-    /// <summary>The directory of the checkpoint of <paramref name="step"/>.</summary>
-    public string PathFor(long step) => Path.Combine(Directory, Prefix + step.ToString("D8", CultureInfo.InvariantCulture));
-
-    /// <summary>Complete checkpoints, oldest first.</summary>
-    public IReadOnlyList<(long Step, string Path)> List() =>
-        [.. System.IO.Directory.EnumerateDirectories(Directory, Prefix + "*")
-            .Select(d => (Name: System.IO.Path.GetFileName(d), Path: d))
-            .Where(d => long.TryParse(d.Name.AsSpan(Prefix.Length), NumberStyles.None, CultureInfo.InvariantCulture, out _)
-                        && File.Exists(System.IO.Path.Combine(d.Path, Checkpoint.FileName)))
-            .Select(d => (long.Parse(d.Name.AsSpan(Prefix.Length), NumberStyles.None, CultureInfo.InvariantCulture), d.Path))
-            .OrderBy(d => d.Item1)];
-
-    /// <summary>The newest complete checkpoint directory, or null.</summary>
-    public string? Latest() => List() is { Count: > 0 } all ? all[^1].Path : null;
-
-    /// <summary>Writes the checkpoint of <paramref name="step"/> atomically, then deletes all but the newest <see cref="Keep"/>.</summary>
-    public string Save(Model checkpoint, long step)
-    {
-        var path = PathFor(step);
-        Checkpoint.WriteAtomically(checkpoint, path);
-        var all = List();
-        foreach (var (_, old) in all.Take(Math.Max(0, all.Count - Keep)))
-        {
-            System.IO.Directory.Delete(old, recursive: true);
-        }
-
-        foreach (var stale in System.IO.Directory.EnumerateDirectories(Directory, ".tmp-*"))
-        {
-            if (!stale.Contains($"-{Environment.ProcessId}-", StringComparison.Ordinal))
-            {
-                System.IO.Directory.Delete(stale, recursive: true);
-            }
-        }
-
-        return path;
     }
 }

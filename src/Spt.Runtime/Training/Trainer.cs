@@ -81,8 +81,10 @@ public sealed class Trainer : IDisposable
         }
 
         Limits = ReadLimitsAndCheckOps(out var needsCustomOps);
-        train.Validate(Limits);
-        _evalSet?.Validate(Limits);
+        var labelIgnore = Manifest.Loss.Kind == "causal_lm" ? Manifest.Loss.IgnoreIndex : (long?)null;
+        train.Validate(Limits, labelIgnore);
+        _evalSet?.Validate(Limits, labelIgnore);
+        BatchBudget.Check(options, train, Limits, Manifest);
         CheckDataFitsLoss(train);
 
         Device = ChooseDevice(options.Device);
@@ -171,17 +173,53 @@ public sealed class Trainer : IDisposable
     /// Continues from the newest checkpoint in <see cref="TrainerOptions.CheckpointDir"/>: parameters, moments,
     /// step and data position. Returns the checkpoint directory, or null when there is none (a fresh start).
     /// </summary>
-    public string? ResumeFromLatest()
+    /// <remarks>
+    /// The run's configuration must match the directory's (<see cref="CheckpointStore.BeginResume"/>). A checkpoint
+    /// that cannot be read (truncated, corrupt) is skipped for the previous intact one, with a line to
+    /// <paramref name="warn"/>. A checkpoint at or beyond <see cref="TrainerOptions.Steps"/> is an error: there is
+    /// nothing left to train.
+    /// </remarks>
+    public string? ResumeFromLatest(Action<string>? warn = null)
     {
-        if (_store?.Latest() is not { } latest)
+        if (_store is null)
         {
             return null;
         }
 
-        LoadCheckpoint(Path.Combine(latest, Checkpoint.FileName), initial: false);
-        _lastCheckpoint = latest;
-        return latest;
+        _store.BeginResume(CurrentRunConfig());
+        var all = _store.List();
+        for (var i = all.Count - 1; i >= 0; i--)
+        {
+            var (step, dir) = all[i];
+            try
+            {
+                LoadCheckpoint(Path.Combine(dir, Checkpoint.FileName), initial: false);
+            }
+            catch (CheckpointUnreadableException e)
+            {
+                warn?.Invoke($"checkpoint {dir} is unreadable ({e.Message}); trying the one before it");
+                continue;
+            }
+
+            if (step >= _options.Steps)
+            {
+                throw new TrainingException($"the checkpoint {dir} is at step {step}, so --steps {_options.Steps} leaves nothing to train; give --steps above {step}");
+            }
+
+            _lastCheckpoint = dir;
+            return dir;
+        }
+
+        if (all.Count > 0)
+        {
+            throw new TrainingException($"none of the {all.Count} checkpoints in {_store.Directory} can be read");
+        }
+
+        return null;
     }
+
+    private RunConfig CurrentRunConfig() =>
+        new(_options.Seed, _options.BatchSize, _options.Accumulate, _train.SequenceLength, RunConfig.HashArtifact(ArtifactDirectory));
 
     /// <summary>Loads parameters, moments and trainer state from a checkpoint's state.onnx.</summary>
     public void LoadCheckpoint(string stateFile, bool initial = false)
@@ -191,20 +229,28 @@ public sealed class Trainer : IDisposable
             throw new TrainingException($"checkpoint '{stateFile}' does not exist");
         }
 
-        using var model = Model.Load(stateFile);
-        var tensors = model.Graph.Initializers.Where(v => v.Initializer is not null)
-            .ToDictionary(v => v.Name, v => v.Initializer!, StringComparer.Ordinal);
-        foreach (var p in _parameters)
+        TrainerState state;
+        try
         {
-            if (!tensors.TryGetValue(p.Spec.Name, out var value))
+            using var model = Model.Load(stateFile);
+            state = Checkpoint.ReadState(model, _options.Seed);
+            var tensors = model.Graph.Initializers.Where(v => v.Initializer is not null)
+                .ToDictionary(v => v.Name, v => v.Initializer!, StringComparer.Ordinal);
+            foreach (var p in _parameters)
             {
-                throw new TrainingException($"checkpoint '{stateFile}' has no value for parameter '{p.Spec.Name}'");
-            }
+                if (!tensors.TryGetValue(p.Spec.Name, out var value))
+                {
+                    throw new TrainingException($"checkpoint '{stateFile}' has no value for parameter '{p.Spec.Name}'");
+                }
 
-            p.Load(value, tensors.GetValueOrDefault(Checkpoint.M(p.Spec.Name)), tensors.GetValueOrDefault(Checkpoint.V(p.Spec.Name)), stateFile);
+                p.Load(value, tensors.GetValueOrDefault(Checkpoint.M(p.Spec.Name)), tensors.GetValueOrDefault(Checkpoint.V(p.Spec.Name)), stateFile);
+            }
+        }
+        catch (Exception e) when (e is OnnxModelException or TrainingException)
+        {
+            throw new CheckpointUnreadableException($"{stateFile}: {e.Message}", e);
         }
 
-        var state = Checkpoint.ReadState(model, _options.Seed);
         if (initial)
         {
             // The artifact's checkpoint is the starting point, not a run position: keep the seed given now.
@@ -230,6 +276,7 @@ public sealed class Trainer : IDisposable
     /// <exception cref="TrainingDivergedException">The loss or gradient norm became NaN or infinite.</exception>
     public TrainingResult Run(Action<StepReport>? onStep = null, long? stopAfter = null, CancellationToken cancel = default)
     {
+        BeginRun();
         SynchronizeRanks();
         var until = Math.Min(stopAfter ?? _options.Steps, _options.Steps);
         var firstStep = _state.Step + 1;
@@ -510,9 +557,19 @@ public sealed class Trainer : IDisposable
             throw new InvalidOperationException("no checkpoint directory was configured");
         }
 
+        BeginRun();
         using var model = BuildCheckpoint();
         _lastCheckpoint = _store.Save(model, _state.Step);
         return _lastCheckpoint;
+    }
+
+    // A run that did not resume starts a fresh one in the checkpoint directory (which refuses other runs' checkpoints).
+    private void BeginRun()
+    {
+        if (_store is { Begun: false })
+        {
+            _store.BeginFresh(CurrentRunConfig());
+        }
     }
 
     /// <summary>The current state as a checkpoint model (parameters, moments, trainer state).</summary>
@@ -579,6 +636,7 @@ public sealed class Trainer : IDisposable
         }
 
         _disposed = true;
+        _store?.Dispose();
         foreach (var p in _parameters)
         {
             p.Dispose();
@@ -822,7 +880,7 @@ public sealed class Trainer : IDisposable
 
     private SessionOptions SessionOptionsFor(ExecutionDevice device, bool needsCustomOps)
     {
-        var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
+        var options = new SessionOptions { LogSeverityLevel = OrtLogging.SessionLevel };
         if (_options.IntraOpThreads > 0)
         {
             options.IntraOpNumThreads = _options.IntraOpThreads;
