@@ -26,12 +26,7 @@ public sealed class PeerSuiteTests(ITestOutputHelper output)
     public void BackendTestModelsRoundTripLosslesslyAndRunIdentically()
     {
         string root = TestData.BackendDataRoot();
-        var models = TestData.BackendSuites
-            .Select(s => Path.Combine(root, s))
-            .Where(Directory.Exists)
-            .SelectMany(d => Directory.EnumerateFiles(d, "model.onnx", SearchOption.AllDirectories))
-            .Order(StringComparer.Ordinal)
-            .ToList();
+        var models = TestData.BackendModels(root);
         Assert.NotEmpty(models);
 
         var watch = Stopwatch.StartNew();

@@ -21,6 +21,14 @@ internal static class TestData
         return root;
     }
 
+    /// <summary>Every <c>model.onnx</c> of the backend suites under <paramref name="root"/>, in a stable order.</summary>
+    public static List<string> BackendModels(string root) => BackendSuites
+        .Select(s => Path.Combine(root, s))
+        .Where(Directory.Exists)
+        .SelectMany(d => Directory.EnumerateFiles(d, "model.onnx", SearchOption.AllDirectories))
+        .Order(StringComparer.Ordinal)
+        .ToList();
+
     /// <summary>A fresh temporary directory, deleted when disposed.</summary>
     public static TempDir CreateTempDir() => new();
 

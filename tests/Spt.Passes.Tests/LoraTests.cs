@@ -7,22 +7,16 @@ namespace Spt.Passes.Tests;
 
 public class LoraTests
 {
-    private static float[] Random(int n, int seed)
-    {
-        var rng = new Random(seed);
-        return [.. Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1))];
-    }
-
     // h = x·W1 + b1 (bias first, as the exporter writes it); s = h·hᵀ-like activation product; y = h·W2
     private static Model Mlp()
     {
         var b = new GraphBuilder(17);
         var x = b.Input("x", ElementType.Float, "batch", "sequence", 8);
-        var w1 = b.Initializer("fc1.weight", Random(32, 1), 8, 4);
-        var b1 = b.Initializer("fc1.bias", Random(4, 2), 4);
+        var w1 = b.Initializer("fc1.weight", TestValues.Uniform(32, 1), 8, 4);
+        var b1 = b.Initializer("fc1.bias", TestValues.Uniform(4, 2), 4);
         var h = b.Op("Add", b1, b.Op("MatMul", x, w1));
         var scores = b.Op("MatMul", h, b.Op("Transpose", [h], ("perm", new long[] { 0, 2, 1 })));
-        var w2 = b.Initializer("fc2.weight", Random(24, 3), 4, 6);
+        var w2 = b.Initializer("fc2.weight", TestValues.Uniform(24, 3), 4, 6);
         var y = b.Op("MatMul", b.Op("Relu", h), w2);
         b.Output(y, "y").Output(scores, "scores");
         return b.Build();

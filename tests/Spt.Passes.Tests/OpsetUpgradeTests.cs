@@ -31,12 +31,7 @@ public sealed class OpsetUpgradeTests(ITestOutputHelper output)
     public void BackendModelsOfOpsets7To12UpgradeAndComputeTheSameOutputs()
     {
         string root = TestData.BackendDataRoot();
-        var models = TestData.BackendSuites
-            .Select(s => Path.Combine(root, s))
-            .Where(Directory.Exists)
-            .SelectMany(d => Directory.EnumerateFiles(d, "model.onnx", SearchOption.AllDirectories))
-            .Order(StringComparer.Ordinal)
-            .ToList();
+        var models = TestData.BackendModels(root);
         var results = new ConcurrentBag<Result>();
         Parallel.ForEach(models, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, path =>
         {

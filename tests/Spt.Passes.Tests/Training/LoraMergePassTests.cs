@@ -7,19 +7,13 @@ namespace Spt.Passes.Tests.Training;
 /// <summary>Folding LoRA factors into the base weights: structure, and the same outputs as the unmerged model.</summary>
 public class LoraMergePassTests
 {
-    private static float[] Random(int n, int seed)
-    {
-        var rng = new Random(seed);
-        return [.. Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1))];
-    }
-
     // y = Relu(x·W1 + b1)·Transpose(W2t) with W2 stored transposed [6, 4], as exporters write nn.Linear.
     private static Model Mlp()
     {
         var b = new GraphBuilder(17);
         var x = b.Input("x", ElementType.Float, "batch", "sequence", 8);
-        var h = b.Op("Add", b.Op("MatMul", x, b.Initializer("fc1.weight", Random(32, 1), 8, 4)), b.Initializer("fc1.bias", Random(4, 2), 4));
-        var w2 = b.Op("Transpose", [b.Initializer("fc2.weight", Random(24, 3), 6, 4)], ("perm", new long[] { 1, 0 }));
+        var h = b.Op("Add", b.Op("MatMul", x, b.Initializer("fc1.weight", TestValues.Uniform(32, 1), 8, 4)), b.Initializer("fc1.bias", TestValues.Uniform(4, 2), 4));
+        var w2 = b.Op("Transpose", [b.Initializer("fc2.weight", TestValues.Uniform(24, 3), 6, 4)], ("perm", new long[] { 1, 0 }));
         b.Output(b.Op("MatMul", b.Op("Relu", h), w2), "y");
         return b.Build();
     }
@@ -33,7 +27,7 @@ public class LoraMergePassTests
         var editor = model.Graph.Edit();
         var k = 10;
         foreach (var v in model.Graph.Initializers.Where(v => v.Name.EndsWith("_lora_B", StringComparison.Ordinal)).ToList())
-            editor.SetInitializer(v, Tensor.Create(v.Name, Random((int)v.Initializer!.ElementCount, k++), [.. v.Initializer.Dims]));
+            editor.SetInitializer(v, Tensor.Create(v.Name, TestValues.Uniform((int)v.Initializer!.ElementCount, k++), [.. v.Initializer.Dims]));
         Assert.Equal(2, model.Graph.Initializers.Count(v => v.Name.EndsWith("_lora_A", StringComparison.Ordinal)));
 
         var merged = TestSupport.AssertSameOutputs(model, m =>
@@ -54,8 +48,8 @@ public class LoraMergePassTests
     {
         var b = new GraphBuilder(17);
         var x = b.Input("x", ElementType.Float, "batch", 4);
-        var w = b.Initializer("w", Random(16, 1), 4, 4);
-        var y = b.Op("Add", b.Op("MatMul", x, w), b.Op("MatMul", b.Op("MatMul", x, b.Initializer("a", Random(8, 2), 4, 2)), b.Initializer("bb", Random(8, 3), 2, 4)));
+        var w = b.Initializer("w", TestValues.Uniform(16, 1), 4, 4);
+        var y = b.Op("Add", b.Op("MatMul", x, w), b.Op("MatMul", b.Op("MatMul", x, b.Initializer("a", TestValues.Uniform(8, 2), 4, 2)), b.Initializer("bb", TestValues.Uniform(8, 3), 2, 4)));
         b.Output(b.Op("MatMul", y, w), "out");
         var model = b.Build();
         var context = new PassContext();
