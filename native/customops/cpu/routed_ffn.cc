@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cpu/blas.h"
+#include "cpu/ffn_math.h"
 
 namespace spt::cpu {
 
@@ -44,60 +45,12 @@ std::string ValidateRoutedFfnConfig(const RoutedFfnConfig& cfg) {
 
 namespace {
 
-constexpr float kSqrtHalf = 0.70710678118654752440f;
-constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
-constexpr float kSqrt2OverPi = 0.79788456080286535588f;
-constexpr float kGeluTanhCoeff = 0.044715f;
 constexpr int64_t kTokenChunk = 64;
-
-inline float Sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
-
-// act(a) for the single-input activations.
-inline float Activate(FfnActivation act, float a) {
-  switch (act) {
-    case FfnActivation::kRelu: return a > 0.0f ? a : 0.0f;
-    case FfnActivation::kGelu: return 0.5f * a * (1.0f + std::erf(a * kSqrtHalf));
-    case FfnActivation::kGeluTanh: {
-      const float t = std::tanh(kSqrt2OverPi * (a + kGeluTanhCoeff * a * a * a));
-      return 0.5f * a * (1.0f + t);
-    }
-    case FfnActivation::kSilu:
-    case FfnActivation::kSwiGlu: return a * Sigmoid(a);
-  }
-  return 0.0f;
-}
-
-// act'(a).
-inline float ActivateGrad(FfnActivation act, float a) {
-  switch (act) {
-    case FfnActivation::kRelu: return a > 0.0f ? 1.0f : 0.0f;
-    case FfnActivation::kGelu: return 0.5f * (1.0f + std::erf(a * kSqrtHalf)) + a * kInvSqrt2Pi * std::exp(-0.5f * a * a);
-    case FfnActivation::kGeluTanh: {
-      const float t = std::tanh(kSqrt2OverPi * (a + kGeluTanhCoeff * a * a * a));
-      return 0.5f * (1.0f + t) + 0.5f * a * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kGeluTanhCoeff * a * a);
-    }
-    case FfnActivation::kSilu:
-    case FfnActivation::kSwiGlu: {
-      const float s = Sigmoid(a);
-      return s * (1.0f + a * (1.0f - s));
-    }
-  }
-  return 0.0f;
-}
-
-// Gate factors of one grouped row (see the header): input base path, output base path, output LoRA path.
-struct Gates {
-  float in, out_base, out_lora;
-};
-inline Gates GatesFor(FfnGate gate, float p) {
-  const float g = 2.0f * p;
-  switch (gate) {
-    case FfnGate::kFrozenOnly: return {g, g, 1.0f};
-    case FfnGate::kAll: return {1.0f, g, g};
-    case FfnGate::kNone: return {1.0f, 1.0f, 1.0f};
-  }
-  return {1.0f, 1.0f, 1.0f};
-}
+using ffn::Activate;
+using ffn::ActivateGrad;
+using ffn::Gates;
+using ffn::GatesFor;
+using ffn::Sigmoid;
 
 // Lanes of the fixed-order partial sums of RowDot and RowDotAct: lane l sums the
 // elements c ≡ l (mod kLanes), then the lanes are added 0, 1, ..., kLanes-1. The order depends only

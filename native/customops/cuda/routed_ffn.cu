@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/ffn_math.h"
 #include "cuda/common.cuh"
 
 namespace spt::cuda {
@@ -23,53 +24,11 @@ using cpu::FfnActivation;
 using cpu::FfnGate;
 using cpu::RoutedFfnConfig;
 
-constexpr float kSqrtHalf = 0.70710678118654752440f;
-constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
-constexpr float kSqrt2OverPi = 0.79788456080286535588f;
-constexpr float kGeluTanhCoeff = 0.044715f;
-
-__device__ __forceinline__ float Sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
-
-__device__ __forceinline__ float Act(FfnActivation act, float a) {
-  switch (act) {
-    case FfnActivation::kRelu: return a > 0.0f ? a : 0.0f;
-    case FfnActivation::kGelu: return 0.5f * a * (1.0f + erff(a * kSqrtHalf));
-    case FfnActivation::kGeluTanh: return 0.5f * a * (1.0f + tanhf(kSqrt2OverPi * (a + kGeluTanhCoeff * a * a * a)));
-    case FfnActivation::kSilu:
-    case FfnActivation::kSwiGlu: return a * Sigmoid(a);
-  }
-  return 0.0f;
-}
-
-__device__ __forceinline__ float ActGrad(FfnActivation act, float a) {
-  switch (act) {
-    case FfnActivation::kRelu: return a > 0.0f ? 1.0f : 0.0f;
-    case FfnActivation::kGelu: return 0.5f * (1.0f + erff(a * kSqrtHalf)) + a * kInvSqrt2Pi * expf(-0.5f * a * a);
-    case FfnActivation::kGeluTanh: {
-      const float t = tanhf(kSqrt2OverPi * (a + kGeluTanhCoeff * a * a * a));
-      return 0.5f * (1.0f + t) + 0.5f * a * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kGeluTanhCoeff * a * a);
-    }
-    case FfnActivation::kSilu:
-    case FfnActivation::kSwiGlu: {
-      const float s = Sigmoid(a);
-      return s * (1.0f + a * (1.0f - s));
-    }
-  }
-  return 0.0f;
-}
-
-struct Gates {
-  float in, out_base, out_lora;
-};
-__device__ __forceinline__ Gates GatesFor(FfnGate gate, float p) {
-  const float g = 2.0f * p;
-  switch (gate) {
-    case FfnGate::kFrozenOnly: return {g, g, 1.0f};
-    case FfnGate::kAll: return {1.0f, g, g};
-    case FfnGate::kNone: return {1.0f, 1.0f, 1.0f};
-  }
-  return {1.0f, 1.0f, 1.0f};
-}
+using cpu::ffn::Activate;
+using cpu::ffn::ActivateGrad;
+using cpu::ffn::Gates;
+using cpu::ffn::GatesFor;
+using cpu::ffn::Sigmoid;
 
 cudaDataType_t CublasType(DType t) {
   switch (t) {
@@ -191,9 +150,9 @@ __global__ void ForwardActivation(RowGate rg, int64_t n, int64_t bs, int64_t pw,
   if (swiglu) {
     const float ag = lora1 ? g.in * uc + ToF(h[c]) : g.in * uc;
     const float au = lora3 ? g.in * ToF(u[bs + c]) + ToF(h[bs + c]) : g.in * ToF(u[bs + c]);
-    out = Act(FfnActivation::kSilu, ag) * au;
+    out = Activate(FfnActivation::kSilu, ag) * au;
   } else {
-    out = Act(act, lora1 ? g.in * uc + ToF(h[c]) : g.in * uc);
+    out = Activate(act, lora1 ? g.in * uc + ToF(h[c]) : g.in * uc);
   }
   if (scale_now) out *= g.out_base;
   h[c] = FromF<T>(out);
@@ -273,11 +232,11 @@ __global__ void __launch_bounds__(kRowThreads) BackwardFirstHalf(RowGate rg, int
       const float au = lora3 ? g.in * ToF(u[bs + c]) + ToF(a[bs + c]) : g.in * ToF(u[bs + c]);
       a[c] = FromF<T>(ag);
       a[bs + c] = FromF<T>(au);
-      hv = Act(FfnActivation::kSilu, ag) * au;
+      hv = Activate(FfnActivation::kSilu, ag) * au;
     } else {
       const float av = lora1 ? g.in * ToF(u[c]) + ToF(a[c]) : g.in * ToF(u[c]);
       a[c] = FromF<T>(av);
-      hv = Act(act_kind, av);
+      hv = Activate(act_kind, av);
     }
     h[c] = FromF<T>(hv);
     const float dhv = ToF(dh[c]);
@@ -332,13 +291,13 @@ __global__ void __launch_bounds__(kRowThreads) BackwardSecondHalf(RowGate rg, in
     const float dh = ToF(da[c]) * s;
     const float ac = ToF(a[c]);
     if (swiglu) {
-      const float d1 = dh * ToF(a[bs + c]) * ActGrad(FfnActivation::kSilu, ac);
-      const float d3 = dh * Act(FfnActivation::kSilu, ac);
+      const float d1 = dh * ToF(a[bs + c]) * ActivateGrad(FfnActivation::kSilu, ac);
+      const float d3 = dh * Activate(FfnActivation::kSilu, ac);
       da[c] = FromF<T>(d1);
       da[bs + c] = FromF<T>(d3);
       du += d1 * ToF(u[c]) + d3 * ToF(u[bs + c]);
     } else {
-      const float d1 = dh * ActGrad(act_kind, ac);
+      const float d1 = dh * ActivateGrad(act_kind, ac);
       da[c] = FromF<T>(d1);
       du += d1 * ToF(u[c]);
     }
