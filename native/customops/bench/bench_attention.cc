@@ -1,7 +1,7 @@
 // Sparse attention (PQ-selected, L = S/8, causal) against dense attention built from the kernels' GEMMs, forward
-// plus backward, at BERT-base (H = 12) and OPT-1.3B (H = 32) head shapes, E = 64, batch 1. Also PQEncode and
-// PQTopK. Counters: saved_MiB = what the forward keeps for the backward beyond Q, K, V (dense: the
-// [B, H, S, S] probabilities; sparse: indices + P, both [B, H, S, L]).
+// plus backward, at BERT-base (H = 12) and OPT-1.3B (H = 32) head shapes, E = 64, batch 1. Also PQEncode,
+// PQTopK, and the PQ loss with its gradient on Q and K. Counters: saved_MiB = what the forward keeps for the
+// backward beyond Q, K, V (dense: the [B, H, S, S] probabilities; sparse: indices + P, both [B, H, S, L]).
 //
 // Threads: both sides use ThreadParallel over (b, h) blocks with single-threaded GEMM calls inside
 // (SetBlasThreads(1)), so neither competes with the other's pool.
@@ -146,6 +146,21 @@ void BM_PQEncodeQK(benchmark::State& state) {
   SetCounters(state, p, 0);
 }
 
+// The codebook loss and its gradient on Q and K (what the training step runs per layer).
+void BM_PQLossGradQK(benchmark::State& state) {
+  const Problem p(state);
+  const ThreadParallel par(Threads());
+  const PQDims pd = CheckPQInputs("PQLossGrad", {1, p.H, p.S, kE}, {kM, kC, kDc});
+  std::vector<float> dq(p.q.size()), dk(p.k.size()), dw(p.codebook.size());
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(PQLoss(pd, p.q.data(), p.codebook.data(), par) + PQLoss(pd, p.k.data(), p.codebook.data(), par));
+    PQLossGrad(pd, 1.f, p.q.data(), p.codebook.data(), false, dq.data(), dw.data(), par);
+    PQLossGrad(pd, 1.f, p.k.data(), p.codebook.data(), false, dk.data(), dw.data(), par);
+    benchmark::DoNotOptimize(dw.data());
+  }
+  SetCounters(state, p, 0);
+}
+
 template <TopKMode kMode>
 void BM_PQTopK(benchmark::State& state) {
   const Problem p(state);
@@ -173,6 +188,7 @@ void Shapes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_SparseAttentionFwdBwd)->Apply(Shapes);
 BENCHMARK(BM_DenseAttentionFwdBwd)->Apply(Shapes);
 BENCHMARK(BM_PQEncodeQK)->Apply(Shapes);
+BENCHMARK(BM_PQLossGradQK)->Apply(Shapes);
 BENCHMARK(BM_PQTopK<TopKMode::kExact>)->Apply(Shapes);
 BENCHMARK(BM_PQTopK<TopKMode::kBucketed>)->Apply(Shapes);
 
