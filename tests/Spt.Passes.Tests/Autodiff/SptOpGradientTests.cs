@@ -195,7 +195,7 @@ public sealed class SptOpGradientTests
     {
         var gradFeeds = new Dictionary<string, Tensor>(feeds);
         foreach (var p in art.Parameters.Where(p => p.Trainable))
-            gradFeeds[TrainingCompiler.AccumulatorPrefix + p.Name] = Tensor.Create("", new float[p.Shape.Aggregate(1L, (a, c) => a * c)], [.. p.Shape]);
+            gradFeeds[ArtifactContract.AccumulatorPrefix + p.Name] = Tensor.Create("", new float[p.Shape.Aggregate(1L, (a, c) => a * c)], [.. p.Shape]);
 
         using var grad = new OrtRunner(art.Grad, customOps: true);
         using var eval = new OrtRunner(art.Eval, customOps: true);
@@ -218,7 +218,7 @@ public sealed class SptOpGradientTests
         foreach (var p in art.Parameters.Where(p => p.Trainable && skip?.Invoke(p.Name) != true))
         {
             var values = feeds[p.Name].ToFloatArray();
-            var a = analytic[TrainingCompiler.AccumulatorOutputPrefix + p.Name].ToFloatArray();
+            var a = analytic[ArtifactContract.AccumulatorOutputPrefix + p.Name].ToFloatArray();
             // The Richardson-extrapolated directional derivative of the loss along `direction` (unit steps per element).
             double Derivative(float[] direction)
             {
