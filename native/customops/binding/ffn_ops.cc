@@ -367,13 +367,13 @@ void InferRoutedFfnGrad(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw) 
 }
 
 // Rows per task when the kernel runs on ORT's pool: about 16 tasks where the batch allows it, between
-// 128 and 512 rows. OpenBLAS repacks the weight block on every call, so small tasks cost CPU time
-// (bench_ffn.cc, 4096 tokens on 2 threads: 128-row tasks took 17-24% more CPU time than whole blocks,
+// 128 and 512 rows. The GEMM library repacks the weight block on every call, so small tasks cost CPU time
+// (bench_ffn.cc with OpenBLAS, 4096 tokens on 2 threads: 128-row tasks took 17-24% more CPU time than whole blocks,
 // 256-row ones 7-10%, 512-row ones 3-4%). It depends on the number of grouped rows only, never on the
 // number of threads, so results stay bit-identical whatever the pool.
 int64_t ChunkRows(int64_t rows) { return std::clamp<int64_t>((rows / 16 + 63) / 64 * 64, 128, 512); }
 
-// OpenBLAS runs single-threaded inside our ops: the parallelism comes from ORT's intra-op pool (one
+// GEMMs run single-threaded inside our ops: the parallelism comes from ORT's intra-op pool (one
 // GEMM chain per task), which avoids oversubscribing the cores with two thread pools.
 void UseSingleThreadedBlas() {
   static std::once_flag once;
@@ -463,7 +463,7 @@ struct RoutedFfnKernelT {
   Attrs attrs;
 };
 
-// The CPU backend: OpenBLAS GEMMs on tasks of ORT's intra-op pool, scratch from ORT's CPU allocator.
+// The CPU backend: oneDNN GEMMs on tasks of ORT's intra-op pool, scratch from ORT's CPU allocator.
 struct CpuFfn {
   static constexpr const char* kProvider = nullptr;  // ORT's default: CPUExecutionProvider
   static void Forward(const Ort::KernelContext& ctx, const cpu::RoutedFfnConfig& cfg, const cpu::RoutedFfnWeights& w,
