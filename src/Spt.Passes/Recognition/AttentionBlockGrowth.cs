@@ -84,6 +84,10 @@ public sealed class AttentionBlockGrowth : IPass
                 case "Transpose" or "Reshape" or "Identity" or "Squeeze" or "Unsqueeze" or "Split" or "Slice" or "Cast":
                     v = n.Inputs[0]!;
                     continue;
+                case "Gather" when StaticShapes.ConstantOf(n.Inputs[1]) is not null:
+                    // q/k/v picked from a fused projection by index (BLOOM's [B, S, H, 3, E] view, index lists).
+                    v = n.Inputs[0]!;
+                    continue;
                 case "Mul" or "Div" when StaticShapes.ScalarOf(n.Inputs[1]) is not null:
                     v = n.Inputs[0]!;
                     continue;
