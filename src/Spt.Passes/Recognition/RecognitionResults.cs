@@ -50,6 +50,9 @@ public sealed class AttentionBlockInfo
     /// <summary>Number of heads, when known.</summary>
     public long? Heads { get; set; }
 
+    /// <summary>K/V heads (fewer than <see cref="Heads"/> for grouped-query and multi-query attention), when known.</summary>
+    public long? KvHeads { get; set; }
+
     /// <summary>Whether heads are folded into the batch ([B·H, S, E]).</summary>
     public bool HeadsFolded { get; set; }
 
