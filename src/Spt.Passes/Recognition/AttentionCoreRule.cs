@@ -235,8 +235,6 @@ public sealed class AttentionCoreFusion : IPass
         if (qk is null)
             return (null, "score chain too long");
         region.Add(qk);
-        if (Region.FindOutsideUse(region, new HashSet<Value>(consumer.Outputs)) is { } outside)
-            return (null, outside.Reason);
 
         // Q and Kᵀ: peel scalar scales (through single-use reshapes/transposes) into the scale.
         var (q, qScale, qBypass, qExtra) = PeelScalars(qk.Inputs[0]!);
@@ -257,6 +255,8 @@ public sealed class AttentionCoreFusion : IPass
             folded = f.Folded;
             maskScores = unfoldedScores!;
         }
+        if (Region.FindOutsideUse(region, new HashSet<Value>(consumer.Outputs)) is { } outside)
+            return (null, outside.Reason);
         // Mask meaning: causal and/or key padding; anything else keeps the block dense. What the mask computes is
         // read by evaluating it at probe sizes; masks the evaluator cannot run are read from their structure.
         bool causal = false;

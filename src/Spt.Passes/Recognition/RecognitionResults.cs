@@ -78,7 +78,7 @@ public sealed class FfnBlockInfo
     /// <summary>FFN layer index (graph order).</summary>
     public int Layer { get; set; }
 
-    /// <summary>relu, gelu, gelu_tanh, silu or swiglu.</summary>
+    /// <summary>relu, gelu, gelu_tanh, silu, relu2, or the gated swiglu, geglu, geglu_tanh, reglu.</summary>
     public string Activation { get; set; } = "";
 
     /// <summary>First linear (gate for SwiGLU), up projection (SwiGLU only), second linear.</summary>
