@@ -84,11 +84,11 @@ TopKMode ParseTopKMode(const std::string& mode) {
 }
 
 int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk) {
-  if (top_k < 0) FailAttribute("PQTopK", "top_k", "must be >= 0 (0 = use top_k_ratio); got " + std::to_string(top_k));
+  if (top_k < 0) FailAttribute("PQTopK", "keys_per_query", "must be >= 0 (0 = use keys_ratio); got " + std::to_string(top_k));
   int64_t l = top_k;
   if (l == 0) {
     if (!(ratio > 0.f && ratio <= 1.f)) {
-      FailAttribute("PQTopK", "top_k_ratio", "must be in (0, 1]; got " + std::to_string(ratio));
+      FailAttribute("PQTopK", "keys_ratio", "must be in (0, 1]; got " + std::to_string(ratio));
     }
     l = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(static_cast<double>(ratio) * static_cast<double>(sk))));
   }

@@ -207,6 +207,9 @@ public sealed class ShapeFacts
                     ? StaticShape(n.Inputs[0]) : null);
                 if (n.OpType == "Dropout" && n.Outputs.Count > 1)
                     Set(n.Outputs[1], In(0));
+                // A shape tensor built by Concat (a Reshape target) has the summed length of its pieces.
+                if (n.OpType == "Concat" && In(0) == 1 && n.Inputs.All(i => i != null && Length(i) is not null))
+                    Set(y, 1, length: n.Inputs.Sum(i => Length(i)!.Value));
                 break;
             case "Split":
                 foreach (var o in n.Outputs)

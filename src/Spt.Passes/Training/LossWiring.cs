@@ -72,7 +72,7 @@ internal static class LossWiring
             var pq = Losses.PQAuxiliary(e, graph);
             if (pq != null)
             {
-                pqTerms = graph.Nodes.Count(n => n.Domain == CustomOpLibrary.Domain && n.OpType == "PQLoss");
+                pqTerms = graph.Nodes.Count(AttentionOps.PQLoss.Is);
                 total = e.Op("Add", taskLoss, e.Op("Mul", pq, e.Scalar(options.PqWeight)));
             }
         }

@@ -52,12 +52,11 @@ public static class ParameterSelection
     // looking through the Transpose/Identity/Cast that exporters put on weights.
     private static IEnumerable<string> RoutedFfnFrozenBase(Graph graph)
     {
-        int[] baseInputs = [RoutedFfnOps.W1, RoutedFfnOps.B1, RoutedFfnOps.W2, RoutedFfnOps.B2, RoutedFfnOps.W3];
         foreach (var node in graph.Nodes)
         {
-            if (node.Domain != CustomOpLibrary.Domain || node.OpType != "RoutedFFN" || node.GetInt("frozen_base", 1) != 1)
+            if (!RoutedFfnOps.RoutedFfn.Is(node) || node.GetInt(RoutedFfnOps.FrozenBaseAttr, RoutedFfnOps.DefaultFrozenBase) != 1)
                 continue;
-            foreach (var i in baseInputs)
+            foreach (var i in RoutedFfnOps.BaseWeights)
             {
                 if (i < node.Inputs.Count && Canonicalization.Rewriting.WeightInitializer(node.Inputs[i]) is { } v)
                     yield return v.Name;
