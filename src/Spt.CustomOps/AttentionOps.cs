@@ -64,7 +64,7 @@ public static class AttentionOps
         "highest bucket then earliest key first; slots a class cannot fill go to the best remaining keys of any " +
         "class (deterministic, no race). key_padding_mask is a keep-mask: 0/false = padded (never selected), any " +
         "nonzero value = keep, for bool, integer and float masks alike. L = top_k if top_k > 0, else " +
-        "max(1, ceil(top_k_ratio * Sk)); L is clamped to Sk.",
+        "max(1, min_top_k, ceil(top_k_ratio * Sk)); L is clamped to Sk.",
         [
             new("codes_q", "[B, H, Sq, M] query codes.", Int32Only),
             new("codes_k", "[B, Hkv, Sk, M] key codes (H % Hkv == 0; query head h uses key head h / (H / Hkv)).", Int32Only),
@@ -79,6 +79,8 @@ public static class AttentionOps
                 v => (long)v >= 0 ? null : "must be >= 0 (0 = use top_k_ratio)"),
             new("top_k_ratio", AttributeKind.Float, 0.125f, "Keys per query as a fraction of Sk (default S/8).",
                 v => (float)v > 0 && (float)v <= 1 ? null : "must be in (0, 1]"),
+            new("min_top_k", AttributeKind.Int, 0L, "Fewest keys per query a ratio may give (0 = no floor); clamped to Sk, ignored with top_k.",
+                v => (long)v >= 0 ? null : "must be >= 0 (0 = no floor)"),
         ],
         ctx =>
         {
@@ -98,7 +100,7 @@ public static class AttentionOps
             }
 
             var l = k is not null && k[2].Value is { } sk
-                ? new Dim(KeysPerQuery(ctx.Int("top_k"), ctx.Float("top_k_ratio"), sk))
+                ? new Dim(KeysPerQuery(ctx.Int("top_k"), ctx.Float("top_k_ratio"), sk, ctx.Int("min_top_k")))
                 : Dim.Unknown;
             return [new TensorType(ElementType.Int32, [q[0], q[1], q[2], l])];
         });
@@ -230,10 +232,10 @@ public static class AttentionOps
     public static IReadOnlyList<OpSchema> All { get; } =
         [PQEncode, PQTopK, SparseAttention, SparseAttentionGrad, PQLoss, PQLossGrad];
 
-    /// <summary>Keys per query: top_k when positive, else max(1, ceil(ratio * Sk)); clamped to Sk.</summary>
-    public static long KeysPerQuery(long topK, float ratio, long sk)
+    /// <summary>Keys per query: top_k when positive, else max(1, minTopK, ceil(ratio * Sk)); clamped to Sk.</summary>
+    public static long KeysPerQuery(long topK, float ratio, long sk, long minTopK = 0)
     {
-        var l = topK > 0 ? topK : Math.Max(1L, (long)Math.Ceiling((double)ratio * sk));
+        var l = topK > 0 ? topK : Math.Max(Math.Max(1L, minTopK), (long)Math.Ceiling((double)ratio * sk));
         return Math.Max(Math.Min(l, sk), sk > 0 ? 1 : 0);
     }
 

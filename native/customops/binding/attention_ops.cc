@@ -320,10 +320,11 @@ struct PQTopKKernel {
       : mode_(cpu::ParseTopKMode(AttrString("PQTopK", info, "mode", "exact"))),
         causal_(BoolAttr("PQTopK", "causal", AttrInt("PQTopK", info, "causal", 1))),
         top_k_(AttrInt("PQTopK", info, "top_k", 0)),
-        ratio_(AttrFloat("PQTopK", info, "top_k_ratio", 0.125f)) {
-    // Validate top_k and top_k_ratio now (the ratio even when top_k overrides it, as the schema does).
-    cpu::ResolveTopK(top_k_, ratio_, 1);
-    cpu::ResolveTopK(0, ratio_, 1);
+        ratio_(AttrFloat("PQTopK", info, "top_k_ratio", 0.125f)),
+        min_top_k_(AttrInt("PQTopK", info, "min_top_k", 0)) {
+    // Validate the attributes now (the ratio and floor even when top_k overrides them, as the schema does).
+    cpu::ResolveTopK(top_k_, ratio_, 1, min_top_k_);
+    cpu::ResolveTopK(0, ratio_, 1, min_top_k_);
   }
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return Guard([&] {
@@ -335,7 +336,7 @@ struct PQTopKKernel {
         FailMaskType("PQTopK", "bool/int8/uint8/int32/int64/float32 (nonzero = keep, 0 = padded)", mask.type);
       }
       cpu::PQTopKDims d = cpu::CheckPQTopKInputs(q.shape, k.shape, mask.present() ? &mask.shape : nullptr);
-      d.L = cpu::ResolveTopK(top_k_, ratio_, d.Sk);
+      d.L = cpu::ResolveTopK(top_k_, ratio_, d.Sk, min_top_k_);
       std::vector<uint8_t> keep;
       if (mask.present()) {
         keep.resize(static_cast<std::size_t>(d.B * d.Sk));
@@ -351,12 +352,14 @@ struct PQTopKKernel {
   bool causal() const { return causal_; }
   int64_t top_k() const { return top_k_; }
   float ratio() const { return ratio_; }
+  int64_t min_top_k() const { return min_top_k_; }
 
  private:
   cpu::TopKMode mode_;
   bool causal_;
   int64_t top_k_;
   float ratio_;
+  int64_t min_top_k_;
 };
 
 // Reads an attribute in shape inference, falling back to the default when the node does not set it.
@@ -385,7 +388,8 @@ struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
       InferExpect("PQTopK", "key_padding_mask", m, {&q[0], &k[2]}, "[B, Sk]");
       const int64_t top_k = InferAttr([&] { return ctx.GetAttrInt("top_k"); }, int64_t{0});
       const float ratio = InferAttr([&] { return ctx.GetAttrFloat("top_k_ratio"); }, 0.125f);
-      Dim l = Known(k[2]) ? Dim(cpu::ResolveTopK(top_k, ratio, k[2].AsInt())) : Dim(int64_t{-1});
+      const int64_t min_top_k = InferAttr([&] { return ctx.GetAttrInt("min_top_k"); }, int64_t{0});
+      Dim l = Known(k[2]) ? Dim(cpu::ResolveTopK(top_k, ratio, k[2].AsInt(), min_top_k)) : Dim(int64_t{-1});
       SetShape(ctx, 0, {q[0], q[1], q[2], l}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
     });
   }
@@ -689,7 +693,7 @@ struct PQTopKCudaKernel : PQTopKKernel {
       const Input k = RequireDeviceInput(ctx, 1, "PQTopK", "codes_k", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
       const Input mask = GetInput(ctx, 2);
       cpu::PQTopKDims d = cpu::CheckPQTopKInputs(q.shape, k.shape, mask.present() ? &mask.shape : nullptr);
-      d.L = cpu::ResolveTopK(top_k(), ratio(), d.Sk);
+      d.L = cpu::ResolveTopK(top_k(), ratio(), d.Sk, min_top_k());
       CudaScratch scratch(ctx);
       const uint8_t* keep = nullptr;
       if (mask.present()) {

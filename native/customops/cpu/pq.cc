@@ -85,14 +85,16 @@ TopKMode ParseTopKMode(const std::string& mode) {
   FailAttribute("PQTopK", "mode", "must be \"exact\" or \"bucketed\"; got \"" + mode + "\"");
 }
 
-int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk) {
+int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk, int64_t min_top_k) {
   if (top_k < 0) FailAttribute("PQTopK", "top_k", "must be >= 0 (0 = use top_k_ratio); got " + std::to_string(top_k));
+  if (min_top_k < 0) FailAttribute("PQTopK", "min_top_k", "must be >= 0 (0 = no floor); got " + std::to_string(min_top_k));
   int64_t l = top_k;
   if (l == 0) {
     if (!(ratio > 0.f && ratio <= 1.f)) {
       FailAttribute("PQTopK", "top_k_ratio", "must be in (0, 1]; got " + std::to_string(ratio));
     }
-    l = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(static_cast<double>(ratio) * static_cast<double>(sk))));
+    l = std::max<int64_t>(std::max<int64_t>(1, min_top_k),
+                          static_cast<int64_t>(std::ceil(static_cast<double>(ratio) * static_cast<double>(sk))));
   }
   return std::max<int64_t>(std::min(l, sk), sk > 0 ? 1 : 0);
 }

@@ -97,7 +97,11 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         else if (options.TopK is { } topK)
             topkAttrs.Add(Ir.Attribute.FromInt("top_k", topK));
         else
+        {
             topkAttrs.Add(Ir.Attribute.FromFloat("top_k_ratio", (float)options.TopKRatio));
+            if (options.MinTopK > 0)
+                topkAttrs.Add(Ir.Attribute.FromInt("min_top_k", options.MinTopK));
+        }
         var indices = Emit("PQTopK", keyPadding is null ? [codesQ, codesK] : [codesQ, codesK, keyPadding], "PQTopK", 1, "spt", [.. topkAttrs]);
         var y = Emit("SparseAttention", keyPadding is null ? [q, k, v, indices] : [q, k, v, indices, keyPadding], "SparseAttention", 2, "spt",
             Ir.Attribute.FromFloat("scale", core.GetFloat("scale", 1)),
