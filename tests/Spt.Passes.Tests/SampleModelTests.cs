@@ -41,8 +41,8 @@ public class SampleModelTests
         SptOptimizer.Optimize(model, new SptOptions { TopK = topK, MinTopK = minTopK });
         var topks = model.Graph.Nodes.Where(n => n.OpType == "PQTopK").ToList();
         Assert.Equal(2, topks.Count);
-        Assert.All(topks, n => Assert.Equal(expected, n.Attributes.Any(a => a.Name == "min_top_k") ? n.GetInt("min_top_k", -1) : null));
-        Assert.All(topks, n => Assert.Equal(topK is null, n.Attributes.Any(a => a.Name == "top_k_ratio")));
+        Assert.All(topks, n => Assert.Equal(expected, n.Attributes.Any(a => a.Name == "min_keys_per_query") ? n.GetInt("min_keys_per_query", -1) : null));
+        Assert.All(topks, n => Assert.Equal(topK is null, n.Attributes.Any(a => a.Name == "keys_ratio")));
     }
 
     [Fact]
