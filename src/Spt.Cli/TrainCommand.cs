@@ -25,7 +25,16 @@ internal static class TrainCommand
                 "or JSONL with input_ids (+ attention_mask, labels or label)",
             Required = true,
         };
-        var task = new Option<string>("--task") { Description = "lm (causal language modelling), classify or regress (MSE on a float label)", DefaultValueFactory = _ => "lm" };
+        var task = new Option<string>("--task")
+        {
+            Description = "lm (causal language modelling), seq2seq (an encoder-decoder learns JSONL 'labels' from 'input_ids'), classify or regress (MSE on a float label)",
+            DefaultValueFactory = _ => "lm",
+        };
+        var decoderStart = new Option<long>("--decoder-start-id")
+        {
+            Description = "seq2seq: the token that starts the decoder's inputs (the labels shifted right behind it)",
+            DefaultValueFactory = _ => 0,
+        };
         var steps = new Option<long>("--steps") { Description = "Optimizer steps", DefaultValueFactory = _ => 100 };
         var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch (under mpirun: the global batch, split evenly over the ranks)", DefaultValueFactory = _ => 8 };
         var seq = new Option<int?>("--seq") { Description = "Sequence length (text: chunk size, default 128; JSONL: default the longest line)" };
@@ -67,7 +76,7 @@ internal static class TrainCommand
         {
             model, data, task, steps, batch, seq, lr, warmup, schedule, accumulate, evalEvery, evalFraction, checkpointDir,
             checkpointEvery, keep, resume, seed, metrics, export, device, workDir, frozen, threads, mergeLora, adapter, bestMetric, patience,
-            codebookInit, plot,
+            codebookInit, plot, decoderStart,
         };
         optimize.AddTo(command);
         var dataFlags = DataFlags.Create();
@@ -116,6 +125,7 @@ internal static class TrainCommand
                 Patience = parse.GetValue(patience),
             };
             options.Validate();
+            var seq2seq = string.Equals(parse.GetValue(task), "seq2seq", StringComparison.OrdinalIgnoreCase);
             var loss = Directory.Exists(modelPath)
                 ? TrainingSetup.Loss(TrainingManifest.Load(modelPath).Loss.Kind)
                 : TrainingSetup.TaskLoss(parse.GetValue(task)!);
@@ -125,7 +135,7 @@ internal static class TrainCommand
             var knownLabels = LabelMap.TryLoad(Directory.Exists(modelPath) ? modelPath
                 : parse.GetValue(workDir) ?? (checkpoints is not null ? Path.Combine(checkpoints, "artifact") : modelPath + ".none"));
             var dataset = DataFiles.Load(parse.GetRequiredValue(data), dataFlags.Request(parse, tokenizer, loss, parse.GetValue(seq),
-                parse.GetValue(resume) ? knownLabels : null, Dataset.DefaultIgnoreIndex));
+                parse.GetValue(resume) ? knownLabels : null, Dataset.DefaultIgnoreIndex, sequenceTargets: seq2seq));
 
             // Before anything is compiled: the checkpoint directory is free, and fresh runs do not mix with old checkpoints
             // (rank 0 owns the directory).
@@ -171,6 +181,11 @@ internal static class TrainCommand
                     : parse.GetValue(workDir)
                     ?? (checkpoints is not null ? Path.Combine(checkpoints, "artifact") : temp = Path.Combine(Path.GetTempPath(), "sptc-train-" + Guid.NewGuid().ToString("N")));
                 using var source = ModelFiles.Load(new FileInfo(modelPath));
+                if (seq2seq && !TrainingCompiler.DataInputsOf(source).Any(i => i.Role == "decoder_input_ids"))
+                {
+                    throw new CliUsageException($"--task seq2seq needs an encoder-decoder: '{modelPath}' has no decoder input (decoder_input_ids)");
+                }
+
                 var sptReport = optimize.Apply(parse, source);
                 if (sptReport is not null)
                 {
@@ -193,6 +208,7 @@ internal static class TrainCommand
                 {
                     Loss = loss,
                     FrozenPattern = parse.GetValue(frozen),
+                    DecoderStartId = parse.GetValue(decoderStart),
                     SourceName = Path.GetFileName(modelPath),
                 });
                 dataset.Labels?.Save(artifact);
