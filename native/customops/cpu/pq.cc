@@ -83,14 +83,18 @@ TopKMode ParseTopKMode(const std::string& mode) {
   FailAttribute("PQTopK", "mode", "must be \"exact\" or \"bucketed\"; got \"" + mode + "\"");
 }
 
-int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk) {
+int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk, int64_t min_keys) {
   if (top_k < 0) FailAttribute("PQTopK", "keys_per_query", "must be >= 0 (0 = use keys_ratio); got " + std::to_string(top_k));
+  if (min_keys < 0) {
+    FailAttribute("PQTopK", "min_keys_per_query", "must be >= 0 (0 = no floor); got " + std::to_string(min_keys));
+  }
   int64_t l = top_k;
   if (l == 0) {
     if (!(ratio > 0.f && ratio <= 1.f)) {
       FailAttribute("PQTopK", "keys_ratio", "must be in (0, 1]; got " + std::to_string(ratio));
     }
-    l = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(static_cast<double>(ratio) * static_cast<double>(sk))));
+    l = std::max<int64_t>(std::max<int64_t>(1, min_keys),
+                          static_cast<int64_t>(std::ceil(static_cast<double>(ratio) * static_cast<double>(sk))));
   }
   return std::max<int64_t>(std::min(l, sk), sk > 0 ? 1 : 0);
 }

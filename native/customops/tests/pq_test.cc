@@ -361,6 +361,11 @@ TEST(PQTopK, ResolvesAndValidatesAttributes) {
   EXPECT_EQ(ResolveTopK(0, 0.01f, 3), 1);
   EXPECT_EQ(ResolveTopK(7, 0.5f, 4), 4);  // clamped to Sk
   EXPECT_EQ(ResolveTopK(3, 0.5f, 100), 3);
+  EXPECT_EQ(ResolveTopK(0, 0.125f, 20, 16), 16);   // the floor beats ceil(2.5)
+  EXPECT_EQ(ResolveTopK(0, 0.125f, 12, 16), 12);   // ... and is clamped to Sk
+  EXPECT_EQ(ResolveTopK(0, 0.125f, 512, 16), 64);  // long sequences keep S/8
+  EXPECT_EQ(ResolveTopK(5, 0.125f, 512, 16), 5);   // an explicit top_k is not floored
+  EXPECT_THROW(ResolveTopK(0, 0.125f, 8, -1), std::invalid_argument);
   EXPECT_THROW(ResolveTopK(-1, 0.125f, 8), std::invalid_argument);
   EXPECT_THROW(ResolveTopK(0, 0.f, 8), std::invalid_argument);
   EXPECT_THROW(ResolveTopK(0, 1.5f, 8), std::invalid_argument);

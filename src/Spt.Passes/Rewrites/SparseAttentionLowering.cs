@@ -106,13 +106,15 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         var codesQ = Emit(encode.Name, Positioned(encode, (AttentionOps.PQZ, q), (AttentionOps.PQCodebook, codebook)), "PQEncode_q", domain: encode.Domain);
         var codesK = Emit(encode.Name, Positioned(encode, (AttentionOps.PQZ, k), (AttentionOps.PQCodebook, codebook)), "PQEncode_k", domain: encode.Domain);
         var topk = AttentionOps.PQTopK;
-        var selection = options.Exact ? (AttentionOps.KeysRatioAttr, (object)1f)
-            : options.TopK is { } count ? (AttentionOps.KeysPerQueryAttr, (object)(long)count)
-            : (AttentionOps.KeysRatioAttr, (object)(float)options.TopKRatio);
+        // Exact: every key; a count; or the ratio with its floor (0: none).
+        (string, object)[] selection = options.Exact ? [(AttentionOps.KeysRatioAttr, 1f)]
+            : options.TopK is { } count ? [(AttentionOps.KeysPerQueryAttr, (long)count)]
+            : options.MinTopK > 0 ? [(AttentionOps.KeysRatioAttr, (float)options.TopKRatio), (AttentionOps.MinKeysPerQueryAttr, (long)options.MinTopK)]
+            : [(AttentionOps.KeysRatioAttr, (float)options.TopKRatio)];
         var indices = Emit(topk.Name,
             Positioned(topk, (AttentionOps.CodesQ, codesQ), (AttentionOps.CodesK, codesK), (AttentionOps.TopKKeyPadding, keyPadding)),
             "PQTopK", 1, topk.Domain,
-            [.. topk.NodeAttributes((AttentionOps.ModeAttr, "exact"), (AttentionOps.CausalAttr, causal ? 1L : 0L), selection)]);
+            [.. topk.NodeAttributes([(AttentionOps.ModeAttr, "exact"), (AttentionOps.CausalAttr, causal ? 1L : 0L), .. selection])]);
         var attention = AttentionOps.SparseAttention;
         var y = Emit(attention.Name,
             Positioned(attention, (AttentionOps.Q, q), (AttentionOps.K, k), (AttentionOps.V, v), (AttentionOps.Indices, indices), (AttentionOps.KeyPadding, keyPadding)),
