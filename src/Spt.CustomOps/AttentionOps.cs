@@ -27,6 +27,12 @@ public static class AttentionOps
         "1: key j is visible to query i iff j <= i + Sk - Sq (j <= i when Sq == Sk); 0: no causal mask.",
         v => (long)v is 0 or 1 ? null : "must be 0 or 1");
 
+    private static readonly AttributeSpec Window = new(
+        "window", AttributeKind.Int, 0L,
+        "Sliding window: > 0 also hides keys j < pos - window + 1 (and, when not causal, j > pos + window - 1), " +
+        "pos = i + Sk - Sq the query's aligned key position; 0 = off.",
+        v => (long)v >= 0 ? null : "must be >= 0 (0 = off)");
+
     private static readonly AttributeSpec Scale = new(
         "scale", AttributeKind.Float, 0f, "Logit scale; 0 means 1/sqrt(E).",
         v => float.IsFinite((float)v) ? null : "must be finite");
@@ -79,6 +85,7 @@ public static class AttentionOps
                 v => (long)v >= 0 ? null : "must be >= 0 (0 = use top_k_ratio)"),
             new("top_k_ratio", AttributeKind.Float, 0.125f, "Keys per query as a fraction of Sk (default S/8).",
                 v => (float)v > 0 && (float)v <= 1 ? null : "must be in (0, 1]"),
+            Window,
         ],
         ctx =>
         {
@@ -123,7 +130,7 @@ public static class AttentionOps
             new("Y", "[B, H, Sq, Ev] attention output.", FloatOnly),
             new("P", "[B, H, Sq, L] probabilities, saved for SparseAttentionGrad.", FloatOnly),
         ],
-        [Scale, Clamp, Causal],
+        [Scale, Clamp, Causal, Window],
         ctx =>
         {
             var (q, v, idx) = AttentionShapes(ctx, 0, 4);
@@ -157,7 +164,7 @@ public static class AttentionOps
             new("dK", "[B, Hkv, Sk, E] (summed over each kv head's query heads)", FloatOnly),
             new("dV", "[B, Hkv, Sk, Ev] (summed over each kv head's query heads)", FloatOnly),
         ],
-        [Scale, Clamp, Causal],
+        [Scale, Clamp, Causal, Window],
         ctx =>
         {
             var (q, v, idx) = AttentionShapes(ctx, 1, 6);

@@ -320,7 +320,9 @@ struct PQTopKKernel {
       : mode_(cpu::ParseTopKMode(AttrString("PQTopK", info, "mode", "exact"))),
         causal_(BoolAttr("PQTopK", "causal", AttrInt("PQTopK", info, "causal", 1))),
         top_k_(AttrInt("PQTopK", info, "top_k", 0)),
-        ratio_(AttrFloat("PQTopK", info, "top_k_ratio", 0.125f)) {
+        ratio_(AttrFloat("PQTopK", info, "top_k_ratio", 0.125f)),
+        window_(AttrInt("PQTopK", info, "window", 0)) {
+    if (window_ < 0) cpu::FailAttribute("PQTopK", "window", "must be >= 0 (0 = off); got " + std::to_string(window_));
     // Validate top_k and top_k_ratio now (the ratio even when top_k overrides it, as the schema does).
     cpu::ResolveTopK(top_k_, ratio_, 1);
     cpu::ResolveTopK(0, ratio_, 1);
@@ -342,8 +344,8 @@ struct PQTopKKernel {
         for (std::size_t e = 0; e < keep.size(); ++e) keep[e] = KeepAt(mask, e);
       }
       int32_t* out = Output<int32_t>(ctx, 0, {d.B, d.H, d.Sq, d.L});
-      cpu::PQTopK(d, mode_, causal_, q.data<int32_t>(), k.data<int32_t>(), keep.empty() ? nullptr : keep.data(), out,
-                  OrtParallel(ctx));
+      cpu::PQTopK(d, mode_, causal_, window_, q.data<int32_t>(), k.data<int32_t>(), keep.empty() ? nullptr : keep.data(),
+                  out, OrtParallel(ctx));
     });
   }
 
@@ -351,12 +353,14 @@ struct PQTopKKernel {
   bool causal() const { return causal_; }
   int64_t top_k() const { return top_k_; }
   float ratio() const { return ratio_; }
+  int64_t window() const { return window_; }
 
  private:
   cpu::TopKMode mode_;
   bool causal_;
   int64_t top_k_;
   float ratio_;
+  int64_t window_;
 };
 
 // Reads an attribute in shape inference, falling back to the default when the node does not set it.
@@ -396,11 +400,20 @@ struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
 struct AttentionAttributes {
   double scale, clamp;
   bool causal;
+  int64_t window;
   AttentionAttributes(const OrtKernelInfo* info, const char* op)
       : scale(AttrFloat(op, info, "scale", 0.f)),
         clamp(AttrFloat(op, info, "clamp", 10.f)),
-        causal(BoolAttr(op, "causal", AttrInt(op, info, "causal", 1))) {
+        causal(BoolAttr(op, "causal", AttrInt(op, info, "causal", 1))),
+        window(AttrInt(op, info, "window", 0)) {
     cpu::ResolveSparseAttentionParams(op, scale, clamp, causal, 1);  // validates now
+    if (window < 0) cpu::FailAttribute(op, "window", "must be >= 0 (0 = off); got " + std::to_string(window));
+  }
+  // The resolved parameters for head dim e.
+  cpu::SparseAttentionParams Resolve(const char* op, int64_t e) const {
+    auto p = cpu::ResolveSparseAttentionParams(op, scale, clamp, causal, e);
+    p.window = window;
+    return p;
   }
 };
 
@@ -417,7 +430,7 @@ struct SparseAttentionKernel {
       const Input mask = GetInput(ctx, 4);
       const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
                                                      mask.present() ? &mask.shape : nullptr);
-      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      const auto p = attrs_.Resolve(op, d.E);
       std::vector<float> converted;
       const float* bias = AdditiveMask(op, mask, converted);
       cpu::CheckSparseAttentionIndices(op, d, idx.data<int32_t>());
@@ -483,7 +496,7 @@ struct SparseAttentionGradKernel {
       const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
                                                      mask.present() ? &mask.shape : nullptr);
       cpu::CheckSparseAttentionGradInputs(d, dy.shape, probs.shape);
-      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      const auto p = attrs_.Resolve(op, d.E);
       // The mask's effect is already in P (masked slots have P = 0); it is only type- and shape-checked here.
       std::vector<float> converted;
       AdditiveMask(op, mask, converted);
@@ -699,7 +712,7 @@ struct PQTopKCudaKernel : PQTopKKernel {
         keep = buffer;
       }
       int32_t* out = Output<int32_t>(ctx, 0, {d.B, d.H, d.Sq, d.L});
-      cuda::PQTopK(d, mode(), causal(), 0, q.data<int32_t>(), k.data<int32_t>(), keep, out, stream);
+      cuda::PQTopK(d, mode(), causal(), window(), q.data<int32_t>(), k.data<int32_t>(), keep, out, stream);
     });
   }
 };
@@ -725,7 +738,7 @@ struct SparseAttentionCudaKernel {
       const Input mask = GetInput(ctx, 4);
       const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
                                                      mask.present() ? &mask.shape : nullptr);
-      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      const auto p = attrs_.Resolve(op, d.E);
       CudaScratch scratch(ctx);
       const float* bias = DeviceAdditiveMask(op, mask, scratch, stream);
       CheckDeviceIndices(op, d, idx.data<int32_t>(), scratch, stream);
@@ -764,7 +777,7 @@ struct SparseAttentionGradCudaKernel {
       const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
                                                      mask.present() ? &mask.shape : nullptr);
       cpu::CheckSparseAttentionGradInputs(d, dy.shape, probs.shape);
-      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      const auto p = attrs_.Resolve(op, d.E);
       // As on CPU the mask is only checked: its effect is already in P.
       if (mask.present() && mask.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
         DeviceMaskType(op, mask, false, "float32 (additive) or bool/int8/uint8/int32/int64 (1 = keep, 0 = padded)");

@@ -61,6 +61,7 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         if (folded && keyPadding != null)
             return "a key padding mask with heads folded into the batch is not supported";
         bool causal = core.GetInt("causal", 0) != 0;
+        long window = core.GetInt("window", 0);
         long m = e / dc;
         long c = options.CodebookSize;
         var editor = graph.Edit();
@@ -104,6 +105,8 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         var codesQ = Emit("PQEncode", [q, codebook], "PQEncode_q", domain: "spt");
         var codesK = Emit("PQEncode", [k, codebook], "PQEncode_k", domain: "spt");
         var topkAttrs = new List<Ir.Attribute> { Ir.Attribute.FromString("mode", "exact"), Ir.Attribute.FromInt("causal", causal ? 1 : 0) };
+        if (window > 0)
+            topkAttrs.Add(Ir.Attribute.FromInt("window", window));
         if (options.Exact)
             topkAttrs.Add(Ir.Attribute.FromFloat("top_k_ratio", 1f));
         else if (options.TopK is { } topK)
@@ -111,10 +114,15 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         else
             topkAttrs.Add(Ir.Attribute.FromFloat("top_k_ratio", (float)options.TopKRatio));
         var indices = Emit("PQTopK", keyPadding is null ? [codesQ, codesK] : [codesQ, codesK, keyPadding], "PQTopK", 1, "spt", [.. topkAttrs]);
-        var y = Emit("SparseAttention", keyPadding is null ? [q, k, v, indices] : [q, k, v, indices, keyPadding], "SparseAttention", 2, "spt",
+        var saAttrs = new List<Ir.Attribute>
+        {
             Ir.Attribute.FromFloat("scale", core.GetFloat("scale", 1)),
             Ir.Attribute.FromFloat("clamp", options.Clamp),
-            Ir.Attribute.FromInt("causal", causal ? 1 : 0));
+            Ir.Attribute.FromInt("causal", causal ? 1 : 0),
+        };
+        if (window > 0)
+            saAttrs.Add(Ir.Attribute.FromInt("window", window));
+        var y = Emit("SparseAttention", keyPadding is null ? [q, k, v, indices] : [q, k, v, indices, keyPadding], "SparseAttention", 2, "spt", [.. saAttrs]);
         if (folded)
         {
             // [B·H, 1, Sq, Ev] -> [B·H, Sq, Ev]. A Reshape to the shape read from Q and V (rather than a Squeeze)
