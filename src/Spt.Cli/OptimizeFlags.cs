@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using Spt.CustomOps;
 using Spt.Ir;
 using Spt.Passes;
 
@@ -26,13 +27,16 @@ internal sealed class OptimizeFlags
         Description = "LoRA rank (0: none): factors on the routed FFNs and every remaining Linear layer; LoRA, routers, codebooks and norms train",
     };
 
-    public Option<double?> TopKRatio { get; } = new("--topk-ratio") { Description = "Keys per query as a fraction of the sequence (default 0.125)" };
+    public Option<double?> TopKRatio { get; } = new("--topk-ratio")
+    {
+        Description = string.Create(CultureInfo.InvariantCulture, $"Keys per query as a fraction of the sequence (default {AttentionOps.DefaultKeysRatio})"),
+    };
 
     public Option<int?> TopK { get; } = new("--topk") { Description = "Keys per query as a count" };
 
-    public Option<int> Blocks { get; } = new("--blocks") { Description = "FFN blocks", DefaultValueFactory = _ => 4 };
+    public Option<int> Blocks { get; } = new("--blocks") { Description = "FFN blocks", DefaultValueFactory = _ => (int)RoutedFfnOps.DefaultNBlocks };
 
-    public Option<int> Active { get; } = new("--active") { Description = "Active FFN blocks per token", DefaultValueFactory = _ => 2 };
+    public Option<int> Active { get; } = new("--active") { Description = "Active FFN blocks per token", DefaultValueFactory = _ => (int)RoutedFfnOps.DefaultBlocksPerToken };
 
     public Option<int> CodebookSize { get; } = new("--codebook-size") { Description = "Codewords per subspace", DefaultValueFactory = _ => 16 };
 
@@ -74,7 +78,7 @@ internal sealed class OptimizeFlags
             Attention = parse.GetValue(Attention) == "keep" ? AttentionMode.Keep : AttentionMode.Sparse,
             Ffn = parse.GetValue(Ffn) == "keep" ? FfnMode.Keep : FfnMode.Routed,
             LoraRank = parse.GetValue(Lora),
-            TopKRatio = parse.GetValue(TopKRatio) ?? 0.125,
+            TopKRatio = parse.GetValue(TopKRatio) ?? AttentionOps.DefaultKeysRatio,
             TopK = parse.GetValue(TopK),
             Blocks = parse.GetValue(Blocks),
             Active = parse.GetValue(Active),

@@ -16,31 +16,91 @@ namespace Spt.CustomOps;
 /// </remarks>
 public static class AttentionOps
 {
+    /// <summary>Attribute <c>causal</c> of PQTopK, SparseAttention and SparseAttentionGrad.</summary>
+    public const string CausalAttr = "causal";
+
+    /// <summary>Attribute <c>scale</c> of SparseAttention(Grad): the logit scale; 0 or absent means 1/sqrt(E).</summary>
+    public const string ScaleAttr = "scale";
+
+    /// <summary>Attribute <c>clamp</c> of SparseAttention(Grad).</summary>
+    public const string ClampAttr = "clamp";
+
+    /// <summary>Attribute <c>window</c> of PQTopK, SparseAttention and SparseAttentionGrad: a sliding window (0 = off).</summary>
+    public const string WindowAttr = "window";
+
+    /// <summary>Default of <see cref="WindowAttr"/>: no sliding window.</summary>
+    public const long DefaultWindow = 0;
+
+    /// <summary>Attribute <c>mode</c> of PQTopK.</summary>
+    public const string ModeAttr = "mode";
+
+    /// <summary>Attribute <c>keys_per_query</c> of PQTopK: keys per query as a count (0 = use <see cref="KeysRatioAttr"/>).</summary>
+    public const string KeysPerQueryAttr = "keys_per_query";
+
+    /// <summary>Attribute <c>keys_ratio</c> of PQTopK: keys per query as a fraction of Sk.</summary>
+    public const string KeysRatioAttr = "keys_ratio";
+
+    /// <summary>Attribute <c>metric</c> of PQEncode.</summary>
+    public const string MetricAttr = "metric";
+
+    /// <summary>Attribute <c>detach_inputs</c> of PQLossGrad.</summary>
+    public const string DetachInputsAttr = "detach_inputs";
+
+    /// <summary>Default of <see cref="KeysRatioAttr"/>: 1/8 of the keys per query (the SPT reference).</summary>
+    public const float DefaultKeysRatio = 0.125f;
+
+    /// <summary>Default of <see cref="ClampAttr"/>: scaled logits are clamped to [-10, 10].</summary>
+    public const float DefaultClamp = 10f;
+
+    /// <summary>Default of <see cref="CausalAttr"/>.</summary>
+    public const long DefaultCausal = 1;
+
+    /// <summary>Default of <see cref="ScaleAttr"/>: 0, i.e. 1/sqrt(E).</summary>
+    public const float DefaultScale = 0f;
+
+    /// <summary>PQTopK's selection modes.</summary>
+    public static IReadOnlyList<string> Modes { get; } = ["exact", "bucketed"];
+
+    // Input and output positions. PQEncode / PQLoss: (Z, codebook); PQLossGrad: (dLoss, Z, codebook) -> (dZ, dCodebook).
+    public const int PQZ = 0, PQCodebook = 1;
+    public const int PQGradDLoss = 0, PQGradZ = 1, PQGradCodebook = 2, PQGradDZ = 0, PQGradDCodebook = 1;
+
+    // PQTopK(codes_q, codes_k, key_padding_mask?) -> indices.
+    public const int CodesQ = 0, CodesK = 1, TopKKeyPadding = 2;
+
+    // SparseAttention(Q, K, V, indices, key_padding_mask?) -> Y, P.
+    public const int Q = 0, K = 1, V = 2, Indices = 3, KeyPadding = 4, Y = 0, P = 1;
+
+    // SparseAttentionGrad(dY, Q, K, V, indices, P, key_padding_mask?) -> dQ, dK, dV: the forward inputs shifted by one.
+    public const int GradDY = 0, GradShift = 1, GradP = 5, GradKeyPadding = 6, DQ = 0, DK = 1, DV = 2;
+
+    /// <summary>The logit scale a SparseAttention (or the compiler's attention core) with scale attribute <paramref name="scale"/> uses for head dim <paramref name="e"/>.</summary>
+    public static double EffectiveScale(float scale, long e) => scale == 0 ? 1 / Math.Sqrt(e) : scale;
+
     private static readonly ElementType[] FloatOnly = [ElementType.Float];
     private static readonly ElementType[] Int32Only = [ElementType.Int32];
 
     private static readonly ElementType[] MaskTypes =
         [ElementType.Float, ElementType.Bool, ElementType.Int8, ElementType.UInt8, ElementType.Int32, ElementType.Int64];
 
-    private static readonly AttributeSpec Causal = new(
-        "causal", AttributeKind.Int, 1L,
-        "1: key j is visible to query i iff j <= i + Sk - Sq (j <= i when Sq == Sk); 0: no causal mask.",
-        v => (long)v is 0 or 1 ? null : "must be 0 or 1");
+    private static readonly AttributeSpec Causal = AttributeSpec.Flag(
+        CausalAttr, DefaultCausal,
+        "1: key j is visible to query i iff j <= i + Sk - Sq (j <= i when Sq == Sk); 0: no causal mask.");
 
     private static readonly AttributeSpec Window = new(
-        "window", AttributeKind.Int, 0L,
+        WindowAttr, AttributeKind.Int, DefaultWindow,
         "Sliding window: > 0 also hides keys j < pos - window + 1 (and, when not causal, j > pos + window - 1), " +
         "pos = i + Sk - Sq the query's aligned key position; 0 = off.",
-        v => (long)v >= 0 ? null : "must be >= 0 (0 = off)");
+        v => (long)v >= 0 ? null : "must be >= 0 (0 = off)") { Rejected = [-1L] };
 
     private static readonly AttributeSpec Scale = new(
-        "scale", AttributeKind.Float, 0f, "Logit scale; 0 means 1/sqrt(E).",
-        v => float.IsFinite((float)v) ? null : "must be finite");
+        ScaleAttr, AttributeKind.Float, DefaultScale, "Logit scale; 0 means 1/sqrt(E).",
+        v => float.IsFinite((float)v) ? null : "must be finite") { Rejected = [float.NaN, float.PositiveInfinity] };
 
     private static readonly AttributeSpec Clamp = new(
-        "clamp", AttributeKind.Float, 10f,
+        ClampAttr, AttributeKind.Float, DefaultClamp,
         "Scaled logits are clamped to [-clamp, clamp] before the mask is added; 0 turns the clamp off.",
-        v => float.IsFinite((float)v) && (float)v >= 0 ? null : "must be finite and >= 0 (0 = off)");
+        v => float.IsFinite((float)v) && (float)v >= 0 ? null : "must be finite and >= 0 (0 = off)") { Rejected = [-1f, float.PositiveInfinity] };
 
     /// <summary>PQEncode(Z [..., E] f32, codebook [M, C, dc] f32) -> codes [..., M] i32; E must equal M * dc.</summary>
     public static OpSchema PQEncode { get; } = new(
@@ -52,8 +112,7 @@ public static class AttentionOps
             new("codebook", "[M, C, dc] codewords, shared by Q and K.", FloatOnly),
         ],
         [new("codes", "[..., M] int32 codeword indices.", Int32Only)],
-        [new("metric", AttributeKind.String, "l1", "Distance; only \"l1\" is supported.",
-            v => (string)v == "l1" ? null : "only \"l1\" is supported")],
+        [AttributeSpec.OneOf(MetricAttr, "l1", "Distance; only \"l1\" is supported.", ["l1"])],
         ctx =>
         {
             var (z, m, _, _) = PQShapes(ctx, 0);
@@ -69,8 +128,8 @@ public static class AttentionOps
         "b = min(3, n / max(1, floor(M/4))), key residue class w = j mod 4 fills the output slots p = w (mod 4), " +
         "highest bucket then earliest key first; slots a class cannot fill go to the best remaining keys of any " +
         "class (deterministic, no race). key_padding_mask is a keep-mask: 0/false = padded (never selected), any " +
-        "nonzero value = keep, for bool, integer and float masks alike. L = top_k if top_k > 0, else " +
-        "max(1, ceil(top_k_ratio * Sk)); L is clamped to Sk.",
+        "nonzero value = keep, for bool, integer and float masks alike. L = keys_per_query if keys_per_query > 0, " +
+        "else max(1, ceil(keys_ratio * Sk)); L is clamped to Sk.",
         [
             new("codes_q", "[B, H, Sq, M] query codes.", Int32Only),
             new("codes_k", "[B, Hkv, Sk, M] key codes (H % Hkv == 0; query head h uses key head h / (H / Hkv)).", Int32Only),
@@ -78,13 +137,12 @@ public static class AttentionOps
         ],
         [new("indices", "[B, H, Sq, L] int32 key indices, -1 = empty slot.", Int32Only)],
         [
-            new("mode", AttributeKind.String, "exact", "\"exact\" or \"bucketed\".",
-                v => (string)v is "exact" or "bucketed" ? null : "must be \"exact\" or \"bucketed\""),
+            AttributeSpec.OneOf(ModeAttr, Modes[0], "\"exact\" or \"bucketed\".", Modes),
             Causal,
-            new("top_k", AttributeKind.Int, 0L, "Keys per query; 0 = use top_k_ratio.",
-                v => (long)v >= 0 ? null : "must be >= 0 (0 = use top_k_ratio)"),
-            new("top_k_ratio", AttributeKind.Float, 0.125f, "Keys per query as a fraction of Sk (default S/8).",
-                v => (float)v > 0 && (float)v <= 1 ? null : "must be in (0, 1]"),
+            new(KeysPerQueryAttr, AttributeKind.Int, 0L, "Keys per query as a count; 0 = use keys_ratio.",
+                v => (long)v >= 0 ? null : "must be >= 0 (0 = use keys_ratio)") { Rejected = [-1L] },
+            new(KeysRatioAttr, AttributeKind.Float, DefaultKeysRatio, "Keys per query as a fraction of Sk (default S/8).",
+                v => (float)v > 0 && (float)v <= 1 ? null : "must be in (0, 1]") { Rejected = [0f, 1.5f, -0.5f] },
             Window,
         ],
         ctx =>
@@ -105,7 +163,7 @@ public static class AttentionOps
             }
 
             var l = k is not null && k[2].Value is { } sk
-                ? new Dim(KeysPerQuery(ctx.Int("top_k"), ctx.Float("top_k_ratio"), sk))
+                ? new Dim(KeysPerQuery(ctx.Int(KeysPerQueryAttr), ctx.Float(KeysRatioAttr), sk))
                 : Dim.Unknown;
             return [new TensorType(ElementType.Int32, [q[0], q[1], q[2], l])];
         });
@@ -221,8 +279,7 @@ public static class AttentionOps
             new("dZ", "[..., E]", FloatOnly),
             new("dCodebook", "[M, C, dc]", FloatOnly),
         ],
-        [new("detach_inputs", AttributeKind.Int, 0L, "1: no gradient into Z (dZ = 0).",
-            v => (long)v is 0 or 1 ? null : "must be 0 or 1")],
+        [AttributeSpec.Flag(DetachInputsAttr, 0L, "1: no gradient into Z (dZ = 0).")],
         ctx =>
         {
             var (z, _, _, _) = PQShapes(ctx, 1);
@@ -237,10 +294,10 @@ public static class AttentionOps
     public static IReadOnlyList<OpSchema> All { get; } =
         [PQEncode, PQTopK, SparseAttention, SparseAttentionGrad, PQLoss, PQLossGrad];
 
-    /// <summary>Keys per query: top_k when positive, else max(1, ceil(ratio * Sk)); clamped to Sk.</summary>
-    public static long KeysPerQuery(long topK, float ratio, long sk)
+    /// <summary>Keys per query: <paramref name="count"/> when positive, else max(1, ceil(ratio * Sk)); clamped to Sk.</summary>
+    public static long KeysPerQuery(long count, float ratio, long sk)
     {
-        var l = topK > 0 ? topK : Math.Max(1L, (long)Math.Ceiling((double)ratio * sk));
+        var l = count > 0 ? count : Math.Max(1L, (long)Math.Ceiling((double)ratio * sk));
         return Math.Max(Math.Min(l, sk), sk > 0 ? 1 : 0);
     }
 

@@ -50,11 +50,11 @@ public static class OpGradients
     /// <summary>Every gradient entry of the spt domain.</summary>
     public static IReadOnlyList<OpGradient> All { get; } =
     [
-        new("SparseAttention", SparseAttention),
-        new("RoutedFFN", RoutedFfn),
-        new("PQLoss", PQLoss),
-        new("PQEncode", null, "codes are integer argmins"),
-        new("PQTopK", null, "key indices are integer selections"),
+        new(AttentionOps.SparseAttention.Name, SparseAttention),
+        new(RoutedFfnOps.RoutedFfn.Name, RoutedFfn),
+        new(AttentionOps.PQLoss.Name, PQLoss),
+        new(AttentionOps.PQEncode.Name, null, "codes are integer argmins"),
+        new(AttentionOps.PQTopK.Name, null, "key indices are integer selections"),
     ];
 
     // SparseAttention(Q, K, V, indices, mask?) -> Y, P
@@ -62,48 +62,50 @@ public static class OpGradients
     private static void SparseAttention(IGradientContext g)
     {
         var n = g.Node;
-        if (g.OutputGradient(1) != null)
+        if (g.OutputGradient(AttentionOps.P) != null)
             throw g.Fail("the attention probabilities P feed the loss; SparseAttentionGrad only takes the gradient of Y");
-        var dy = g.OutputGradient(0);
+        var dy = g.OutputGradient(AttentionOps.Y);
         if (dy == null)
             return;
-        var p = g.SavedOutput(1);
-        Value?[] inputs = [dy, n.Inputs[0], n.Inputs[1], n.Inputs[2], n.Inputs[3], p, n.Inputs.Count > 4 ? n.Inputs[4] : null];
-        var outs = g.Emit(CustomOpLibrary.Domain, "SparseAttentionGrad", TrimTrailingNulls(inputs),
-            [g.NeedsGradient(0), g.NeedsGradient(1), g.NeedsGradient(2)], CopyAttributes(n));
-        for (int i = 0; i < 3; i++)
+        var inputs = new Value?[AttentionOps.SparseAttentionGrad.Inputs.Count];
+        inputs[AttentionOps.GradDY] = dy;
+        foreach (var i in (int[])[AttentionOps.Q, AttentionOps.K, AttentionOps.V, AttentionOps.Indices, AttentionOps.KeyPadding])
+            inputs[i + AttentionOps.GradShift] = i < n.Inputs.Count ? n.Inputs[i] : null;
+        inputs[AttentionOps.GradP] = g.SavedOutput(AttentionOps.P);
+        // dQ, dK, dV are the gradients of Q, K, V (positions 0, 1, 2 on both sides).
+        int[] differentiable = [AttentionOps.Q, AttentionOps.K, AttentionOps.V];
+        var outs = g.Emit(CustomOpLibrary.Domain, AttentionOps.SparseAttentionGrad.Name, TrimTrailingNulls(inputs),
+            [.. differentiable.Select(g.NeedsGradient)], CopyAttributes(n));
+        foreach (var i in differentiable)
         {
             if (g.NeedsGradient(i))
                 g.AddGradient(i, outs[i]);
         }
     }
 
-    // The base weights RoutedFFNGrad computes no gradient for when frozen_base = 1.
-    private static readonly HashSet<int> FfnBaseWeights =
-        [RoutedFfnOps.W1, RoutedFfnOps.B1, RoutedFfnOps.W2, RoutedFfnOps.B2, RoutedFfnOps.W3];
 
     // RoutedFFNGrad(dY, the 14 forward inputs, P, Sel, U) -> dX, dWr, dbr, dW1, db1, dW2, db2, dW3, dA1.. dB3
     // (positions from RoutedFfnOps).
     private static void RoutedFfn(IGradientContext g)
     {
         var n = g.Node;
-        for (int o = 1; o < 4; o++)
+        foreach (var o in (int[])[RoutedFfnOps.P, RoutedFfnOps.Sel, RoutedFfnOps.U])
         {
             if (g.OutputGradient(o) != null)
                 throw g.Fail($"routing state output {o} feeds the loss; RoutedFFNGrad only takes the gradient of Y");
         }
-        var dy = g.OutputGradient(0);
+        var dy = g.OutputGradient(RoutedFfnOps.Y);
         if (dy == null)
             return;
-        bool frozenBase = n.GetInt("frozen_base", 1) == 1;
+        bool frozenBase = n.GetInt(RoutedFfnOps.FrozenBaseAttr, RoutedFfnOps.DefaultFrozenBase) == 1;
         var sources = RoutedFfnOps.GradSources;
         var wanted = new bool[sources.Count];
         for (int o = 0; o < wanted.Length; o++)
         {
             int source = sources[o];
             bool present = source < n.Inputs.Count && n.Inputs[source] != null;
-            wanted[o] = o == 0 || (present && g.NeedsGradient(source));
-            if (wanted[o] && frozenBase && FfnBaseWeights.Contains(source))
+            wanted[o] = o == RoutedFfnOps.DX || (present && g.NeedsGradient(source));
+            if (wanted[o] && frozenBase && RoutedFfnOps.BaseWeights.Contains(source))
                 throw g.Fail($"input {source} is a base weight that is trainable here, but the node has frozen_base = 1; freeze it or rewrite with frozen_base = 0");
         }
         var inputs = new List<Value?> { dy };
@@ -112,7 +114,7 @@ public static class OpGradients
         inputs.Add(g.SavedOutput(RoutedFfnOps.P));
         inputs.Add(g.SavedOutput(RoutedFfnOps.Sel));
         inputs.Add(g.SavedOutput(RoutedFfnOps.U));
-        var outs = g.Emit(CustomOpLibrary.Domain, "RoutedFFNGrad", inputs, wanted, CopyAttributes(n));
+        var outs = g.Emit(CustomOpLibrary.Domain, RoutedFfnOps.RoutedFfnGrad.Name, inputs, wanted, CopyAttributes(n));
         for (int o = 0; o < wanted.Length; o++)
         {
             if (wanted[o] && g.NeedsGradient(sources[o]))
@@ -127,14 +129,17 @@ public static class OpGradients
         var dl = g.OutputGradient(0);
         if (dl == null)
             return;
-        var attrs = new List<Ir.Attribute>();
-        if (!g.NeedsGradient(0))
-            attrs.Add(Ir.Attribute.FromInt("detach_inputs", 1));
-        var outs = g.Emit(CustomOpLibrary.Domain, "PQLossGrad", [dl, n.Inputs[0], n.Inputs[1]], [true, true], attrs);
-        if (g.NeedsGradient(0))
-            g.AddGradient(0, outs[0]);
-        if (g.NeedsGradient(1))
-            g.AddGradient(1, outs[1]);
+        var schema = AttentionOps.PQLossGrad;
+        var attrs = g.NeedsGradient(AttentionOps.PQZ) ? [] : schema.NodeAttributes((AttentionOps.DetachInputsAttr, 1L));
+        var inputs = new Value?[schema.Inputs.Count];
+        inputs[AttentionOps.PQGradDLoss] = dl;
+        inputs[AttentionOps.PQGradZ] = n.Inputs[AttentionOps.PQZ];
+        inputs[AttentionOps.PQGradCodebook] = n.Inputs[AttentionOps.PQCodebook];
+        var outs = g.Emit(CustomOpLibrary.Domain, schema.Name, inputs, [true, true], attrs);
+        if (g.NeedsGradient(AttentionOps.PQZ))
+            g.AddGradient(AttentionOps.PQZ, outs[AttentionOps.PQGradDZ]);
+        if (g.NeedsGradient(AttentionOps.PQCodebook))
+            g.AddGradient(AttentionOps.PQCodebook, outs[AttentionOps.PQGradDCodebook]);
     }
 
     private static IEnumerable<Ir.Attribute> CopyAttributes(Node n) => n.Attributes.ToList();

@@ -29,7 +29,8 @@ public enum AttributeKind
 
 /// <summary>
 /// An attribute of an op: its name, kind, default (null = required) and allowed values. <c>Check</c> returns an
-/// error text for a value that is out of range, or null when it is valid.
+/// error text for a value that is out of range, or null when it is valid. <see cref="Rejected"/> lists values
+/// outside the range (for the tests that hold the native library to the same range).
 /// </summary>
 public sealed record AttributeSpec(
     string Name,
@@ -39,6 +40,22 @@ public sealed record AttributeSpec(
     Func<object, string?>? Check = null)
 {
     public bool Required => Default is null;
+
+    /// <summary>Values the range excludes (examples on each side of it).</summary>
+    public IReadOnlyList<object> Rejected { get; init; } = [];
+
+    /// <summary>An int attribute that is 0 or 1.</summary>
+    public static AttributeSpec Flag(string name, long defaultValue, string doc) =>
+        new(name, AttributeKind.Int, defaultValue, doc, v => (long)v is 0 or 1 ? null : "must be 0 or 1") { Rejected = [2L, -1L] };
+
+    /// <summary>A string attribute with a fixed set of values.</summary>
+    public static AttributeSpec OneOf(string name, string defaultValue, string doc, IReadOnlyList<string> allowed)
+    {
+        var text = allowed.Count == 1 ? $"only \"{allowed[0]}\" is supported"
+            : allowed.Count == 2 ? $"must be \"{allowed[0]}\" or \"{allowed[1]}\""
+            : "must be one of " + string.Join(", ", allowed);
+        return new(name, AttributeKind.String, defaultValue, doc, v => allowed.Contains((string)v) ? null : text) { Rejected = ["unknown"] };
+    }
 }
 
 /// <summary>A formal input or output of an op.</summary>
@@ -86,6 +103,30 @@ public sealed class OpSchema
     public ShapeRule ShapeRule { get; }
 
     public AttributeSpec? FindAttribute(string name) => Attributes.FirstOrDefault(a => a.Name == name);
+
+    /// <summary>
+    /// The attributes of a node of this op: <paramref name="values"/> checked against the schema (names, kinds,
+    /// ranges), in the given order; attributes not given are left to their defaults.
+    /// </summary>
+    /// <exception cref="OpContractException">An attribute is unknown, of the wrong kind or out of range.</exception>
+    public IReadOnlyList<Ir.Attribute> NodeAttributes(params (string Name, object Value)[] values)
+    {
+        ResolveAttributes(values.ToDictionary(v => v.Name, v => v.Value, StringComparer.Ordinal));
+        return [.. values.Select(v => Coerce(FindAttribute(v.Name)!, v.Value) switch
+        {
+            long l => Ir.Attribute.FromInt(v.Name, l),
+            float f => Ir.Attribute.FromFloat(v.Name, f),
+            string text => Ir.Attribute.FromString(v.Name, text),
+            _ => throw new InvalidOperationException(v.Name),
+        })];
+    }
+
+    /// <summary>Whether <paramref name="node"/> is a node of this op (domain and op type).</summary>
+    public bool Is(Node node) => node.OpType == Name && node.Domain == Domain;
+
+    /// <summary>The default of attribute <paramref name="name"/>.</summary>
+    public object DefaultOf(string name) =>
+        FindAttribute(name)?.Default ?? throw new InvalidOperationException($"{this} has no attribute '{name}' with a default");
 
     /// <summary>
     /// Checks attribute names, kinds and ranges, fills in defaults, and returns the complete attribute set.

@@ -10,12 +10,12 @@ namespace Spt.CustomOps;
 /// </summary>
 /// <remarks>
 /// Weights use the MatMul layout (y = x·W + b): W1/W3 [d, d_ff], W2 [d_ff, d], router Wr [d, n_blocks]. d_ff is cut
-/// into n_blocks contiguous blocks of bs = d_ff / n_blocks; p = sigmoid(x·Wr + br) picks top_k blocks per token
+/// into n_blocks contiguous blocks of bs = d_ff / n_blocks; p = sigmoid(x·Wr + br) picks blocks_per_token blocks per token
 /// (higher p first, ties to the lower block). For a selected block i with g = 2·p[t, i]:
 /// a = gin·(x·W1_i + b1_i) + (x·A1)·B1_i, h = act(a) (SwiGLU: silu(a)·(gin·x·W3_i + (x·A3)·B3_i)),
 /// y = b2 + Σ_slots gob·h·W2_i + gol·(h·A2_i)·B2, where gate "2sigmoid_frozen_only" has gin = gob = g, gol = 1;
 /// "2sigmoid_all" has gin = 1, gob = gol = g; "none" has all three = 1 (the router then gets no gradient).
-/// Saved state: P [T, n_blocks], Sel [T, top_k] (slot order) and U [T·top_k, bs] (for SwiGLU [T·top_k, 2·bs]:
+/// Saved state: P [T, n_blocks], Sel [T, k] (slot order, k = blocks_per_token) and U [T·k, bs] (for SwiGLU [T·k, 2·bs]:
 /// u | u3), the base pre-activation x·W1_i + b1_i of every (token, slot) pair, rows grouped by (block, token).
 /// T is the product of X's leading dims.
 /// </remarks>
@@ -33,6 +33,39 @@ public static class RoutedFfnOps
     /// <summary>Gate modes the op supports.</summary>
     public static IReadOnlyList<string> Gates { get; } = ["2sigmoid_frozen_only", "2sigmoid_all", "none"];
 
+    /// <summary>Attribute <c>n_blocks</c>: contiguous hidden blocks.</summary>
+    public const string NBlocksAttr = "n_blocks";
+
+    /// <summary>Attribute <c>blocks_per_token</c>: blocks each token runs, in [1, n_blocks].</summary>
+    public const string BlocksPerTokenAttr = "blocks_per_token";
+
+    /// <summary>Attribute <c>activation</c>.</summary>
+    public const string ActivationAttr = "activation";
+
+    /// <summary>Attribute <c>gate</c>.</summary>
+    public const string GateAttr = "gate";
+
+    /// <summary>Attribute <c>frozen_base</c>.</summary>
+    public const string FrozenBaseAttr = "frozen_base";
+
+    /// <summary>Default of <see cref="NBlocksAttr"/> (the SPT reference).</summary>
+    public const long DefaultNBlocks = 4;
+
+    /// <summary>Default of <see cref="BlocksPerTokenAttr"/> (the SPT reference).</summary>
+    public const long DefaultBlocksPerToken = 2;
+
+    /// <summary>Default of <see cref="ActivationAttr"/>.</summary>
+    public const string DefaultActivation = "relu";
+
+    /// <summary>Default of <see cref="GateAttr"/>: the SPT gate, 2p on the frozen base path.</summary>
+    public const string DefaultGate = "2sigmoid_frozen_only";
+
+    /// <summary>The gate that makes a routed FFN with every block active compute the dense FFN.</summary>
+    public const string NoGate = "none";
+
+    /// <summary>Default of <see cref="FrozenBaseAttr"/>.</summary>
+    public const long DefaultFrozenBase = 1;
+
     // Forward input positions (RoutedFFNGrad has dY first, then these shifted by one, then P, Sel, U).
     public const int X = 0, W1 = 1, B1 = 2, W2 = 3, B2 = 4, Wr = 5, Br = 6, W3 = 7;
     public const int LoraA1 = 8, LoraB1 = 9, LoraA2 = 10, LoraB2 = 11, LoraA3 = 12, LoraB3 = 13;
@@ -48,25 +81,28 @@ public static class RoutedFfnOps
     public const int DX = 0, DWr = 1, DBr = 2, DW1 = 3, DB1 = 4, DW2 = 5, DB2 = 6, DW3 = 7;
     public const int DA1 = 8, DB1Lora = 9, DA2 = 10, DB2Lora = 11, DA3 = 12, DB3Lora = 13;
 
+    /// <summary>The base weights (W1, b1, W2, b2, W3): frozen, and without gradients, when frozen_base = 1.</summary>
+    public static IReadOnlyList<int> BaseWeights { get; } = [W1, B1, W2, B2, W3];
+
+    /// <summary>The inputs the SPT method trains: the router and the LoRA factors.</summary>
+    public static IReadOnlyList<int> AdaptedWeights { get; } = [Wr, Br, LoraA1, LoraB1, LoraA2, LoraB2, LoraA3, LoraB3];
+
     /// <summary>The forward input each gradient output belongs to (same shape).</summary>
     public static IReadOnlyList<int> GradSources { get; } =
         [X, Wr, Br, W1, B1, W2, B2, W3, LoraA1, LoraB1, LoraA2, LoraB2, LoraA3, LoraB3];
 
     private static readonly AttributeSpec[] Attributes =
     [
-        new("n_blocks", AttributeKind.Int, 4L, "Number of contiguous hidden blocks; d_ff must be divisible by it.",
-            v => (long)v >= 1 ? null : "must be >= 1"),
-        new("top_k", AttributeKind.Int, 2L, "Blocks per token, in [1, n_blocks].",
-            v => (long)v >= 1 ? null : "must be >= 1"),
-        new("activation", AttributeKind.String, "relu", "One of relu, gelu (erf), gelu_tanh, silu, relu2 (squared ReLU), and the gated swiglu, geglu, geglu_tanh, reglu (gate silu, gelu, tanh gelu, relu times the up projection).",
-            v => Activations.Contains((string)v) ? null : "must be one of " + string.Join(", ", Activations)),
-        new("gate", AttributeKind.String, "2sigmoid_frozen_only",
+        new(NBlocksAttr, AttributeKind.Int, DefaultNBlocks, "Number of contiguous hidden blocks; d_ff must be divisible by it.",
+            v => (long)v >= 1 ? null : "must be >= 1") { Rejected = [0L, -1L] },
+        new(BlocksPerTokenAttr, AttributeKind.Int, DefaultBlocksPerToken, "Blocks per token, in [1, n_blocks].",
+            v => (long)v >= 1 ? null : "must be >= 1") { Rejected = [0L, -1L] },
+        AttributeSpec.OneOf(ActivationAttr, DefaultActivation, "One of relu, gelu (erf), gelu_tanh, silu, relu2 (squared ReLU), and the gated swiglu, geglu, geglu_tanh, reglu (gate silu, gelu, tanh gelu, relu times the up projection).", Activations),
+        AttributeSpec.OneOf(GateAttr, DefaultGate,
             "2sigmoid_frozen_only: g = 2p scales the frozen base path only; 2sigmoid_all: g scales the whole block " +
-            "output; none: no gate (the router only selects and gets no gradient).",
-            v => Gates.Contains((string)v) ? null : "must be one of " + string.Join(", ", Gates)),
-        new("frozen_base", AttributeKind.Int, 1L,
-            "1: W1, b1, W2, b2, W3 are frozen and RoutedFFNGrad must not be asked for their gradients; 0: full finetune.",
-            v => (long)v is 0 or 1 ? null : "must be 0 or 1"),
+            "output; none: no gate (the router only selects and gets no gradient).", Gates),
+        AttributeSpec.Flag(FrozenBaseAttr, DefaultFrozenBase,
+            "1: W1, b1, W2, b2, W3 are frozen and RoutedFFNGrad must not be asked for their gradients; 0: full finetune."),
     ];
 
     private static readonly ParameterSpec[] ForwardInputs =
@@ -90,15 +126,15 @@ public static class RoutedFfnOps
     /// <summary>RoutedFFN(X, W1, b1?, W2, b2?, Wr, br?, W3?, A1?, B1?, A2?, B2?, A3?, B3?) -> Y, P?, Sel?, U?.</summary>
     public static OpSchema RoutedFfn { get; } = new(
         "RoutedFFN",
-        "Sigmoid-routed block-sparse FFN with optional LoRA (SPT). Only the top_k blocks of each token run; token " +
+        "Sigmoid-routed block-sparse FFN with optional LoRA (SPT). Only the blocks_per_token blocks of each token run; token " +
         "contributions are summed in slot order. P, Sel and U are the state RoutedFFNGrad needs; an inference " +
         "graph can leave them unnamed.",
         ForwardInputs,
         [
             new("Y", "[..., d] output, the shape of X.", FloatOnly),
             new("P", "[T, n_blocks] router probabilities.", FloatOnly, Optional: true),
-            new("Sel", "[T, top_k] int32 selected blocks per token, in slot order.", Int32Only, Optional: true),
-            new("U", "[T*top_k, d_ff/n_blocks] base pre-activations of the selected pairs ([.., 2*bs] for swiglu), " +
+            new("Sel", "[T, k] int32 selected blocks per token (k = blocks_per_token), in slot order.", Int32Only, Optional: true),
+            new("U", "[T*k, d_ff/n_blocks] base pre-activations of the selected pairs ([.., 2*bs] for swiglu), " +
                 "rows grouped by (block, token).", FloatOnly, Optional: true),
         ],
         Attributes,
@@ -133,8 +169,8 @@ public static class RoutedFfnOps
             new("dY", "[..., d] gradient of Y.", FloatOnly),
             .. ForwardInputs,
             new("P", "[T, n_blocks] from RoutedFFN.", FloatOnly),
-            new("Sel", "[T, top_k] from RoutedFFN.", Int32Only),
-            new("U", "[T*top_k, bs or 2*bs] from RoutedFFN.", FloatOnly),
+            new("Sel", "[T, k] from RoutedFFN.", Int32Only),
+            new("U", "[T*k, bs or 2*bs] from RoutedFFN.", FloatOnly),
         ],
         [
             new("dX", "[..., d]", FloatOnly),
@@ -173,11 +209,11 @@ public static class RoutedFfnOps
             if (s.XShape is not null)
             {
                 RequireShape(ctx, GradP, "P", [s.Tokens, new Dim(s.NBlocks)], "[T, n_blocks]");
-                RequireShape(ctx, GradSel, "Sel", [s.Tokens, new Dim(s.TopK)], "[T, top_k]");
-                RequireShape(ctx, GradU, "U", [s.Rows, s.PreWidth], "[T*top_k, d_ff/n_blocks (x2 for swiglu)]");
+                RequireShape(ctx, GradSel, "Sel", [s.Tokens, new Dim(s.TopK)], "[T, blocks_per_token]");
+                RequireShape(ctx, GradU, "U", [s.Rows, s.PreWidth], "[T*blocks_per_token, d_ff/n_blocks (x2 for swiglu)]");
             }
 
-            var frozen = ctx.Int("frozen_base") == 1;
+            var frozen = ctx.Int(FrozenBaseAttr) == 1;
             var outputs = new TensorType?[GradSources.Count];
             for (var o = 0; o < outputs.Length; o++)
             {
@@ -194,14 +230,14 @@ public static class RoutedFfnOps
     // Checks the forward inputs (at offset `shift`) and returns the derived dims.
     private static ForwardShapes CheckForward(ShapeContext ctx, int shift)
     {
-        var nb = ctx.Int("n_blocks");
-        var k = ctx.Int("top_k");
+        var nb = ctx.Int(NBlocksAttr);
+        var k = ctx.Int(BlocksPerTokenAttr);
         if (k > nb)
         {
-            throw ctx.Fail($"attribute 'top_k' = {k}: must be <= n_blocks = {nb}");
+            throw ctx.Fail($"attribute '{BlocksPerTokenAttr}' = {k}: must be <= n_blocks = {nb}");
         }
 
-        var swiglu = GatedActivations.Contains(ctx.String("activation"));
+        var swiglu = GatedActivations.Contains(ctx.String(ActivationAttr));
         string Name(int i) => ForwardInputs[i].Name;
 
         var x = ctx.Input(X + shift)!;

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Spt.CustomOps;
 using Spt.Ir;
 using Spt.Passes.Canonicalization;
 using Spt.Passes.Recognition;
@@ -11,7 +12,7 @@ public static class SptOptimizer
     /// <summary>Default-domain opsets the recognizers understand; opsets 7 to 12 are upgraded to 13 first.</summary>
     public const int MinOpset = 13, MaxOpset = 23;
 
-    private static readonly HashSet<string> KnownDomains = ["", "ai.onnx", "com.microsoft", "spt"];
+    private static readonly HashSet<string> KnownDomains = ["", "ai.onnx", "com.microsoft", CustomOpLibrary.Domain];
 
     /// <summary>
     /// Optimizes <paramref name="model"/> in place. A model of opset 7 to 12 is upgraded to opset 13 first
@@ -51,8 +52,8 @@ public static class SptOptimizer
         if (supported)
         {
             run = Pipelines.Optimize(options).Run(model, context);
-            if (model.Graph.Nodes.Any(n => n.Domain == "spt") && model.GetOpsetVersion("spt") is null)
-                model.SetOpset("spt", 1);
+            if (model.Graph.Nodes.Any(n => n.Domain == CustomOpLibrary.Domain) && model.GetOpsetVersion(CustomOpLibrary.Domain) is null)
+                model.SetOpset(CustomOpLibrary.Domain, CustomOpLibrary.OpsetVersion);
         }
         watch.Stop();
         return new OptimizeReport(results, opsets, run?.Timings ?? [], watch.Elapsed, context.Diagnostics)

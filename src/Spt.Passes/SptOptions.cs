@@ -1,3 +1,5 @@
+using Spt.CustomOps;
+
 namespace Spt.Passes;
 
 /// <summary>What to do with recognized attention blocks.</summary>
@@ -22,7 +24,8 @@ public enum FfnMode
 
 /// <summary>
 /// Options of the SPT rewrite (<c>sptc optimize</c>). Defaults follow the SPT reference: codewords of 8 dims, 16
-/// codewords per subspace, 1/8 of the keys per query, 4 FFN blocks with 2 active, score clamp 10.
+/// codewords per subspace; the keys per query, FFN blocks, active blocks and score clamp are the op schemas'
+/// defaults (<see cref="AttentionOps"/>, <see cref="RoutedFfnOps"/>: 1/8 of the keys, 4 blocks with 2 active, clamp 10).
 /// </summary>
 public sealed record SptOptions
 {
@@ -36,7 +39,7 @@ public sealed record SptOptions
     public int LoraRank { get; init; }
 
     /// <summary>Keys per query as a fraction of the sequence (used when <see cref="TopK"/> is null).</summary>
-    public double TopKRatio { get; init; } = 0.125;
+    public double TopKRatio { get; init; } = AttentionOps.DefaultKeysRatio;
 
     /// <summary>Keys per query as a count (overrides <see cref="TopKRatio"/>).</summary>
     public int? TopK { get; init; }
@@ -68,10 +71,10 @@ public sealed record SptOptions
     }
 
     /// <summary>FFN blocks n_b; d_ff must be a multiple of it.</summary>
-    public int Blocks { get; init; } = 4;
+    public int Blocks { get; init; } = (int)RoutedFfnOps.DefaultNBlocks;
 
     /// <summary>Active FFN blocks per token.</summary>
-    public int Active { get; init; } = 2;
+    public int Active { get; init; } = (int)RoutedFfnOps.DefaultBlocksPerToken;
 
     /// <summary>
     /// Emit the dense-equivalent configuration: every key (top_k = Sk), no clamp, every block active, gate
@@ -85,8 +88,8 @@ public sealed record SptOptions
     /// <summary>Seed of the new initializers (codebooks, routers, LoRA factors).</summary>
     public int Seed { get; init; }
 
-    /// <summary>Score clamp of SparseAttention: 10 normally, 0 (off) in exact mode.</summary>
-    public float Clamp => Exact ? 0f : 10f;
+    /// <summary>Score clamp of SparseAttention: the op's default normally, 0 (off) in exact mode.</summary>
+    public float Clamp => Exact ? 0f : AttentionOps.DefaultClamp;
 
     /// <summary>Whether layer <paramref name="layer"/> is selected.</summary>
     public bool Selects(int layer) => Layers is null || Layers.Contains(layer);
@@ -94,8 +97,8 @@ public sealed record SptOptions
     /// <summary>Throws <see cref="ArgumentException"/> for inconsistent values.</summary>
     public void Validate()
     {
-        if (!(TopKRatio > 0 && TopKRatio <= 1))
-            throw new ArgumentException($"top-k ratio must be in (0, 1]; got {TopKRatio}");
+        if (AttentionOps.PQTopK.FindAttribute(AttentionOps.KeysRatioAttr)!.Check!((float)TopKRatio) is { } problem)
+            throw new ArgumentException($"top-k ratio {problem}; got {TopKRatio}");
         if (TopK is <= 0)
             throw new ArgumentException($"top-k must be positive; got {TopK}");
         if (CodebookSize < 1 || CodewordDim < 1)

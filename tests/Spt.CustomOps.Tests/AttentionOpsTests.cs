@@ -162,7 +162,7 @@ public class AttentionOpsTests
         var attributes = new Dictionary<string, object> { ["causal"] = causal ? 1L : 0L, ["mode"] = "exact" };
         if (topK > 0)
         {
-            attributes["top_k"] = topK;
+            attributes["keys_per_query"] = topK;
         }
 
         using var model = new AttentionTestModel("PQTopK", inputs, [("indices", I)], attributes);
@@ -513,15 +513,15 @@ public class AttentionOpsTests
 
         Assert.Contains("PQTopK: attribute 'mode' must be \"exact\" or \"bucketed\"; got \"bucketed_ref\"",
             ErrorOf(() => Create(new() { ["mode"] = "bucketed_ref" })));
-        Assert.Contains("PQTopK: attribute 'top_k_ratio' must be in (0, 1]",
-            ErrorOf(() => Create(new() { ["top_k_ratio"] = 1.5f })));
-        Assert.Contains("PQTopK: attribute 'top_k' must be >= 0", ErrorOf(() => Create(new() { ["top_k"] = -2L })));
+        Assert.Contains("PQTopK: attribute 'keys_ratio' must be in (0, 1]",
+            ErrorOf(() => Create(new() { ["keys_ratio"] = 1.5f })));
+        Assert.Contains("PQTopK: attribute 'keys_per_query' must be >= 0", ErrorOf(() => Create(new() { ["keys_per_query"] = -2L })));
     }
 
     [Fact]
     public void AttributesOfTheWrongTypeAreNamed()
     {
-        // ONNX attributes are typed: an int clamp or a float top_k is an error, not the default.
+        // ONNX attributes are typed: an int clamp or a float keys_per_query is an error, not the default.
         Assert.Contains("SparseAttention: attribute 'clamp' must be a float; got an int",
             ErrorOf(() => RunAttention(Dims(1, 2, 3, 8), Dims(1, 2, 4, 8), [1, 2, 3, 8], [1, 2, 4, 8],
                 new Dictionary<string, object> { ["clamp"] = 10L })));
@@ -530,9 +530,9 @@ public class AttentionOpsTests
         {
             using var model = new AttentionTestModel("PQTopK",
                 [("codes_q", I, Dims(1, 1, 4, 2)), ("codes_k", I, Dims(1, 1, 4, 2))], [("indices", I)],
-                new Dictionary<string, object> { ["top_k"] = 2f });
+                new Dictionary<string, object> { ["keys_per_query"] = 2f });
             model.Run(I32(new int[8], 1, 1, 4, 2), I32(new int[8], 1, 1, 4, 2));
         });
-        Assert.Contains("PQTopK: attribute 'top_k' must be an int; got a float", message);
+        Assert.Contains("PQTopK: attribute 'keys_per_query' must be an int; got a float", message);
     }
 }

@@ -35,11 +35,11 @@ public class AttentionSchemaTests
         var out1 = AttentionOps.PQTopK.InferTypes([T(I, 1, 12, 512, 8), T(I, 1, 12, 512, 8)]);
         Assert.Equal("i32[1,12,512,64]", out1[0]!.ToString());
         var out2 = AttentionOps.PQTopK.InferTypes([T(I, 1, 12, 5, 8), T(I, 1, 12, 9, 8), T(ElementType.Bool, 1, 9)],
-            new Dictionary<string, object> { ["top_k"] = 20L });
+            new Dictionary<string, object> { ["keys_per_query"] = 20L });
         Assert.Equal("i32[1,12,5,9]", out2[0]!.ToString());  // clamped to Sk
         Assert.Throws<OpContractException>(() => AttentionOps.PQTopK.InferTypes([T(I, 1, 12, 5, 8), T(I, 1, 12, 9, 4)]));
         Assert.Throws<OpContractException>(() => AttentionOps.PQTopK.InferTypes([T(I, 1, 12, 5, 8), T(I, 1, 12, 9, 8), T(F, 1, 8)]));
-        foreach (var (name, value) in new (string, object)[] { ("mode", "bucketed_ref"), ("top_k", -1L), ("top_k_ratio", 0f), ("causal", 2L) })
+        foreach (var (name, value) in new (string, object)[] { ("mode", "bucketed_ref"), ("keys_per_query", -1L), ("keys_ratio", 0f), ("causal", 2L) })
         {
             var error = Assert.Throws<OpContractException>(() =>
                 AttentionOps.PQTopK.InferTypes([T(I, 1, 1, 4, 8), T(I, 1, 1, 4, 8)], new Dictionary<string, object> { [name] = value }));

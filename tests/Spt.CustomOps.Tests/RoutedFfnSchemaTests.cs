@@ -29,7 +29,7 @@ public class RoutedFfnSchemaTests
     public void SwiGluSavesBothPreActivations()
     {
         var outputs = RoutedFfnOps.RoutedFfn.InferTypes(
-            ForwardInputs(swiglu: true), new Dictionary<string, object> { ["activation"] = "swiglu", ["top_k"] = 1L });
+            ForwardInputs(swiglu: true), new Dictionary<string, object> { ["activation"] = "swiglu", ["blocks_per_token"] = 1L });
         Assert.Equal("f32[B*S,8]", outputs[RoutedFfnOps.U]!.Describe());
     }
 
@@ -71,8 +71,8 @@ public class RoutedFfnSchemaTests
         Assert.Contains("d_ff (18, from W1) must be divisible by attribute n_blocks (4)", e.Message);
 
         e = Assert.Throws<OpContractException>(() => RoutedFfnOps.RoutedFfn.InferTypes(
-            ForwardInputs(), new Dictionary<string, object> { ["top_k"] = 5L }));
-        Assert.Contains("'top_k' = 5", e.Message);
+            ForwardInputs(), new Dictionary<string, object> { ["blocks_per_token"] = 5L }));
+        Assert.Contains("'blocks_per_token' = 5", e.Message);
 
         e = Assert.Throws<OpContractException>(() => RoutedFfnOps.RoutedFfn.InferTypes(
             ForwardInputs(), new Dictionary<string, object> { ["activation"] = "swiglu" }));

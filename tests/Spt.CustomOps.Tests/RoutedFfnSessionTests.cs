@@ -320,7 +320,7 @@ public class RoutedFfnSessionTests
     }
 
     private static (string, object)[] Attrs(Problem p, int frozen = 1) =>
-        [("n_blocks", (long)NB), ("top_k", (long)p.TopK), ("activation", p.Activation), ("gate", p.Gate), ("frozen_base", (long)frozen)];
+        [("n_blocks", (long)NB), ("blocks_per_token", (long)p.TopK), ("activation", p.Activation), ("gate", p.Gate), ("frozen_base", (long)frozen)];
 
     // Forward only: outputs Y, P, Sel, U.
     private static Model ForwardModel(Problem p, bool symbolicTokens = false)
@@ -591,10 +591,10 @@ public class RoutedFfnSessionTests
     }
 
     [Theory]
-    [InlineData("top_k", "RoutedFFN: attribute top_k must be in [1, n_blocks = 4], got 5")]
-    [InlineData("activation", "RoutedFFN: attribute activation must be one of relu, gelu, gelu_tanh, silu, swiglu, geglu, geglu_tanh, reglu, relu2; got 'tanh'")]
-    [InlineData("activation_int", "RoutedFFN: attribute activation must be a string, got an int")]
-    [InlineData("top_k_string", "RoutedFFN: attribute top_k must be an int, got a string")]
+    [InlineData("top_k", "RoutedFFN: attribute 'blocks_per_token' must be <= n_blocks = 4; got 5")]
+    [InlineData("activation", "RoutedFFN: attribute 'activation' must be one of relu, gelu, gelu_tanh, silu, swiglu, geglu, geglu_tanh, reglu, relu2; got \"tanh\"")]
+    [InlineData("activation_int", "RoutedFFN: attribute 'activation' must be a string; got an int")]
+    [InlineData("top_k_string", "RoutedFFN: attribute 'blocks_per_token' must be an int; got a string")]
     [InlineData("W3", "RoutedFFN: input 'W3' (the up projection [d, d_ff]) is required for a gated activation (swiglu, geglu, geglu_tanh, reglu)")]
     [InlineData("B1", "RoutedFFN: LoRA inputs 'A1' and 'B1' must be given together (got only 'A1')")]
     [InlineData("n_blocks", "RoutedFFN: d_ff (16, from W1) must be divisible by attribute n_blocks (3)")]
@@ -605,7 +605,7 @@ public class RoutedFfnSessionTests
         switch (what)
         {
             case "top_k":
-                attrs[1] = ("top_k", 5L);
+                attrs[1] = ("blocks_per_token", 5L);
                 break;
             case "activation":
                 attrs[2] = ("activation", "tanh");
@@ -614,7 +614,7 @@ public class RoutedFfnSessionTests
                 attrs[2] = ("activation", 1L);
                 break;
             case "top_k_string":
-                attrs[1] = ("top_k", "2");
+                attrs[1] = ("blocks_per_token", "2");
                 break;
             case "W3":
                 attrs[2] = ("activation", "swiglu");
@@ -624,7 +624,7 @@ public class RoutedFfnSessionTests
                 break;
             case "n_blocks":
                 attrs[0] = ("n_blocks", 3L);
-                attrs[1] = ("top_k", 1L);
+                attrs[1] = ("blocks_per_token", 1L);
                 p.Tensors["Wr"] = (new float[D * 3], [D, 3]);
                 p.Tensors["br"] = (new float[3], [3]);
                 break;

@@ -6,7 +6,7 @@ namespace Spt.CustomOps.Tests;
 /// <summary>What ORT's graph-time shape inference sees downstream of the spt ops.</summary>
 public class ShapeInferenceTests
 {
-    // PQTopK with top_k = 1 over a symbolic key length: L is 1 at run time but unknown at graph time. A
+    // PQTopK with keys_per_query = 1 over a symbolic key length: L is 1 at run time but unknown at graph time. A
     // Squeeze of that axis must load (an unknown dim must not be reported as the size -1) and run.
     [Fact]
     public void UnknownKeysPerQueryDoesNotBreakDownstreamInference()
@@ -15,7 +15,7 @@ public class ShapeInferenceTests
         b.Opset(CustomOpLibrary.Domain, CustomOpLibrary.OpsetVersion);
         var q = b.Input("codes_q", ElementType.Int32, 1, 2, 3, 4);
         var k = b.Input("codes_k", ElementType.Int32, 1, 2, "Sk", 4);
-        var idx = b.DomainOp(CustomOpLibrary.Domain, "PQTopK", [q, k], ("top_k", 1L), ("causal", 0L));
+        var idx = b.DomainOp(CustomOpLibrary.Domain, "PQTopK", [q, k], ("keys_per_query", 1L), ("causal", 0L));
         var axes = b.Initializer("axes", new long[] { 3 }, 1);
         b.Output(b.Op("Squeeze", idx, axes), "best");
         using var model = b.Build();

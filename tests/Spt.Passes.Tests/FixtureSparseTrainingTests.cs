@@ -71,7 +71,7 @@ public class FixtureSparseTrainingTests(ITestOutputHelper output)
         for (int step = 1; step <= 8; step++)
         {
             foreach (var p in trainable)
-                feeds[TrainingCompiler.AccumulatorPrefix + p.Name] = Tensor.Create("", new float[p.Shape.Aggregate(1L, (a, b) => a * b)], [.. p.Shape]);
+                feeds[ArtifactContract.Accumulator(p.Name)] = Tensor.Create("", new float[p.Shape.Aggregate(1L, (a, b) => a * b)], [.. p.Shape]);
             var outs = grad.Run(feeds);
             losses.Add(outs["task_loss"].ToFloatArray()[0]);
             var optFeeds = new Dictionary<string, Tensor>(StringComparer.Ordinal)
@@ -83,7 +83,7 @@ public class FixtureSparseTrainingTests(ITestOutputHelper output)
             foreach (var p in trainable)
             {
                 optFeeds[p.Name] = feeds[p.Name];
-                optFeeds["grad." + p.Name] = outs[TrainingCompiler.AccumulatorOutputPrefix + p.Name];
+                optFeeds["grad." + p.Name] = outs[ArtifactContract.AccumulatorOutput(p.Name)];
                 optFeeds["m." + p.Name] = state["m." + p.Name];
                 optFeeds["v." + p.Name] = state["v." + p.Name];
             }

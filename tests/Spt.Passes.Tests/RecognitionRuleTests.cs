@@ -212,7 +212,7 @@ public class RecognitionRuleTests
         Assert.Equal(kind, r.Ffn[0].Activation);
         var node = m.Graph.Nodes.Single(n => n.OpType == "RoutedFFN");
         Assert.Equal(kind, node.GetString("activation"));
-        Assert.Equal(2, node.GetInt("top_k", 0));
+        Assert.Equal(2, node.GetInt("blocks_per_token", 0));
         Assert.Equal([8, 4], node.Inputs[5]!.Initializer!.Dims);
     }
 
@@ -225,7 +225,7 @@ public class RecognitionRuleTests
         var node = m.Graph.Nodes.Single(n => n.OpType == "RoutedFFN");
         Assert.Null(node.Inputs[2]);
         Assert.Null(node.Inputs[4]);
-        Assert.Equal(4, node.GetInt("top_k", 0));
+        Assert.Equal(4, node.GetInt("blocks_per_token", 0));
         Assert.Equal("none", node.GetString("gate"));
     }
 

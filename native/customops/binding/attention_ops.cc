@@ -1,4 +1,4 @@
-// ORT binding of the sparse-attention family (domain "spt", opset 1, CPU, fp32):
+// ORT binding of the sparse-attention family (domain spt, opset 1, CPU, fp32):
 //   PQEncode, PQTopK, SparseAttention, SparseAttentionGrad, PQLoss, PQLossGrad.
 // Keys and values may have fewer heads than queries (Hkv with H % Hkv == 0: GQA/MQA).
 // Every input is declared with an open element type so that a wrong dtype (fp16, bf16, ...) reaches our own
@@ -32,70 +32,6 @@ namespace {
 using cpu::Shape;
 
 // ----------------------------------------------------------------------------- plumbing
-
-OrtStatus* ToStatus(const std::exception& e, OrtErrorCode code) { return Ort::GetApi().CreateStatus(code, e.what()); }
-
-// Converts whatever a kernel body throws into an ORT status (argument errors -> ORT_INVALID_ARGUMENT).
-template <typename F>
-OrtStatus* Guard(F&& body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const std::invalid_argument& e) {
-    return ToStatus(e, ORT_INVALID_ARGUMENT);
-  } catch (const Ort::Exception& e) {
-    return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
-  } catch (const std::exception& e) {
-    return ToStatus(e, ORT_FAIL);
-  }
-}
-
-// Typed attribute reads at kernel creation: an absent attribute takes the default; one set with another type
-// is an error naming the op (ORT's getters would only say "not found", and the default would apply).
-void FailIfSetWithOtherType(const char* op, const OrtKernelInfo* info, const char* name, const char* want) {
-  const OrtOpAttrType type = KernelAttrType(info, name);
-  if (type != ORT_OP_ATTR_UNDEFINED) {
-    cpu::FailAttribute(op, name, std::string("must be ") + want + "; got " + AttrTypeName(type));
-  }
-}
-
-int64_t AttrInt(const char* op, const OrtKernelInfo* info, const char* name, int64_t fallback) {
-  int64_t v = 0;
-  if (OrtStatus* st = Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &v)) {
-    Ort::GetApi().ReleaseStatus(st);
-    FailIfSetWithOtherType(op, info, name, "an int");
-    return fallback;
-  }
-  return v;
-}
-
-float AttrFloat(const char* op, const OrtKernelInfo* info, const char* name, float fallback) {
-  float v = 0;
-  if (OrtStatus* st = Ort::GetApi().KernelInfoGetAttribute_float(info, name, &v)) {
-    Ort::GetApi().ReleaseStatus(st);
-    FailIfSetWithOtherType(op, info, name, "a float");
-    return fallback;
-  }
-  return v;
-}
-
-std::string AttrString(const char* op, const OrtKernelInfo* info, const char* name, const std::string& fallback) {
-  std::size_t size = 0;
-  if (OrtStatus* st = Ort::GetApi().KernelInfoGetAttribute_string(info, name, nullptr, &size)) {
-    Ort::GetApi().ReleaseStatus(st);
-    FailIfSetWithOtherType(op, info, name, "a string");
-    return fallback;
-  }
-  std::string v(size, '\0');
-  Ort::ThrowOnError(Ort::GetApi().KernelInfoGetAttribute_string(info, name, v.data(), &size));
-  v.resize(size > 0 ? size - 1 : 0);  // size includes the terminating NUL
-  return v;
-}
-
-bool BoolAttr(const char* op, const char* name, int64_t v) {
-  if (v != 0 && v != 1) cpu::FailAttribute(op, name, "must be 0 or 1; got " + std::to_string(v));
-  return v == 1;
-}
 
 const char* TypeName(ONNXTensorElementDataType t) {
   switch (t) {
@@ -251,18 +187,16 @@ void InferHeadGroups(const char* op, const char* input, const Dim& h, const Dim&
   if (Known(h) && Known(hkv)) cpu::CheckHeadGroups(op, input, h.AsInt(), hkv.AsInt());
 }
 
-template <typename F>
-Ort::Status GuardInfer(F&& body) {
-  return Ort::Status(Guard(std::forward<F>(body)));
-}
-
 // ----------------------------------------------------------------------------- op base
 
 // Common OrtCustomOp plumbing: CPU, V2 kernels returning a status, open input types, optional trailing inputs.
+// Shape inference gets the raw context too, so that it reads attributes as kernel creation does (AttrSource).
 template <typename TOp, typename TKernel>
 struct SptOp : Ort::CustomOpBase<TOp, TKernel, /*WithStatus=*/true> {
+  SptOp() { OrtCustomOp::InferOutputShapeFn = InferShapeFn<Infer>; }
+  static void Infer(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw) { TOp::Infer(ctx, InferContextAttrs(raw)); }
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-    return Guard([&] { *kernel = new TKernel(info); });
+    return Guard([&] { *kernel = new TKernel(KernelInfoAttrs(info)); });
   }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
   ONNXTensorElementDataType GetInputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED; }
@@ -275,10 +209,7 @@ struct SptOp : Ort::CustomOpBase<TOp, TKernel, /*WithStatus=*/true> {
 // ----------------------------------------------------------------------------- PQEncode
 
 struct PQEncodeKernel {
-  explicit PQEncodeKernel(const OrtKernelInfo* info) {
-    const std::string metric = AttrString("PQEncode", info, "metric", "l1");
-    if (metric != "l1") cpu::FailAttribute("PQEncode", "metric", "must be \"l1\" (the only metric); got \"" + metric + "\"");
-  }
+  explicit PQEncodeKernel(const AttrSource& attrs) { ReadOneOf("PQEncode", attrs, attr::kMetric, defaults::kMetric, {"l1"}); }
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return Guard([&] {
       Ort::KernelContext ctx(raw);
@@ -298,34 +229,31 @@ struct PQEncodeOp : SptOp<PQEncodeOp, PQEncodeKernel> {
   const char* GetName() const { return "PQEncode"; }
   std::size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32; }
-  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
-    return GuardInfer([&] {
-      const InferShape z = ctx.GetInputShape(0), w = ctx.GetInputShape(1);
-      InferExpect("PQEncode", "codebook", w, {nullptr, nullptr, nullptr}, "[M, C, dc]");
-      if (z.empty() || w.size() != 3) return;
-      if (Known(z.back()) && Known(w[0]) && Known(w[2]) && z.back().AsInt() != w[0].AsInt() * w[2].AsInt()) {
-        cpu::CheckPQInputs("PQEncode", {z.back().AsInt()}, {w[0].AsInt(), 1, w[2].AsInt()});
-      }
-      InferShape out = z;
-      out.back() = w[0];
-      SetShape(ctx, 0, out, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
-    });
+  static void Infer(Ort::ShapeInferContext& ctx, const AttrSource& attrs) {
+    [[maybe_unused]] const PQEncodeKernel checked{attrs};  // the attribute checks of kernel creation
+    const InferShape z = ctx.GetInputShape(0), w = ctx.GetInputShape(1);
+    InferExpect("PQEncode", "codebook", w, {nullptr, nullptr, nullptr}, "[M, C, dc]");
+    if (z.empty() || w.size() != 3) return;
+    if (Known(z.back()) && Known(w[0]) && Known(w[2]) && z.back().AsInt() != w[0].AsInt() * w[2].AsInt()) {
+      cpu::CheckPQInputs("PQEncode", {z.back().AsInt()}, {w[0].AsInt(), 1, w[2].AsInt()});
+    }
+    InferShape out = z;
+    out.back() = w[0];
+    SetShape(ctx, 0, out, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
   }
 };
 
 // ----------------------------------------------------------------------------- PQTopK
 
 struct PQTopKKernel {
-  explicit PQTopKKernel(const OrtKernelInfo* info)
-      : mode_(cpu::ParseTopKMode(AttrString("PQTopK", info, "mode", "exact"))),
-        causal_(BoolAttr("PQTopK", "causal", AttrInt("PQTopK", info, "causal", 1))),
-        top_k_(AttrInt("PQTopK", info, "top_k", 0)),
-        ratio_(AttrFloat("PQTopK", info, "top_k_ratio", 0.125f)),
-        window_(AttrInt("PQTopK", info, "window", 0)) {
-    if (window_ < 0) cpu::FailAttribute("PQTopK", "window", "must be >= 0 (0 = off); got " + std::to_string(window_));
-    // Validate top_k and top_k_ratio now (the ratio even when top_k overrides it, as the schema does).
-    cpu::ResolveTopK(top_k_, ratio_, 1);
-    cpu::ResolveTopK(0, ratio_, 1);
+  explicit PQTopKKernel(const AttrSource& attrs)
+      : mode_(cpu::ParseTopKMode(ReadOneOf("PQTopK", attrs, attr::kMode, defaults::kMode, {"exact", "bucketed"}))),
+        causal_(ReadFlag("PQTopK", attrs, attr::kCausal, defaults::kCausal)),
+        top_k_(ReadAtLeast("PQTopK", attrs, attr::kKeysPerQuery, defaults::kKeysPerQuery, 0, "0 = use keys_ratio")),
+        ratio_(ReadFloat("PQTopK", attrs, attr::kKeysRatio, defaults::kKeysRatio)),
+        window_(ReadAtLeast("PQTopK", attrs, attr::kWindow, defaults::kWindow, 0, "0 = off")) {
+    // The ratio is checked even when keys_per_query overrides it, as the schema does.
+    if (!(ratio_ > 0.f && ratio_ <= 1.f)) FailAttr("PQTopK", attr::kKeysRatio, "must be in (0, 1]; got " + std::to_string(ratio_));
   }
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return Guard([&] {
@@ -363,35 +291,22 @@ struct PQTopKKernel {
   int64_t window_;
 };
 
-// Reads an attribute in shape inference, falling back to the default when the node does not set it.
-template <typename T, typename F>
-T InferAttr(F&& get, T fallback) {
-  try {
-    return get();
-  } catch (const Ort::Exception&) {
-    return fallback;
-  }
-}
-
 struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
   static constexpr std::size_t kInputs = 3, kRequiredInputs = 2;
   const char* GetName() const { return "PQTopK"; }
   std::size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32; }
-  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
-    return GuardInfer([&] {
-      const InferShape q = ctx.GetInputShape(0), k = ctx.GetInputShape(1), m = InputShapeOrEmpty(ctx, 2);
-      InferExpect("PQTopK", "codes_q", q, {nullptr, nullptr, nullptr, nullptr}, "[B, H, Sq, M]");
-      if (q.size() != 4) return;
-      InferExpect("PQTopK", "codes_k", k, {&q[0], nullptr, nullptr, &q[3]}, "[B, Hkv, Sk, M]");
-      if (k.size() != 4) return;
-      InferHeadGroups("PQTopK", "codes_k", q[1], k[1]);
-      InferExpect("PQTopK", "key_padding_mask", m, {&q[0], &k[2]}, "[B, Sk]");
-      const int64_t top_k = InferAttr([&] { return ctx.GetAttrInt("top_k"); }, int64_t{0});
-      const float ratio = InferAttr([&] { return ctx.GetAttrFloat("top_k_ratio"); }, 0.125f);
-      Dim l = Known(k[2]) ? Dim(cpu::ResolveTopK(top_k, ratio, k[2].AsInt())) : Dim(int64_t{-1});
-      SetShape(ctx, 0, {q[0], q[1], q[2], l}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
-    });
+  static void Infer(Ort::ShapeInferContext& ctx, const AttrSource& attrs) {
+    const PQTopKKernel parsed(attrs);
+    const InferShape q = ctx.GetInputShape(0), k = ctx.GetInputShape(1), m = InputShapeOrEmpty(ctx, 2);
+    InferExpect("PQTopK", "codes_q", q, {nullptr, nullptr, nullptr, nullptr}, "[B, H, Sq, M]");
+    if (q.size() != 4) return;
+    InferExpect("PQTopK", "codes_k", k, {&q[0], nullptr, nullptr, &q[3]}, "[B, Hkv, Sk, M]");
+    if (k.size() != 4) return;
+    InferHeadGroups("PQTopK", "codes_k", q[1], k[1]);
+    InferExpect("PQTopK", "key_padding_mask", m, {&q[0], &k[2]}, "[B, Sk]");
+    Dim l = Known(k[2]) ? Dim(cpu::ResolveTopK(parsed.top_k(), parsed.ratio(), k[2].AsInt())) : Dim(int64_t{-1});
+    SetShape(ctx, 0, {q[0], q[1], q[2], l}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
   }
 };
 
@@ -401,13 +316,15 @@ struct AttentionAttributes {
   double scale, clamp;
   bool causal;
   int64_t window;
-  AttentionAttributes(const OrtKernelInfo* info, const char* op)
-      : scale(AttrFloat(op, info, "scale", 0.f)),
-        clamp(AttrFloat(op, info, "clamp", 10.f)),
-        causal(BoolAttr(op, "causal", AttrInt(op, info, "causal", 1))),
-        window(AttrInt(op, info, "window", 0)) {
-    cpu::ResolveSparseAttentionParams(op, scale, clamp, causal, 1);  // validates now
-    if (window < 0) cpu::FailAttribute(op, "window", "must be >= 0 (0 = off); got " + std::to_string(window));
+  AttentionAttributes(const AttrSource& attrs, const char* op)
+      : scale(ReadFloat(op, attrs, attr::kScale, defaults::kScale)),
+        clamp(ReadFloat(op, attrs, attr::kClamp, defaults::kClamp)),
+        causal(ReadFlag(op, attrs, attr::kCausal, defaults::kCausal)),
+        window(ReadAtLeast(op, attrs, attr::kWindow, defaults::kWindow, 0, "0 = off")) {
+    if (!std::isfinite(clamp) || clamp < 0) {
+      FailAttr(op, attr::kClamp, "must be finite and >= 0 (0 = off); got " + std::to_string(clamp));
+    }
+    if (!std::isfinite(scale)) FailAttr(op, attr::kScale, "must be finite (0 = 1/sqrt(E)); got " + std::to_string(scale));
   }
   // The resolved parameters for head dim e.
   cpu::SparseAttentionParams Resolve(const char* op, int64_t e) const {
@@ -418,7 +335,7 @@ struct AttentionAttributes {
 };
 
 struct SparseAttentionKernel {
-  explicit SparseAttentionKernel(const OrtKernelInfo* info) : attrs_(info, "SparseAttention") {}
+  explicit SparseAttentionKernel(const AttrSource& attrs) : attrs_(attrs, "SparseAttention") {}
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return Guard([&] {
       constexpr const char* op = "SparseAttention";
@@ -470,18 +387,17 @@ struct SparseAttentionOp : SptOp<SparseAttentionOp, SparseAttentionKernel> {
   const char* GetName() const { return "SparseAttention"; }
   std::size_t GetOutputTypeCount() const { return 2; }
   ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
-    return GuardInfer([&] {
-      InferShape q, k, v, idx;
-      InferAttentionInputs("SparseAttention", ctx, 0, 4, q, k, v, idx);
-      SetShape(ctx, 0, {q[0], q[1], q[2], v[3]});
-      SetShape(ctx, 1, idx);
-    });
+  static void Infer(Ort::ShapeInferContext& ctx, const AttrSource& attrs) {
+    [[maybe_unused]] const AttentionAttributes checked(attrs, "SparseAttention");
+    InferShape q, k, v, idx;
+    InferAttentionInputs("SparseAttention", ctx, 0, 4, q, k, v, idx);
+    SetShape(ctx, 0, {q[0], q[1], q[2], v[3]});
+    SetShape(ctx, 1, idx);
   }
 };
 
 struct SparseAttentionGradKernel {
-  explicit SparseAttentionGradKernel(const OrtKernelInfo* info) : attrs_(info, "SparseAttentionGrad") {}
+  explicit SparseAttentionGradKernel(const AttrSource& attrs) : attrs_(attrs, "SparseAttentionGrad") {}
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return Guard([&] {
       constexpr const char* op = "SparseAttentionGrad";
@@ -518,17 +434,16 @@ struct SparseAttentionGradOp : SptOp<SparseAttentionGradOp, SparseAttentionGradK
   const char* GetName() const { return "SparseAttentionGrad"; }
   std::size_t GetOutputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
-    return GuardInfer([&] {
-      constexpr const char* op = "SparseAttentionGrad";
-      InferShape q, k, v, idx;
-      InferAttentionInputs(op, ctx, 1, 6, q, k, v, idx);
-      InferExpect(op, "dY", ctx.GetInputShape(0), {&q[0], &q[1], &q[2], &v[3]}, "[B, H, Sq, Ev]");
-      InferExpect(op, "P", ctx.GetInputShape(5), {&idx[0], &idx[1], &idx[2], &idx[3]}, "[B, H, Sq, L]");
-      SetShape(ctx, 0, q);
-      SetShape(ctx, 1, k);
-      SetShape(ctx, 2, v);
-    });
+  static void Infer(Ort::ShapeInferContext& ctx, const AttrSource& attrs) {
+    constexpr const char* op = "SparseAttentionGrad";
+    [[maybe_unused]] const AttentionAttributes checked(attrs, op);
+    InferShape q, k, v, idx;
+    InferAttentionInputs(op, ctx, 1, 6, q, k, v, idx);
+    InferExpect(op, "dY", ctx.GetInputShape(0), {&q[0], &q[1], &q[2], &v[3]}, "[B, H, Sq, Ev]");
+    InferExpect(op, "P", ctx.GetInputShape(5), {&idx[0], &idx[1], &idx[2], &idx[3]}, "[B, H, Sq, L]");
+    SetShape(ctx, 0, q);
+    SetShape(ctx, 1, k);
+    SetShape(ctx, 2, v);
   }
 };
 
@@ -544,7 +459,7 @@ void InferPQInputs(const char* op, Ort::ShapeInferContext& ctx, std::size_t offs
 }
 
 struct PQLossKernel {
-  explicit PQLossKernel(const OrtKernelInfo*) {}
+  explicit PQLossKernel(const AttrSource&) {}
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return Guard([&] {
       Ort::KernelContext ctx(raw);
@@ -562,17 +477,15 @@ struct PQLossOp : SptOp<PQLossOp, PQLossKernel> {
   const char* GetName() const { return "PQLoss"; }
   std::size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
-    return GuardInfer([&] {
-      InferPQInputs("PQLoss", ctx, 0);
-      SetShape(ctx, 0, {});
-    });
+  static void Infer(Ort::ShapeInferContext& ctx, const AttrSource&) {
+    InferPQInputs("PQLoss", ctx, 0);
+    SetShape(ctx, 0, {});
   }
 };
 
 struct PQLossGradKernel {
-  explicit PQLossGradKernel(const OrtKernelInfo* info)
-      : detach_(BoolAttr("PQLossGrad", "detach_inputs", AttrInt("PQLossGrad", info, "detach_inputs", 0))) {}
+  explicit PQLossGradKernel(const AttrSource& attrs)
+      : detach_(ReadFlag("PQLossGrad", attrs, attr::kDetachInputs, defaults::kDetachInputs)) {}
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return Guard([&] {
       constexpr const char* op = "PQLossGrad";
@@ -597,12 +510,11 @@ struct PQLossGradOp : SptOp<PQLossGradOp, PQLossGradKernel> {
   const char* GetName() const { return "PQLossGrad"; }
   std::size_t GetOutputTypeCount() const { return 2; }
   ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) {
-    return GuardInfer([&] {
-      InferPQInputs("PQLossGrad", ctx, 1);
-      SetShape(ctx, 0, ctx.GetInputShape(1));
-      SetShape(ctx, 1, ctx.GetInputShape(2));
-    });
+  static void Infer(Ort::ShapeInferContext& ctx, const AttrSource& attrs) {
+    [[maybe_unused]] const PQLossGradKernel checked{attrs};
+    InferPQInputs("PQLossGrad", ctx, 1);
+    SetShape(ctx, 0, ctx.GetInputShape(1));
+    SetShape(ctx, 1, ctx.GetInputShape(2));
   }
 };
 
@@ -611,7 +523,7 @@ struct PQLossGradOp : SptOp<PQLossGradOp, PQLossGradKernel> {
 //
 // The same six ops for sessions with the CUDA provider: inputs and outputs in device memory, work enqueued on
 // ORT's compute stream, scratch from ORT's allocator for the device (CudaScratch). Schemas, attributes,
-// shape checks and error messages are the CPU ops' (the CUDA ops reuse their InferOutputShape). Through ORT
+// shape checks and error messages are the CPU ops' (the CUDA ops reuse their Infer). Through ORT
 // the element type is float32, as the op schemas declare; the kernels themselves also take fp16/bf16.
 
 Input RequireDeviceInput(const Ort::KernelContext& ctx, std::size_t index, const char* op, const char* name,
@@ -689,7 +601,7 @@ struct PQEncodeCudaOp : SptCudaOp<PQEncodeCudaOp, PQEncodeCudaKernel> {
   const char* GetName() const { return "PQEncode"; }
   std::size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32; }
-  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return PQEncodeOp::InferOutputShape(ctx); }
+  static void Infer(Ort::ShapeInferContext& ctx, const AttrSource& attrs) { PQEncodeOp::Infer(ctx, attrs); }
 };
 
 struct PQTopKCudaKernel : PQTopKKernel {
@@ -721,11 +633,11 @@ struct PQTopKCudaOp : SptCudaOp<PQTopKCudaOp, PQTopKCudaKernel> {
   const char* GetName() const { return "PQTopK"; }
   std::size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32; }
-  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return PQTopKOp::InferOutputShape(ctx); }
+  static void Infer(Ort::ShapeInferContext& ctx, const AttrSource& attrs) { PQTopKOp::Infer(ctx, attrs); }
 };
 
 struct SparseAttentionCudaKernel {
-  explicit SparseAttentionCudaKernel(const OrtKernelInfo* info) : attrs_(info, "SparseAttention") {}
+  explicit SparseAttentionCudaKernel(const AttrSource& attrs) : attrs_(attrs, "SparseAttention") {}
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return Guard([&] {
       constexpr const char* op = "SparseAttention";
@@ -757,11 +669,11 @@ struct SparseAttentionCudaOp : SptCudaOp<SparseAttentionCudaOp, SparseAttentionC
   const char* GetName() const { return "SparseAttention"; }
   std::size_t GetOutputTypeCount() const { return 2; }
   ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return SparseAttentionOp::InferOutputShape(ctx); }
+  static void Infer(Ort::ShapeInferContext& ctx, const AttrSource& attrs) { SparseAttentionOp::Infer(ctx, attrs); }
 };
 
 struct SparseAttentionGradCudaKernel {
-  explicit SparseAttentionGradCudaKernel(const OrtKernelInfo* info) : attrs_(info, "SparseAttentionGrad") {}
+  explicit SparseAttentionGradCudaKernel(const AttrSource& attrs) : attrs_(attrs, "SparseAttentionGrad") {}
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return Guard([&] {
       constexpr const char* op = "SparseAttentionGrad";
@@ -802,11 +714,11 @@ struct SparseAttentionGradCudaOp : SptCudaOp<SparseAttentionGradCudaOp, SparseAt
   const char* GetName() const { return "SparseAttentionGrad"; }
   std::size_t GetOutputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return SparseAttentionGradOp::InferOutputShape(ctx); }
+  static void Infer(Ort::ShapeInferContext& ctx, const AttrSource& attrs) { SparseAttentionGradOp::Infer(ctx, attrs); }
 };
 
 struct PQLossCudaKernel {
-  explicit PQLossCudaKernel(const OrtKernelInfo*) {}
+  explicit PQLossCudaKernel(const AttrSource&) {}
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return Guard([&] {
       Ort::KernelContext ctx(raw);
@@ -825,12 +737,12 @@ struct PQLossCudaOp : SptCudaOp<PQLossCudaOp, PQLossCudaKernel> {
   const char* GetName() const { return "PQLoss"; }
   std::size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return PQLossOp::InferOutputShape(ctx); }
+  static void Infer(Ort::ShapeInferContext& ctx, const AttrSource& attrs) { PQLossOp::Infer(ctx, attrs); }
 };
 
 struct PQLossGradCudaKernel {
-  explicit PQLossGradCudaKernel(const OrtKernelInfo* info)
-      : detach_(BoolAttr("PQLossGrad", "detach_inputs", AttrInt("PQLossGrad", info, "detach_inputs", 0))) {}
+  explicit PQLossGradCudaKernel(const AttrSource& attrs)
+      : detach_(ReadFlag("PQLossGrad", attrs, attr::kDetachInputs, defaults::kDetachInputs)) {}
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return Guard([&] {
       constexpr const char* op = "PQLossGrad";
@@ -856,7 +768,7 @@ struct PQLossGradCudaOp : SptCudaOp<PQLossGradCudaOp, PQLossGradCudaKernel> {
   const char* GetName() const { return "PQLossGrad"; }
   std::size_t GetOutputTypeCount() const { return 2; }
   ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return PQLossGradOp::InferOutputShape(ctx); }
+  static void Infer(Ort::ShapeInferContext& ctx, const AttrSource& attrs) { PQLossGradOp::Infer(ctx, attrs); }
 };
 #endif  // SPT_WITH_CUDA
 

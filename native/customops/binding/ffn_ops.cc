@@ -4,13 +4,14 @@
 //   0 X [..., d]  1 W1 [d, d_ff]  2 b1 [d_ff]?  3 W2 [d_ff, d]  4 b2 [d]?  5 Wr [d, n_b]  6 br [n_b]?
 //   7 W3 [d, d_ff]? (swiglu only, required there)
 //   8 A1 [d, r1]?  9 B1 [r1, d_ff]?  10 A2 [d_ff, r2]?  11 B2 [r2, d]?  12 A3 [d, r3]?  13 B3 [r3, d_ff]?
-// RoutedFFN outputs (T = product of X's leading dims, k = top_k, bs = d_ff / n_b):
+// RoutedFFN outputs (T = product of X's leading dims, k = blocks_per_token, bs = d_ff / n_b):
 //   0 Y [..., d] f32   1 P [T, n_b] f32?   2 Sel [T, k] i32?   3 U [T·k, bs] f32? ([T·k, 2·bs] for swiglu)
 // RoutedFFNGrad inputs: 0 dY [..., d], 1..14 the RoutedFFN inputs, 15 P, 16 Sel, 17 U.
 // RoutedFFNGrad outputs (all but dX optional; an output that does not apply must be left unnamed):
 //   0 dX  1 dWr  2 dbr (needs br)  3 dW1  4 db1 (needs b1)  5 dW2  6 db2 (needs b2)  7 dW3 (swiglu)
 //   (3..7 need frozen_base = 0)  8 dA1  9 dB1  10 dA2  11 dB2  12 dA3  13 dB3 (each needs its pair)
-// Attributes: n_blocks (4), top_k (2), activation ("relu"), gate ("2sigmoid_frozen_only"), frozen_base (1).
+// Attributes (names, defaults and readers in binding/ort_attrs.h): n_blocks, blocks_per_token, activation, gate,
+// frozen_base.
 #include <algorithm>
 #include <atomic>
 #include <memory>
@@ -20,6 +21,7 @@
 #include <mutex>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -57,9 +59,8 @@ constexpr const char* kGradOutputNames[kGradOutputs] = {"dX",  "dWr", "dbr", "dW
 constexpr const char* kRoutedFfn = "RoutedFFN";
 constexpr const char* kRoutedFfnGrad = "RoutedFFNGrad";
 
-[[noreturn]] void Fail(const std::string& op, const std::string& message) {
-  throw Ort::Exception(op + ": " + message, ORT_INVALID_ARGUMENT);
-}
+// Contract violations are std::invalid_argument, as in attention_ops.cc (Guard turns them into ORT_INVALID_ARGUMENT).
+[[noreturn]] void Fail(const std::string& op, const std::string& message) { throw std::invalid_argument(op + ": " + message); }
 
 std::string DimsToString(const std::vector<int64_t>& dims) {
   std::ostringstream s;
@@ -70,93 +71,28 @@ std::string DimsToString(const std::vector<int64_t>& dims) {
 }
 
 struct Attrs {
-  int64_t n_blocks = 4;
-  int64_t top_k = 2;
+  int64_t n_blocks = defaults::kNBlocks;
+  int64_t blocks_per_token = defaults::kBlocksPerToken;  // the kernels' k (RoutedFfnConfig::top_k)
   FfnActivation activation = FfnActivation::kRelu;
   FfnGate gate = FfnGate::kFrozenOnly;
   bool frozen_base = true;
 };
 
-// Where attributes come from: the kernel's node (kernel creation) or the shape-inference context
-// (model load). Type() tells an absent attribute (ORT_OP_ATTR_UNDEFINED: the default applies) from
-// one that is set, so that a set attribute of the wrong type is an error rather than the default.
-class AttrSource {
- public:
-  virtual ~AttrSource() = default;
-  virtual OrtOpAttrType Type(const char* name) const = 0;
-  virtual int64_t Int(const char* name) const = 0;
-  virtual std::string String(const char* name) const = 0;
-};
-
-class KernelInfoAttrs final : public AttrSource {
- public:
-  explicit KernelInfoAttrs(const OrtKernelInfo* info) : info_(info) {}
-  // The kernel-info API has no type query: probe the getters of the types an attribute can have here.
-  // (Shape inference runs first at load and sees every type, so this only backs it up.)
-  OrtOpAttrType Type(const char* name) const override { return KernelAttrType(info_, name); }
-  int64_t Int(const char* name) const override { return Ort::ConstKernelInfo(info_).GetAttribute<int64_t>(name); }
-  std::string String(const char* name) const override {
-    return Ort::ConstKernelInfo(info_).GetAttribute<std::string>(name);
-  }
-
- private:
-  const OrtKernelInfo* info_;
-};
-
-class InferContextAttrs final : public AttrSource {
- public:
-  InferContextAttrs(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw) : ctx_(ctx), raw_(raw) {}
-  OrtOpAttrType Type(const char* name) const override {
-    const OrtApi& api = Ort::GetApi();
-    const OrtOpAttr* attr = nullptr;
-    if (OrtStatus* status = api.ShapeInferContext_GetAttribute(raw_, name, &attr)) {
-      api.ReleaseStatus(status);  // not set on the node
-      return ORT_OP_ATTR_UNDEFINED;
-    }
-    if (attr == nullptr) return ORT_OP_ATTR_UNDEFINED;
-    OrtOpAttrType type = ORT_OP_ATTR_UNDEFINED;
-    Ort::ThrowOnError(api.OpAttr_GetType(attr, &type));
-    return type;
-  }
-  int64_t Int(const char* name) const override { return ctx_.GetAttrInt(name); }
-  std::string String(const char* name) const override { return ctx_.GetAttrString(name); }
-
- private:
-  Ort::ShapeInferContext& ctx_;
-  OrtShapeInferContext* raw_;
-};
-
 // Reads and checks the attributes (same rules at load and at kernel creation).
 Attrs ParseAttrs(const std::string& op, const AttrSource& src) {
-  auto present = [&](const char* name, OrtOpAttrType want, const char* want_name) {
-    const OrtOpAttrType type = src.Type(name);
-    if (type == ORT_OP_ATTR_UNDEFINED) return false;
-    if (type != want) Fail(op, std::string("attribute ") + name + " must be " + want_name + ", got " + AttrTypeName(type));
-    return true;
-  };
-  auto get_int = [&](const char* name, int64_t fallback) {
-    return present(name, ORT_OP_ATTR_INT, "an int") ? src.Int(name) : fallback;
-  };
-  auto get_string = [&](const char* name, const char* fallback) {
-    return present(name, ORT_OP_ATTR_STRING, "a string") ? src.String(name) : std::string(fallback);
-  };
   Attrs a;
-  a.n_blocks = get_int("n_blocks", 4);
-  a.top_k = get_int("top_k", 2);
-  const int64_t frozen = get_int("frozen_base", 1);
-  const std::string activation = get_string("activation", "relu");
-  const std::string gate = get_string("gate", "2sigmoid_frozen_only");
-  if (a.n_blocks < 1) Fail(op, "attribute n_blocks must be >= 1, got " + std::to_string(a.n_blocks));
-  if (a.top_k < 1 || a.top_k > a.n_blocks) {
-    Fail(op, "attribute top_k must be in [1, n_blocks = " + std::to_string(a.n_blocks) + "], got " + std::to_string(a.top_k));
+  a.n_blocks = ReadAtLeast(op, src, attr::kNBlocks, defaults::kNBlocks, 1);
+  a.blocks_per_token = ReadAtLeast(op, src, attr::kBlocksPerToken, defaults::kBlocksPerToken, 1);
+  if (a.blocks_per_token > a.n_blocks) {
+    FailAttr(op, attr::kBlocksPerToken,
+             "must be <= n_blocks = " + std::to_string(a.n_blocks) + "; got " + std::to_string(a.blocks_per_token));
   }
-  if (frozen != 0 && frozen != 1) Fail(op, "attribute frozen_base must be 0 or 1, got " + std::to_string(frozen));
-  a.frozen_base = frozen == 1;
-  if (!cpu::ParseFfnActivation(activation, &a.activation)) {
-    Fail(op, "attribute activation must be one of relu, gelu, gelu_tanh, silu, swiglu, geglu, geglu_tanh, reglu, relu2; got '" + activation + "'");
-  }
-  if (!cpu::ParseFfnGate(gate, &a.gate)) {
-    Fail(op, "attribute gate must be one of 2sigmoid_frozen_only, 2sigmoid_all, none; got '" + gate + "'");
+  a.frozen_base = ReadFlag(op, src, attr::kFrozenBase, defaults::kFrozenBase);
+  const std::string activation = ReadOneOf(op, src, attr::kActivation, defaults::kActivation,
+                                           {"relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu", "geglu_tanh", "reglu", "relu2"});
+  const std::string gate = ReadOneOf(op, src, attr::kGate, defaults::kGate, {"2sigmoid_frozen_only", "2sigmoid_all", "none"});
+  if (!cpu::ParseFfnActivation(activation, &a.activation) || !cpu::ParseFfnGate(gate, &a.gate)) {
+    throw std::logic_error(op + ": the kernels do not know activation '" + activation + "' or gate '" + gate + "'");
   }
   return a;
 }
@@ -209,7 +145,7 @@ cpu::RoutedFfnConfig CheckForward(const std::string& op, const Attrs& attrs, con
   if (w1.rank_known && w1.dims.size() != 2) Fail(op, "input 'W1' must have shape [d, d_ff], got " + DimsToString(w1.dims));
   cfg.d_ff = w1.rank_known ? w1.dims[1] : -1;
   cfg.n_blocks = attrs.n_blocks;
-  cfg.top_k = attrs.top_k;
+  cfg.top_k = attrs.blocks_per_token;
   cfg.activation = attrs.activation;
   cfg.gate = attrs.gate;
   const int64_t d = cfg.d_model, f = cfg.d_ff, nb = cfg.n_blocks;
@@ -370,18 +306,18 @@ void SetIfPresent(Ort::ShapeInferContext& ctx, std::size_t index, const Ort::Sha
   (void)st;
 }
 
-Attrs InferAttrs(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw, const std::string& op) {
-  return ParseAttrs(op, InferContextAttrs(ctx, raw));
+Attrs InferAttrs(Ort::ShapeInferContext&, OrtShapeInferContext* raw, const std::string& op) {
+  return ParseAttrs(op, InferContextAttrs(raw));
 }
 
-OrtStatusPtr InferRoutedFfn(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw) {
+void InferRoutedFfn(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw) {
   const OrtApi& api = Ort::GetApi();
   const Attrs attrs = InferAttrs(ctx, raw, kRoutedFfn);
   std::vector<InputInfo> infos(kFwdInputs);
   for (int i = 0; i < kFwdInputs; ++i) infos[i] = InferInfoOf(api, raw, static_cast<std::size_t>(i));
   const cpu::RoutedFfnConfig cfg = CheckForward(kRoutedFfn, attrs, [&](int i) -> const InputInfo& { return infos[i]; });
   const InputInfo& x = infos[kX];
-  if (!x.rank_known) return nullptr;
+  if (!x.rank_known) return;
   SymbolPool pool;
   const int64_t bs = cfg.d_ff >= 0 ? cfg.d_ff / cfg.n_blocks : -1;
   SetIfPresent(ctx, kY, pool.ShapeOf(x), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
@@ -389,10 +325,9 @@ OrtStatusPtr InferRoutedFfn(Ort::ShapeInferContext& ctx, OrtShapeInferContext* r
   SetIfPresent(ctx, kSel, {pool.Tokens(x, 1), SymDim(cfg.top_k)}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
   SetIfPresent(ctx, kU, {pool.Tokens(x, cfg.top_k), pool.Dim(bs < 0 ? -1 : (cfg.Gated() ? 2 * bs : bs), "")},
                ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-  return nullptr;
 }
 
-OrtStatusPtr InferRoutedFfnGrad(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw) {
+void InferRoutedFfnGrad(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw) {
   const OrtApi& api = Ort::GetApi();
   const Attrs attrs = InferAttrs(ctx, raw, kRoutedFfnGrad);
   std::vector<InputInfo> infos(kGradInputs);
@@ -419,8 +354,8 @@ OrtStatusPtr InferRoutedFfnGrad(Ort::ShapeInferContext& ctx, OrtShapeInferContex
   const int64_t bs = cfg.d_ff >= 0 ? cfg.d_ff / cfg.n_blocks : -1;
   const int64_t rows = cfg.tokens >= 0 ? cfg.tokens * cfg.top_k : -1;
   expect2(kGradP, "P", "[T, n_blocks]", cfg.tokens, cfg.n_blocks);
-  expect2(kGradSel, "Sel", "[T, top_k]", cfg.tokens, cfg.top_k);
-  expect2(kGradU, "U", cfg.Gated() ? "[T*top_k, 2*d_ff/n_blocks]" : "[T*top_k, d_ff/n_blocks]", rows,
+  expect2(kGradSel, "Sel", "[T, blocks_per_token]", cfg.tokens, cfg.top_k);
+  expect2(kGradU, "U", cfg.Gated() ? "[T*blocks_per_token, 2*d_ff/n_blocks]" : "[T*blocks_per_token, d_ff/n_blocks]", rows,
           bs < 0 ? -1 : (cfg.Gated() ? 2 * bs : bs));
   // Every gradient has the shape of its input.
   SymbolPool pool;
@@ -429,17 +364,16 @@ OrtStatusPtr InferRoutedFfnGrad(Ort::ShapeInferContext& ctx, OrtShapeInferContex
     const InputInfo& src = infos[sources[o] + kGradShift];
     if (src.present && src.rank_known) SetIfPresent(ctx, static_cast<std::size_t>(o), pool.ShapeOf(src), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
   }
-  return nullptr;
 }
 
 // Rows per task when the kernel runs on ORT's pool: about 16 tasks where the batch allows it, between
-// 128 and 512 rows. OpenBLAS repacks the weight block on every call, so small tasks cost CPU time
-// (bench_ffn.cc, 4096 tokens on 2 threads: 128-row tasks took 17-24% more CPU time than whole blocks,
+// 128 and 512 rows. The GEMM library repacks the weight block on every call, so small tasks cost CPU time
+// (bench_ffn.cc with OpenBLAS, 4096 tokens on 2 threads: 128-row tasks took 17-24% more CPU time than whole blocks,
 // 256-row ones 7-10%, 512-row ones 3-4%). It depends on the number of grouped rows only, never on the
 // number of threads, so results stay bit-identical whatever the pool.
 int64_t ChunkRows(int64_t rows) { return std::clamp<int64_t>((rows / 16 + 63) / 64 * 64, 128, 512); }
 
-// OpenBLAS runs single-threaded inside our ops: the parallelism comes from ORT's intra-op pool (one
+// GEMMs run single-threaded inside our ops: the parallelism comes from ORT's intra-op pool (one
 // GEMM chain per task), which avoids oversubscribing the cores with two thread pools.
 void UseSingleThreadedBlas() {
   static std::once_flag once;
@@ -499,25 +433,13 @@ std::string NodeLabel(const char* op, const OrtKernelInfo* info) {
   return name.empty() ? std::string(op) : std::string(op) + " (node '" + name + "')";
 }
 
-template <typename Fn>
-OrtStatusPtr Guarded(Fn&& fn) {
-  try {
-    fn();
-    return nullptr;
-  } catch (const Ort::Exception& e) {
-    return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
-  } catch (const std::exception& e) {
-    return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
-  }
-}
-
 // ---------------------------------------------------------------------------------------------------
 template <typename Backend>
 struct RoutedFfnKernelT {
   RoutedFfnKernelT(const OrtKernelInfo* info) : label(NodeLabel(kRoutedFfn, info)), attrs(ReadAttrs(info, label)) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    return Guarded([&] {
+    return Guard([&] {
       Ort::KernelContext ctx(context);
       std::vector<InputInfo> infos(kFwdInputs);
       for (int i = 0; i < kFwdInputs; ++i) infos[i] = InfoOf(ctx, i);
@@ -541,7 +463,7 @@ struct RoutedFfnKernelT {
   Attrs attrs;
 };
 
-// The CPU backend: OpenBLAS GEMMs on tasks of ORT's intra-op pool, scratch from ORT's CPU allocator.
+// The CPU backend: oneDNN GEMMs on tasks of ORT's intra-op pool, scratch from ORT's CPU allocator.
 struct CpuFfn {
   static constexpr const char* kProvider = nullptr;  // ORT's default: CPUExecutionProvider
   static void Forward(const Ort::KernelContext& ctx, const cpu::RoutedFfnConfig& cfg, const cpu::RoutedFfnWeights& w,
@@ -610,17 +532,11 @@ struct CudaFfn {
 
 template <typename Backend>
 struct RoutedFfnOpT : Ort::CustomOpBase<RoutedFfnOpT<Backend>, RoutedFfnKernelT<Backend>, true> {
-  // Shape inference needs the raw context (element types, empty optional inputs), so the hook is set
-  // here rather than through the wrapper. ORT ignores the returned status: errors are thrown, which
-  // fails the model load with the message.
-  RoutedFfnOpT() {
-    OrtCustomOp::InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* raw) -> OrtStatusPtr {
-      Ort::ShapeInferContext ctx(&Ort::GetApi(), raw);
-      return InferRoutedFfn(ctx, raw);
-    };
-  }
+  // Shape inference needs the raw context (element types, empty optional inputs, attribute types), so the hook
+  // is set here rather than through the wrapper (InferShapeFn, binding/ort_attrs.h).
+  RoutedFfnOpT() { OrtCustomOp::InferOutputShapeFn = InferShapeFn<InferRoutedFfn>; }
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-    return Guarded([&] { *kernel = new RoutedFfnKernelT<Backend>(info); });
+    return Guard([&] { *kernel = new RoutedFfnKernelT<Backend>(info); });
   }
   const char* GetExecutionProviderType() const { return Backend::kProvider; }
   const char* GetName() const { return kRoutedFfn; }
@@ -648,7 +564,7 @@ struct RoutedFfnGradKernelT {
       : label(NodeLabel(kRoutedFfnGrad, info)), attrs(ReadAttrs(info, label)) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    return Guarded([&] {
+    return Guard([&] {
       Ort::KernelContext ctx(context);
       std::vector<InputInfo> infos(kGradInputs);
       for (int i = 0; i < kGradInputs; ++i) infos[i] = InfoOf(ctx, i);
@@ -669,9 +585,9 @@ struct RoutedFfnGradKernelT {
       };
       expect(kGradDY, "dY", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "float32", "[..., d] (the shape of X)", x.dims);
       expect(kGradP, "P", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "float32", "[T, n_blocks]", {T, nb});
-      expect(kGradSel, "Sel", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, "int32", "[T, top_k]", {T, k});
+      expect(kGradSel, "Sel", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, "int32", "[T, blocks_per_token]", {T, k});
       expect(kGradU, "U", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "float32",
-             cfg.Gated() ? "[T*top_k, 2*d_ff/n_blocks]" : "[T*top_k, d_ff/n_blocks]", {T * k, cfg.PreWidth()});
+             cfg.Gated() ? "[T*blocks_per_token, 2*d_ff/n_blocks]" : "[T*blocks_per_token, d_ff/n_blocks]", {T * k, cfg.PreWidth()});
       cpu::RoutedFfnConstState state;
       state.probs = FloatData(ctx, kGradP);
       state.selection = ctx.GetInput(kGradSel).GetTensorData<int32_t>();
@@ -740,13 +656,10 @@ struct RoutedFfnGradKernelT {
 template <typename Backend>
 struct RoutedFfnGradOpT : Ort::CustomOpBase<RoutedFfnGradOpT<Backend>, RoutedFfnGradKernelT<Backend>, true> {
   RoutedFfnGradOpT() {
-    OrtCustomOp::InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* raw) -> OrtStatusPtr {
-      Ort::ShapeInferContext ctx(&Ort::GetApi(), raw);
-      return InferRoutedFfnGrad(ctx, raw);
-    };
+    OrtCustomOp::InferOutputShapeFn = InferShapeFn<InferRoutedFfnGrad>;
   }
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-    return Guarded([&] { *kernel = new RoutedFfnGradKernelT<Backend>(info); });
+    return Guard([&] { *kernel = new RoutedFfnGradKernelT<Backend>(info); });
   }
   const char* GetExecutionProviderType() const { return Backend::kProvider; }
   const char* GetName() const { return kRoutedFfnGrad; }

@@ -28,8 +28,6 @@ inline float L1(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-inline double Sign(double x) { return x > 0 ? 1.0 : (x < 0 ? -1.0 : 0.0); }
-
 }  // namespace
 
 PQDims CheckPQInputs(const char* op, const Shape& z, const Shape& codebook) {
@@ -86,11 +84,11 @@ TopKMode ParseTopKMode(const std::string& mode) {
 }
 
 int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk) {
-  if (top_k < 0) FailAttribute("PQTopK", "top_k", "must be >= 0 (0 = use top_k_ratio); got " + std::to_string(top_k));
+  if (top_k < 0) FailAttribute("PQTopK", "keys_per_query", "must be >= 0 (0 = use keys_ratio); got " + std::to_string(top_k));
   int64_t l = top_k;
   if (l == 0) {
     if (!(ratio > 0.f && ratio <= 1.f)) {
-      FailAttribute("PQTopK", "top_k_ratio", "must be in (0, 1]; got " + std::to_string(ratio));
+      FailAttribute("PQTopK", "keys_ratio", "must be in (0, 1]; got " + std::to_string(ratio));
     }
     l = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(static_cast<double>(ratio) * static_cast<double>(sk))));
   }
@@ -277,33 +275,133 @@ void PQTopK(const PQTopKDims& d, TopKMode mode, bool causal, int64_t window, con
 
 namespace {
 
-// Everything the loss and its gradient need for one (row, subspace): distances, argmin, soft weights and
-// the soft centroid. Scratch sized C (dist, alpha) and dc (soft).
-struct SubspaceState {
-  int64_t hard = 0;
-  double* dist;   // [C] raw L1 distances
-  double* alpha;  // [C] soft weights
-  double* soft;   // [dc] soft centroid
+// The loss and its gradient, one (row, subspace) at a time, in fp32 with the loops over the C codewords
+// innermost and contiguous (the codebook is transposed to Wt[m, k, c] once per call), so that they vectorize;
+// sums over rows are kept in double.
+struct CodebookT {
+  CodebookT(const PQDims& d, const float* codebook) : wt(static_cast<std::size_t>(d.M * d.dc * d.C)) {
+    for (int64_t m = 0; m < d.M; ++m)
+      for (int64_t c = 0; c < d.C; ++c)
+        for (int64_t k = 0; k < d.dc; ++k) wt[(m * d.dc + k) * d.C + c] = codebook[(m * d.C + c) * d.dc + k];
+  }
+  const float* Subspace(const PQDims& d, int64_t m) const { return wt.data() + m * d.dc * d.C; }
+  std::vector<float> wt;  // [M, dc, C]
 };
 
-void ComputeSubspace(const PQDims& d, const float* zm, const float* wm, SubspaceState& st) {
-  int64_t hard = 0;
-  double inv_sum = 0.0;
-  for (int64_t c = 0; c < d.C; ++c) {
-    const float* w = wm + c * d.dc;
-    double dist = 0.0;
-    for (int64_t k = 0; k < d.dc; ++k) dist += std::fabs(static_cast<double>(zm[k]) - w[k]);
-    st.dist[c] = dist;
-    if (dist < st.dist[hard]) hard = c;
-    st.alpha[c] = 1.0 / std::max(dist, kPQDistanceFloor);
-    inv_sum += st.alpha[c];
+// Distances D_c = |z - W_c|_1, the hard argmin (first lowest), the weights a_c = (1/D~_c) / sum(1/D~) and the
+// soft centroid zs = sum_c a_c W_c, for one (row, subspace); wt is the subspace's [dc, C] block. Inlined into
+// its (cloned) callers so that it is compiled for their instruction set.
+__attribute__((always_inline)) inline int64_t Assign(int64_t C, int64_t dc, const float* z, const float* wt, float* dist, float* alpha,
+                              float* soft) {
+  for (int64_t c = 0; c < C; ++c) dist[c] = 0.f;
+  for (int64_t k = 0; k < dc; ++k) {
+    const float zk = z[k];
+    const float* row = wt + k * C;
+    for (int64_t c = 0; c < C; ++c) dist[c] += std::fabs(zk - row[c]);
   }
-  st.hard = hard;
-  std::fill(st.soft, st.soft + d.dc, 0.0);
-  for (int64_t c = 0; c < d.C; ++c) {
-    st.alpha[c] /= inv_sum;
-    const float* w = wm + c * d.dc;
-    for (int64_t k = 0; k < d.dc; ++k) st.soft[k] += st.alpha[c] * w[k];
+  int64_t hard = 0;
+  for (int64_t c = 1; c < C; ++c) {
+    if (dist[c] < dist[hard]) hard = c;
+  }
+  const float floor = static_cast<float>(kPQDistanceFloor);
+  for (int64_t c = 0; c < C; ++c) alpha[c] = 1.f / std::max(dist[c], floor);
+  float sum = 0.f;
+  for (int64_t c = 0; c < C; ++c) sum += alpha[c];
+  const float inv = 1.f / sum;
+  for (int64_t c = 0; c < C; ++c) alpha[c] *= inv;
+  for (int64_t k = 0; k < dc; ++k) {
+    const float* row = wt + k * C;
+    float acc = 0.f;
+    for (int64_t c = 0; c < C; ++c) acc += alpha[c] * row[c];
+    soft[k] = acc;
+  }
+  return hard;
+}
+
+// Sum over rows [n0, n1) of sum_m sum_k (zs - zh)^2 + (z - zh)^2.
+SPT_CPU_CLONES double LossRows(const PQDims& d, const float* z, const CodebookT& w, int64_t n0, int64_t n1,
+                               std::vector<float>& scratch) {
+  float* dist = scratch.data();
+  float* alpha = dist + d.C;
+  float* soft = alpha + d.C;
+  double sum = 0.0;
+  for (int64_t n = n0; n < n1; ++n) {
+    float row_sum = 0.f;
+    for (int64_t m = 0; m < d.M; ++m) {
+      const float* zm = z + n * d.E + m * d.dc;
+      const float* wt = w.Subspace(d, m);
+      const int64_t h = Assign(d.C, d.dc, zm, wt, dist, alpha, soft);
+      for (int64_t k = 0; k < d.dc; ++k) {
+        const float zh = wt[k * d.C + h], a = soft[k] - zh, b = zm[k] - zh;
+        row_sum += a * a + b * b;
+      }
+    }
+    sum += row_sum;
+  }
+  return sum;
+}
+
+// Adds the rows [n0, n1)'s gradient into dwt ([M, dc, C], the transposed codebook's layout) and writes dz
+// (unless null). g = dloss * 2 / P.
+SPT_CPU_CLONES void GradRows(const PQDims& d, float g, const float* z, const CodebookT& w, int64_t n0, int64_t n1,
+                             float* dz, float* dwt, std::vector<float>& scratch) {
+  const int64_t C = d.C, dc = d.dc;
+  float* dist = scratch.data();
+  float* alpha = dist + C;
+  float* dalpha = alpha + C;
+  float* dd = dalpha + C;
+  float* soft = dd + C;
+  float* dsoft = soft + dc;
+  float* dzm = dsoft + dc;
+  const float floor = static_cast<float>(kPQDistanceFloor);
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t m = 0; m < d.M; ++m) {
+      const float* zm = z + n * d.E + m * dc;
+      const float* wt = w.Subspace(d, m);
+      float* dw = dwt + m * dc * C;
+      const int64_t h = Assign(C, dc, zm, wt, dist, alpha, soft);
+      for (int64_t k = 0; k < dc; ++k) {
+        const float zs = soft[k], zh = wt[k * C + h], zk = zm[k];
+        dw[k * C + h] += g * ((zh - zs) + (zh - zk));  // dL/dzh, gathered from W[m, h]
+        dsoft[k] = g * (zs - zh);                       // dL/dzs
+        dzm[k] = g * (zk - zh);                         // direct term of (z - zh)^2
+      }
+      // zs = sum_c a_c W_c: dW_c += a_c dzs, da_c = <dzs, W_c>.
+      for (int64_t c = 0; c < C; ++c) dalpha[c] = 0.f;
+      for (int64_t k = 0; k < dc; ++k) {
+        const float ds = dsoft[k];
+        const float* row = wt + k * C;
+        float* drow = dw + k * C;
+        for (int64_t c = 0; c < C; ++c) {
+          drow[c] += alpha[c] * ds;
+          dalpha[c] += ds * row[c];
+        }
+      }
+      float weighted = 0.f;
+      for (int64_t c = 0; c < C; ++c) weighted += alpha[c] * dalpha[c];
+      // a = softmax(l), l_c = -log D~_c: dl_c = a_c (da_c - sum a da); dD_c = -dl_c / D_c where D_c > floor.
+      for (int64_t c = 0; c < C; ++c) {
+        dd[c] = dist[c] > floor ? -alpha[c] * (dalpha[c] - weighted) / dist[c] : 0.f;
+      }
+      // D_c = sum_k |z_k - W_ck|: dz_k += sum_c dD_c sign(z_k - W_ck), dW_ck -= dD_c sign(z_k - W_ck).
+      for (int64_t k = 0; k < dc; ++k) {
+        const float zk = zm[k];
+        const float* row = wt + k * C;
+        float* drow = dw + k * C;
+        float acc = 0.f;
+        for (int64_t c = 0; c < C; ++c) {
+          const float diff = zk - row[c];
+          const float s = diff > 0.f ? dd[c] : (diff < 0.f ? -dd[c] : 0.f);
+          acc += s;
+          drow[c] -= s;
+        }
+        dzm[k] += acc;
+      }
+      if (dz) {
+        float* out = dz + n * d.E + m * dc;
+        for (int64_t k = 0; k < dc; ++k) out[k] = dzm[k];
+      }
+    }
   }
 }
 
@@ -312,25 +410,12 @@ void ComputeSubspace(const PQDims& d, const float* zm, const float* wm, Subspace
 double PQLoss(const PQDims& d, const float* z, const float* codebook, const Parallel& par) {
   const int64_t chunks = CeilDiv(d.N, kRowsPerChunk);
   if (chunks == 0 || d.M == 0) return 0.0;
+  const CodebookT w(d, codebook);
   std::vector<double> partial(static_cast<std::size_t>(chunks), 0.0);
   par.For(static_cast<std::size_t>(chunks), [&](std::size_t chunk) {
-    std::vector<double> scratch(static_cast<std::size_t>(2 * d.C + d.dc));
-    SubspaceState st{0, scratch.data(), scratch.data() + d.C, scratch.data() + 2 * d.C};
+    std::vector<float> scratch(static_cast<std::size_t>(2 * d.C + d.dc));
     const int64_t n0 = static_cast<int64_t>(chunk) * kRowsPerChunk, n1 = std::min(d.N, n0 + kRowsPerChunk);
-    double sum = 0.0;
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t m = 0; m < d.M; ++m) {
-        const float* zm = z + n * d.E + m * d.dc;
-        const float* wm = codebook + m * d.C * d.dc;
-        ComputeSubspace(d, zm, wm, st);
-        const float* hard = wm + st.hard * d.dc;
-        for (int64_t k = 0; k < d.dc; ++k) {
-          const double a = st.soft[k] - hard[k], b = static_cast<double>(zm[k]) - hard[k];
-          sum += a * a + b * b;
-        }
-      }
-    }
-    partial[chunk] = sum;
+    partial[chunk] = LossRows(d, z, w, n0, n1, scratch);
   });
   double total = 0.0;
   for (double p : partial) total += p;  // fixed order: deterministic
@@ -345,73 +430,26 @@ void PQLossGrad(const PQDims& d, float dloss, const float* z, const float* codeb
   if (dz && d.N * d.E > 0) std::fill(dz, dz + d.N * d.E, 0.f);
   if (chunks == 0 || d.M == 0) return;
   // g = dloss * d(mean)/d(square term) * 1/2 folded: each squared error e^2 contributes (2/P) e.
-  const double g = 2.0 * static_cast<double>(dloss) / static_cast<double>(d.N * d.M * d.dc);
-  // Per-chunk partial codebook gradients, summed in chunk order afterwards (no atomics, deterministic).
-  std::vector<double> partial(static_cast<std::size_t>(chunks * w_size), 0.0);
+  const float g = static_cast<float>(2.0 * static_cast<double>(dloss) / static_cast<double>(d.N * d.M * d.dc));
+  const CodebookT w(d, codebook);
+  // Per-chunk partial codebook gradients ([M, dc, C] each), summed in chunk order afterwards in double (no
+  // atomics, deterministic).
+  std::vector<float> partial(static_cast<std::size_t>(chunks * w_size), 0.f);
   par.For(static_cast<std::size_t>(chunks), [&](std::size_t chunk) {
-    std::vector<double> scratch(static_cast<std::size_t>(3 * d.C + 3 * d.dc));
-    SubspaceState st{0, scratch.data(), scratch.data() + d.C, scratch.data() + 2 * d.C};
-    double* dalpha = scratch.data() + 2 * d.C + d.dc;  // [C]
-    double* dsoft = dalpha + d.C;                      // [dc]
-    double* dzm = dsoft + d.dc;                        // [dc]
-    double* dw_chunk = partial.data() + static_cast<int64_t>(chunk) * w_size;
+    std::vector<float> scratch(static_cast<std::size_t>(4 * d.C + 3 * d.dc));
     const int64_t n0 = static_cast<int64_t>(chunk) * kRowsPerChunk, n1 = std::min(d.N, n0 + kRowsPerChunk);
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t m = 0; m < d.M; ++m) {
-        const float* zm = z + n * d.E + m * d.dc;
-        const float* wm = codebook + m * d.C * d.dc;
-        double* dwm = dw_chunk + m * d.C * d.dc;
-        ComputeSubspace(d, zm, wm, st);
-        const float* hard = wm + st.hard * d.dc;
-        double* dhard = dwm + st.hard * d.dc;
-        for (int64_t k = 0; k < d.dc; ++k) {
-          const double zs = st.soft[k], zh = hard[k], zk = zm[k];
-          dhard[k] += g * ((zh - zs) + (zh - zk));  // dL/dzh, gathered from W[m, h]
-          dsoft[k] = g * (zs - zh);                  // dL/dzs
-          dzm[k] = g * (zk - zh);                    // direct term of (z - zh)^2
-        }
-        // zs = sum_c a_c W_c: dW_c += a_c dzs, da_c = <dzs, W_c>.
-        double weighted = 0.0;
-        for (int64_t c = 0; c < d.C; ++c) {
-          const float* w = wm + c * d.dc;
-          double* dw = dwm + c * d.dc;
-          double dot = 0.0;
-          for (int64_t k = 0; k < d.dc; ++k) {
-            dw[k] += st.alpha[c] * dsoft[k];
-            dot += dsoft[k] * w[k];
-          }
-          dalpha[c] = dot;
-          weighted += st.alpha[c] * dot;
-        }
-        // a = softmax(l), l_c = -log D~_c: dl_c = a_c (da_c - sum a da); dD_c = -dl_c / D_c where D_c > floor.
-        for (int64_t c = 0; c < d.C; ++c) {
-          if (!(st.dist[c] > kPQDistanceFloor)) continue;
-          const double dl = st.alpha[c] * (dalpha[c] - weighted);
-          const double dd = -dl / st.dist[c];
-          const float* w = wm + c * d.dc;
-          double* dw = dwm + c * d.dc;
-          // D_c = sum_k |z_k - W_ck|: dz_k += dD sign(z_k - W_ck), dW_ck -= dD sign(z_k - W_ck).
-          for (int64_t k = 0; k < d.dc; ++k) {
-            const double s = Sign(static_cast<double>(zm[k]) - w[k]) * dd;
-            dzm[k] += s;
-            dw[k] -= s;
-          }
-        }
-        if (!detach_inputs) {
-          float* out = dz + n * d.E + m * d.dc;
-          for (int64_t k = 0; k < d.dc; ++k) out[k] = static_cast<float>(dzm[k]);
-        }
-      }
-    }
+    GradRows(d, g, z, w, n0, n1, detach_inputs ? nullptr : dz, partial.data() + static_cast<int64_t>(chunk) * w_size,
+             scratch);
   });
-  // Reduce the chunk partials; split over codebook rows so the reduction is parallel yet order-fixed.
-  const int64_t rows = d.M * d.C;
-  par.For(static_cast<std::size_t>(rows), [&](std::size_t row) {
+  // Reduce the chunk partials and transpose back to [M, C, dc]; split over codebook rows so the reduction is
+  // parallel yet order-fixed.
+  par.For(static_cast<std::size_t>(d.M * d.C), [&](std::size_t row) {
+    const int64_t m = static_cast<int64_t>(row) / d.C, c = static_cast<int64_t>(row) % d.C;
     for (int64_t k = 0; k < d.dc; ++k) {
-      const int64_t off = static_cast<int64_t>(row) * d.dc + k;
+      const int64_t off = (m * d.dc + k) * d.C + c;
       double s = 0.0;
-      for (int64_t c = 0; c < chunks; ++c) s += partial[c * w_size + off];
-      dcodebook[off] = static_cast<float>(s);
+      for (int64_t p = 0; p < chunks; ++p) s += partial[p * w_size + off];
+      dcodebook[(m * d.C + c) * d.dc + k] = static_cast<float>(s);
     }
   });
 }

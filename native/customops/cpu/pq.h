@@ -40,8 +40,8 @@ enum class TopKMode {
 // Parses the `mode` attribute ("exact" | "bucketed").
 TopKMode ParseTopKMode(const std::string& mode);
 
-// Keys per query: top_k when > 0, else max(1, ceil(ratio * Sk)); clamped to Sk (and at least 1 when Sk > 0).
-// Rejects top_k < 0 and ratio outside (0, 1].
+// Keys per query (attributes keys_per_query and keys_ratio): top_k when > 0, else max(1, ceil(ratio * Sk));
+// clamped to Sk (and at least 1 when Sk > 0). Rejects top_k < 0 and ratio outside (0, 1].
 int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk);
 
 struct PQTopKDims {

@@ -34,7 +34,7 @@ public sealed class AttentionBlockGrowth : IPass
                 Window = core.GetInt("window", 0),
                 KeyPaddingMask = core.Inputs[AttentionCoreOp.KeyPadding]?.Name,
                 EffectiveScale = core.GetFloat("effective_scale", 1),
-                OpScale = core.GetFloat("scale", 1),
+                OpScale = AttentionCoreOp.Scale(core, shapes.LastDim(core.Inputs[AttentionCoreOp.Q]!)) ?? 0,
                 HeadsFolded = core.GetInt("rank", 4) == 3,
             };
             bool rotQ = false, rotK = false;

@@ -28,6 +28,17 @@ public static class AttentionCoreOp
 
     /// <summary>Whether <paramref name="node"/> is a fused attention core.</summary>
     public static bool Is(Node node) => node.OpType == OpType && node.Domain == Domain;
+
+    /// <summary>
+    /// The logit scale of a core: its <c>scale</c> attribute, where a missing or 0 scale means 1/sqrt(E) as on
+    /// spt::SparseAttention (<see cref="CustomOps.AttentionOps.EffectiveScale"/>). Null when the scale is left to
+    /// the default and the head dim <paramref name="headDim"/> is unknown.
+    /// </summary>
+    public static double? Scale(Node core, long? headDim)
+    {
+        var scale = core.GetFloat(CustomOps.AttentionOps.ScaleAttr, CustomOps.AttentionOps.DefaultScale);
+        return scale != 0 ? scale : headDim is { } e ? CustomOps.AttentionOps.EffectiveScale(0, e) : null;
+    }
 }
 
 /// <summary>What stage one found around one Softmax.</summary>

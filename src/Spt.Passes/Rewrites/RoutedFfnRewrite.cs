@@ -1,3 +1,4 @@
+using Spt.CustomOps;
 using Spt.Ir;
 using Spt.Passes.Analysis;
 using Spt.Passes.Recognition;
@@ -147,55 +148,56 @@ public sealed class RoutedFfnRewrite(SptOptions options) : IPass
             return (weight, bias);
         }
 
-        var inputs = new Value?[14];
-        inputs[0] = m.X;
+        var schema = RoutedFfnOps.RoutedFfn;
+        var inputs = new Value?[RoutedFfnOps.ForwardInputCount];
+        inputs[RoutedFfnOps.X] = m.X;
         if (m.Fc1Cols is { } gateCols)
-            (inputs[1], inputs[2]) = Half(m.Fc1, gateCols, "gate");
+            (inputs[RoutedFfnOps.W1], inputs[RoutedFfnOps.B1]) = Half(m.Fc1, gateCols, "gate");
         else
         {
-            inputs[1] = InOut(m.Fc1);
-            inputs[2] = m.Fc1Bias ?? m.Fc1.Bias;
+            inputs[RoutedFfnOps.W1] = InOut(m.Fc1);
+            inputs[RoutedFfnOps.B1] = m.Fc1Bias ?? m.Fc1.Bias;
         }
-        inputs[3] = InOut(m.Fc2);
-        inputs[4] = m.Fc2.Bias;
+        inputs[RoutedFfnOps.W2] = InOut(m.Fc2);
+        inputs[RoutedFfnOps.B2] = m.Fc2.Bias;
         double bound = 1 / Math.Sqrt(d);
-        inputs[5] = Param("router_weight", Init.Uniform(d * nb, bound, Init.SeedFor(options.Seed, "router_weight", info.Layer)), d, nb);
-        inputs[6] = Param("router_bias", Init.Uniform(nb, bound, Init.SeedFor(options.Seed, "router_bias", info.Layer)), nb);
+        inputs[RoutedFfnOps.Wr] = Param("router_weight", Init.Uniform(d * nb, bound, Init.SeedFor(options.Seed, "router_weight", info.Layer)), d, nb);
+        inputs[RoutedFfnOps.Br] = Param("router_bias", Init.Uniform(nb, bound, Init.SeedFor(options.Seed, "router_bias", info.Layer)), nb);
         if (m.Up != null)
         {
             if (m.UpCols is { } upCols)
             {
                 // The match refuses an up half with a nonzero bias, so its bias (if any) is dropped as zero.
-                inputs[7] = Half(m.Up, upCols, "up").Weight;
+                inputs[RoutedFfnOps.W3] = Half(m.Up, upCols, "up").Weight;
             }
             else
             {
-                inputs[7] = InOut(m.Up);
+                inputs[RoutedFfnOps.W3] = InOut(m.Up);
             }
         }
         if (r > 0)
         {
             // LoRA: A ~ N(0, 1), B = 0, no scaling (SPT §3.3).
-            inputs[8] = Param("lora_a1", Init.Normal(d * r, Init.SeedFor(options.Seed, "lora_a1", info.Layer)), d, r);
-            inputs[9] = Param("lora_b1", new float[r * dff], r, dff);
-            inputs[10] = Param("lora_a2", Init.Normal(dff * r, Init.SeedFor(options.Seed, "lora_a2", info.Layer)), dff, r);
-            inputs[11] = Param("lora_b2", new float[r * d], r, d);
+            inputs[RoutedFfnOps.LoraA1] = Param("lora_a1", Init.Normal(d * r, Init.SeedFor(options.Seed, "lora_a1", info.Layer)), d, r);
+            inputs[RoutedFfnOps.LoraB1] = Param("lora_b1", new float[r * dff], r, dff);
+            inputs[RoutedFfnOps.LoraA2] = Param("lora_a2", Init.Normal(dff * r, Init.SeedFor(options.Seed, "lora_a2", info.Layer)), dff, r);
+            inputs[RoutedFfnOps.LoraB2] = Param("lora_b2", new float[r * d], r, d);
             if (m.Up != null)
             {
-                inputs[12] = Param("lora_a3", Init.Normal(d * r, Init.SeedFor(options.Seed, "lora_a3", info.Layer)), d, r);
-                inputs[13] = Param("lora_b3", new float[r * dff], r, dff);
+                inputs[RoutedFfnOps.LoraA3] = Param("lora_a3", Init.Normal(d * r, Init.SeedFor(options.Seed, "lora_a3", info.Layer)), d, r);
+                inputs[RoutedFfnOps.LoraB3] = Param("lora_b3", new float[r * dff], r, dff);
             }
         }
         int count = inputs.Length;
         while (count > 0 && inputs[count - 1] is null)
             count--;
-        var node = editor.CreateNode("RoutedFFN", inputs.Take(count), 1,
-        [
-            Ir.Attribute.FromInt("n_blocks", nb),
-            Ir.Attribute.FromInt("top_k", options.Exact ? nb : options.Active),
-            Ir.Attribute.FromString("activation", m.Activation),
-            Ir.Attribute.FromString("gate", options.Exact ? "none" : "2sigmoid_frozen_only"),
-        ], "spt", graph.UniqueName(prefix + "/RoutedFFN"));
+        var node = editor.CreateNode(schema.Name, inputs.Take(count), 1,
+            schema.NodeAttributes(
+                (RoutedFfnOps.NBlocksAttr, nb),
+                (RoutedFfnOps.BlocksPerTokenAttr, (long)(options.Exact ? nb : options.Active)),
+                (RoutedFfnOps.ActivationAttr, m.Activation),
+                (RoutedFfnOps.GateAttr, options.Exact ? RoutedFfnOps.NoGate : RoutedFfnOps.DefaultGate)),
+            schema.Domain, graph.UniqueName(prefix + "/RoutedFFN"));
         editor.InsertBefore(anchor, node);
         editor.ReplaceAllUsesWith(m.Fc2.Output, node.Outputs[0], replaceGraphOutputs: true);
         DeadCode.RemoveDeadFrom(editor, [anchor]);

@@ -1,3 +1,4 @@
+using Spt.CustomOps;
 using Spt.Ir;
 using Spt.Passes.Analysis;
 using Spt.Passes.Recognition;
@@ -102,27 +103,27 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         }
         var codebook = editor.AddInitializer(Tensor.Create(graph.UniqueName(prefix + "/pq_codebook"),
             Init.Normal(m * c * dc, Init.SeedFor(options.Seed, "codebook", info.Layer)), m, c, dc));
-        var codesQ = Emit("PQEncode", [q, codebook], "PQEncode_q", domain: "spt");
-        var codesK = Emit("PQEncode", [k, codebook], "PQEncode_k", domain: "spt");
-        var topkAttrs = new List<Ir.Attribute> { Ir.Attribute.FromString("mode", "exact"), Ir.Attribute.FromInt("causal", causal ? 1 : 0) };
-        if (window > 0)
-            topkAttrs.Add(Ir.Attribute.FromInt("window", window));
-        if (options.Exact)
-            topkAttrs.Add(Ir.Attribute.FromFloat("top_k_ratio", 1f));
-        else if (options.TopK is { } topK)
-            topkAttrs.Add(Ir.Attribute.FromInt("top_k", topK));
-        else
-            topkAttrs.Add(Ir.Attribute.FromFloat("top_k_ratio", (float)options.TopKRatio));
-        var indices = Emit("PQTopK", keyPadding is null ? [codesQ, codesK] : [codesQ, codesK, keyPadding], "PQTopK", 1, "spt", [.. topkAttrs]);
-        var saAttrs = new List<Ir.Attribute>
-        {
-            Ir.Attribute.FromFloat("scale", core.GetFloat("scale", 1)),
-            Ir.Attribute.FromFloat("clamp", options.Clamp),
-            Ir.Attribute.FromInt("causal", causal ? 1 : 0),
-        };
-        if (window > 0)
-            saAttrs.Add(Ir.Attribute.FromInt("window", window));
-        var y = Emit("SparseAttention", keyPadding is null ? [q, k, v, indices] : [q, k, v, indices, keyPadding], "SparseAttention", 2, "spt", [.. saAttrs]);
+        var encode = AttentionOps.PQEncode;
+        var codesQ = Emit(encode.Name, Positioned(encode, (AttentionOps.PQZ, q), (AttentionOps.PQCodebook, codebook)), "PQEncode_q", domain: encode.Domain);
+        var codesK = Emit(encode.Name, Positioned(encode, (AttentionOps.PQZ, k), (AttentionOps.PQCodebook, codebook)), "PQEncode_k", domain: encode.Domain);
+        // A sliding window (masks read as one) limits the selection and the attention alike.
+        (string, object)[] windowAttr = window > 0 ? [(AttentionOps.WindowAttr, window)] : [];
+        var topk = AttentionOps.PQTopK;
+        var selection = options.Exact ? (AttentionOps.KeysRatioAttr, (object)1f)
+            : options.TopK is { } count ? (AttentionOps.KeysPerQueryAttr, (object)(long)count)
+            : (AttentionOps.KeysRatioAttr, (object)(float)options.TopKRatio);
+        var indices = Emit(topk.Name,
+            Positioned(topk, (AttentionOps.CodesQ, codesQ), (AttentionOps.CodesK, codesK), (AttentionOps.TopKKeyPadding, keyPadding)),
+            "PQTopK", 1, topk.Domain,
+            [.. topk.NodeAttributes([(AttentionOps.ModeAttr, "exact"), (AttentionOps.CausalAttr, causal ? 1L : 0L), selection, .. windowAttr])]);
+        var attention = AttentionOps.SparseAttention;
+        var y = Emit(attention.Name,
+            Positioned(attention, (AttentionOps.Q, q), (AttentionOps.K, k), (AttentionOps.V, v), (AttentionOps.Indices, indices), (AttentionOps.KeyPadding, keyPadding)),
+            "SparseAttention", 2, attention.Domain,
+            [.. attention.NodeAttributes([
+                (AttentionOps.ScaleAttr, (float)AttentionCoreOp.Scale(core, e)!.Value),
+                (AttentionOps.ClampAttr, options.Clamp),
+                (AttentionOps.CausalAttr, causal ? 1L : 0L), .. windowAttr])]);
         if (folded)
         {
             // [B·H, 1, Sq, Ev] -> [B·H, Sq, Ev]. A Reshape to the shape read from Q and V (rather than a Squeeze)
@@ -143,11 +144,27 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         info.CodewordDim = dc;
         return null;
     }
+
+    // The inputs of a node of `schema` at their positions, trailing absent ones dropped.
+    private static Value?[] Positioned(OpSchema schema, params (int Position, Value? Value)[] inputs)
+    {
+        var list = new Value?[schema.Inputs.Count];
+        foreach (var (position, value) in inputs)
+            list[position] = value;
+        int count = list.Length;
+        while (count > 0 && list[count - 1] is null)
+            count--;
+        return list[..count];
+    }
 }
 
 /// <summary>Expands an AttentionCore back to the dense ops it stands for.</summary>
 internal static class AttentionCoreExpansion
 {
+    // E, the last dim of Q, when the core's scale is left to its default (1/sqrt(E)).
+    private static long? CoreHeadDim(Node core) =>
+        core.Inputs[AttentionCoreOp.Q]?.Shape is { Count: > 0 } shape ? shape[^1].Value : null;
+
     /// <summary>
     /// <c>Y = MatMul(Dropout?(Softmax(Where?(scale · Q·Kᵀ + bias))), V)</c> with the core's own inputs; removes the core.
     /// </summary>
@@ -166,7 +183,8 @@ internal static class AttentionCoreExpansion
         (perm[rank - 1], perm[rank - 2]) = (perm[rank - 2], perm[rank - 1]);
         var kt = Emit("Transpose", [core.Inputs[AttentionCoreOp.K]], 1, Ir.Attribute.FromInts("perm", perm));
         var s = Emit("MatMul", [core.Inputs[AttentionCoreOp.Q], kt]);
-        float scale = core.GetFloat("scale", 1);
+        float scale = (float)(AttentionCoreOp.Scale(core, CoreHeadDim(core))
+            ?? throw new InvalidOperationException($"'{core.Name}' leaves its scale to the default 1/sqrt(E), but E is not known"));
         if (scale != 1f)
         {
             var c = editor.AddInitializer(Tensor.Scalar(graph.UniqueName(core.Name + "/scale"), scale));

@@ -1,3 +1,4 @@
+using Spt.CustomOps;
 using Spt.Ir;
 using Spt.Passes.Canonicalization;
 using Spt.Passes.Lora;
@@ -13,10 +14,6 @@ namespace Spt.Passes.Rewrites;
 /// </summary>
 public sealed class TrainableParameterMarking : IPass
 {
-    // RoutedFFN inputs: X, W1, b1, W2, b2, Wr, br, W3, A1, B1, A2, B2, A3, B3.
-    private static readonly int[] RoutedFfnBase = [1, 2, 3, 4, 7];
-    private static readonly int[] RoutedFfnTrainable = [5, 6, 8, 9, 10, 11, 12, 13];
-
     /// <inheritdoc />
     public string Name => "mark-trainable";
 
@@ -27,14 +24,14 @@ public sealed class TrainableParameterMarking : IPass
         var frozen = new List<string>();
         foreach (var node in model.Graph.Nodes)
         {
-            if (node.Domain == "spt" && node.OpType == "RoutedFFN")
+            if (RoutedFfnOps.RoutedFfn.Is(node))
             {
-                AddInitializers(node, RoutedFfnTrainable, trainable);
-                AddInitializers(node, RoutedFfnBase, frozen);
+                AddInitializers(node, RoutedFfnOps.AdaptedWeights, trainable);
+                AddInitializers(node, RoutedFfnOps.BaseWeights, frozen);
             }
-            else if (node.Domain == "spt" && node.OpType == "PQEncode")
+            else if (AttentionOps.PQEncode.Is(node))
             {
-                AddInitializers(node, [1], trainable);
+                AddInitializers(node, [AttentionOps.PQCodebook], trainable);
             }
             else if (node.IsDefaultDomain && node.OpType is "LayerNormalization" or "SimplifiedLayerNormalization" or "RMSNormalization")
             {
@@ -58,7 +55,7 @@ public sealed class TrainableParameterMarking : IPass
         return changed;
     }
 
-    private static void AddInitializers(Node node, int[] inputs, List<string> names)
+    private static void AddInitializers(Node node, IReadOnlyList<int> inputs, List<string> names)
     {
         foreach (var i in inputs)
         {

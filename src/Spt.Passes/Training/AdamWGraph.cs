@@ -20,16 +20,16 @@ public static class AdamWGraph
     public static Model Build(IReadOnlyList<(string Name, IReadOnlyList<long> Shape)> parameters, AdamWOptions o)
     {
         var b = new GraphBuilder(Opset, "adamw");
-        var lr = b.Input("lr", ElementType.Float);
-        var step = b.Input("step", ElementType.Float);
-        var gradScale = b.Input("grad_scale", ElementType.Float);
+        var lr = b.Input(ArtifactContract.LearningRate, ElementType.Float);
+        var step = b.Input(ArtifactContract.Step, ElementType.Float);
+        var gradScale = b.Input(ArtifactContract.GradScale, ElementType.Float);
         var e = new OpEmitter(b.Graph, Opset, "adamw");
         var ps = new List<(string Name, Value P, Value G, Value M, Value V)>();
         foreach (var (name, shape) in parameters)
         {
             object[] dims = [.. shape.Select(d => (object)d)];
-            ps.Add((name, b.Input(name, ElementType.Float, dims), b.Input("grad." + name, ElementType.Float, dims),
-                b.Input("m." + name, ElementType.Float, dims), b.Input("v." + name, ElementType.Float, dims)));
+            ps.Add((name, b.Input(name, ElementType.Float, dims), b.Input(ArtifactContract.Gradient(name), ElementType.Float, dims),
+                b.Input(ArtifactContract.FirstMoment(name), ElementType.Float, dims), b.Input(ArtifactContract.SecondMoment(name), ElementType.Float, dims)));
         }
 
         // g = grad * grad_scale; ||g|| over all parameters.
@@ -62,11 +62,11 @@ public static class AdamWGraph
             // p <- p - lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
             var denom = e.Op("Add", e.Op("Div", e.Op("Sqrt", v1), bc2Sqrt), e.Scalar(o.Epsilon));
             var p1 = e.Op("Sub", decayed, e.Op("Mul", stepSize, e.Op("Div", m1, denom)));
-            b.Output(e.Op("Identity", p1), "new." + name);
-            b.Output(e.Op("Identity", m1), "new.m." + name);
-            b.Output(e.Op("Identity", v1), "new.v." + name);
+            b.Output(e.Op("Identity", p1), ArtifactContract.Updated(name));
+            b.Output(e.Op("Identity", m1), ArtifactContract.Updated(ArtifactContract.FirstMoment(name)));
+            b.Output(e.Op("Identity", v1), ArtifactContract.Updated(ArtifactContract.SecondMoment(name)));
         }
-        b.Output(e.Op("Identity", norm), "grad_norm");
+        b.Output(e.Op("Identity", norm), ArtifactContract.GradNorm);
         return b.Build();
     }
 }

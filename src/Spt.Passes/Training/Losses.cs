@@ -66,8 +66,8 @@ public static class Losses
         var terms = new List<Value>();
         foreach (var n in graph.Nodes.ToList())
         {
-            if (n.Domain == CustomOpLibrary.Domain && n.OpType == "PQEncode")
-                terms.Add(e.Node("PQLoss", [n.Inputs[0], n.Inputs[1]], 1, domain: CustomOpLibrary.Domain)[0]);
+            if (AttentionOps.PQEncode.Is(n))
+                terms.Add(e.Node(AttentionOps.PQLoss.Name, [n.Inputs[AttentionOps.PQZ], n.Inputs[AttentionOps.PQCodebook]], 1, domain: AttentionOps.PQLoss.Domain)[0]);
         }
         return terms.Count == 0 ? null : e.Sum(terms);
     }

@@ -1,5 +1,6 @@
 using System.Globalization;
 using Spt.Ir;
+using Spt.Passes.Training;
 
 namespace Spt.Runtime.Training;
 
@@ -26,43 +27,27 @@ public sealed record TrainerState(long Step, ulong DataSeed, long DataEpoch, int
 public static class Checkpoint
 {
     /// <summary>The model file's name inside a checkpoint directory.</summary>
-    public const string FileName = "state.onnx";
+    public const string FileName = ArtifactContract.CheckpointFile;
 
     /// <summary>Format version written in <c>spt.checkpoint.format</c>.</summary>
-    public const int FormatVersion = 1;
-
-    /// <summary>Name of the first AdamW moment of parameter <paramref name="name"/>.</summary>
-    public static string M(string name) => "m." + name;
-
-    /// <summary>Name of the second AdamW moment of parameter <paramref name="name"/>.</summary>
-    public static string V(string name) => "v." + name;
+    public const int FormatVersion = ArtifactContract.CheckpointFormatVersion;
 
     /// <summary>Builds the checkpoint model from named tensors and the trainer state.</summary>
-    public static Model Build(IEnumerable<Tensor> tensors, TrainerState state, IEnumerable<KeyValuePair<string, string>>? extra = null)
-    {
-        var graph = new Graph("checkpoint");
-        var model = new Model(graph) { IrVersion = 8, ProducerName = "sptc" };
-        model.SetOpset("", 17);
-        var editor = graph.Edit();
-        foreach (var tensor in tensors)
-        {
-            editor.AddInitializer(tensor);
-        }
+    public static Model Build(IEnumerable<Tensor> tensors, TrainerState state, IEnumerable<KeyValuePair<string, string>>? extra = null) =>
+        ArtifactContract.BuildCheckpoint(tensors,
+        [
+            new(ArtifactContract.StepKey, state.Step.ToString(CultureInfo.InvariantCulture)),
+            new(DataSeedKey, state.DataSeed.ToString(CultureInfo.InvariantCulture)),
+            new(DataEpochKey, state.DataEpoch.ToString(CultureInfo.InvariantCulture)),
+            new(DataPositionKey, state.DataPosition.ToString(CultureInfo.InvariantCulture)),
+            new(TokensSeenKey, state.TokensSeen.ToString(CultureInfo.InvariantCulture)),
+            .. extra ?? [],
+        ]);
 
-        var meta = model.Metadata;
-        meta.Add(new("spt.checkpoint.format", FormatVersion.ToString(CultureInfo.InvariantCulture)));
-        meta.Add(new("step", state.Step.ToString(CultureInfo.InvariantCulture)));
-        meta.Add(new("data_seed", state.DataSeed.ToString(CultureInfo.InvariantCulture)));
-        meta.Add(new("data_epoch", state.DataEpoch.ToString(CultureInfo.InvariantCulture)));
-        meta.Add(new("data_position", state.DataPosition.ToString(CultureInfo.InvariantCulture)));
-        meta.Add(new("tokens_seen", state.TokensSeen.ToString(CultureInfo.InvariantCulture)));
-        foreach (var kv in extra ?? [])
-        {
-            meta.Add(kv);
-        }
-
-        return model;
-    }
+    private const string DataSeedKey = "data_seed";
+    private const string DataEpochKey = "data_epoch";
+    private const string DataPositionKey = "data_position";
+    private const string TokensSeenKey = "tokens_seen";
 
     /// <summary>
     /// Reads the trainer state from a checkpoint model's metadata (missing entries read as a fresh run's); values
@@ -87,14 +72,14 @@ public static class Checkpoint
             return v;
         }
 
-        var seedText = Get("data_seed");
+        var seedText = Get(DataSeedKey);
         var seed = defaultSeed;
         if (seedText is not null && !ulong.TryParse(seedText, NumberStyles.None, CultureInfo.InvariantCulture, out seed))
         {
-            throw new TrainingException($"checkpoint metadata 'data_seed' is '{seedText}', not an unsigned integer");
+            throw new TrainingException($"checkpoint metadata '{DataSeedKey}' is '{seedText}', not an unsigned integer");
         }
 
-        return new TrainerState(Long("step", 0, int.MaxValue), seed, Long("data_epoch", 0), (int)Long("data_position", 0, int.MaxValue), Long("tokens_seen", 0));
+        return new TrainerState(Long(ArtifactContract.StepKey, 0, int.MaxValue), seed, Long(DataEpochKey, 0), (int)Long(DataPositionKey, 0, int.MaxValue), Long(TokensSeenKey, 0));
     }
 
     /// <summary>
@@ -116,6 +101,39 @@ public static class Checkpoint
 
         commit.Commit();
     }
+
+    /// <summary>
+    /// Loads a checkpoint file into the resident state; returns the trainer state it records (missing data seed:
+    /// <paramref name="defaultSeed"/>).
+    /// </summary>
+    /// <exception cref="CheckpointUnreadableException">The file cannot be read or does not fit the artifact.</exception>
+    internal static TrainerState LoadInto(string stateFile, ResidentState resident, ulong defaultSeed)
+    {
+        try
+        {
+            using var model = Model.Load(stateFile);
+            var state = ReadState(model, defaultSeed);
+            var tensors = model.Graph.Initializers.Where(v => v.Initializer is not null)
+                .ToDictionary(v => v.Name, v => v.Initializer!, StringComparer.Ordinal);
+            resident.Load(tensors, stateFile);
+            return state;
+        }
+        catch (Exception e) when (e is OnnxModelException or TrainingException)
+        {
+            throw new CheckpointUnreadableException($"{stateFile}: {e.Message}", e);
+        }
+    }
+
+    /// <summary>The resident state as a checkpoint model, with the trainer state and the LR schedule in its metadata.</summary>
+    internal static Model Build(ResidentState resident, TrainerState state, LrSchedule schedule, IEnumerable<KeyValuePair<string, string>>? extra = null) =>
+        Build(resident.CheckpointTensors(), state,
+        [
+            new("lr_schedule", schedule.Kind.ToString().ToLowerInvariant()),
+            new("lr_peak", schedule.BaseLr.ToString("R", CultureInfo.InvariantCulture)),
+            new("lr_warmup", schedule.WarmupSteps.ToString(CultureInfo.InvariantCulture)),
+            new("lr_total_steps", schedule.TotalSteps.ToString(CultureInfo.InvariantCulture)),
+            .. extra ?? [],
+        ]);
 }
 
 

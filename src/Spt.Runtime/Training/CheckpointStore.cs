@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Spt.Ir;
+using Spt.Passes.Training;
 
 namespace Spt.Runtime.Training;
 
@@ -25,7 +26,7 @@ public sealed record RunConfig(ulong Seed, int BatchSize, int Accumulate, int Se
 
     /// <summary>The hash of an artifact directory's manifest.</summary>
     public static string HashArtifact(string artifactDirectory) =>
-        Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(Path.Combine(artifactDirectory, TrainingManifest.FileName))));
+        Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(Path.Combine(artifactDirectory, ArtifactContract.ManifestFile))));
 }
 
 /// <summary>
@@ -47,6 +48,9 @@ public sealed class CheckpointStore : IDisposable
 
     /// <summary>The lock file held by the training process.</summary>
     public const string LockFile = ".lock";
+
+    /// <summary>The subdirectory holding the best evaluation's checkpoint (written by the trainer with --best-metric).</summary>
+    public const string BestDirectory = "best";
 
     private const string Prefix = "step-";
     private FileStream? _lock;

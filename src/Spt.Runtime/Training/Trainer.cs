@@ -1,44 +1,31 @@
 using System.Diagnostics;
 using Microsoft.ML.OnnxRuntime;
-using TensorElementType = Microsoft.ML.OnnxRuntime.Tensors.TensorElementType;
 using Tensor = Spt.Ir.Tensor;
 using Spt.CustomOps;
 using Spt.Ir;
 using Spt.Passes.Training;
 using Spt.Runtime.Data;
 using Spt.Runtime.Distributed;
-using Spt.Runtime.Memory;
 
 namespace Spt.Runtime.Training;
 
 /// <summary>
-/// Fine-tunes a model from a training-artifact directory (see <see cref="TrainingManifest"/>) with three ordinary
-/// ORT inference sessions: grad.onnx per micro-batch, optimizer.onnx per step, eval.onnx for held-out loss.
+/// Fine-tunes a model from a training-artifact directory (<see cref="ArtifactContract"/>, <see cref="TrainingManifest"/>)
+/// with three ordinary ORT inference sessions (<see cref="TrainingSessions"/>): grad.onnx per micro-batch,
+/// optimizer.onnx per step, eval.onnx for held-out loss. The trainer runs the step loop, evaluation and the checkpoint
+/// schedule.
 /// <para>
-/// Residency: every parameter, AdamW moment and gradient accumulator lives in ORT-allocated tensors (from the grad
-/// session's allocator for the execution device) for the whole run. Trainable tensors have two buffers each and
-/// ping-pong: the optimizer reads <c>p</c>, <c>m</c>, <c>v</c> from one buffer and writes <c>new.*</c> into the
-/// other through <see cref="OrtIoBinding"/>; the grad graph adds each micro-batch's gradient to <c>grad_acc</c>
-/// into the other accumulator buffer (the first micro-batch reads a shared zero tensor). Frozen parameters have one
-/// buffer. The only per-step host-to-device traffic is the data batch and three scalars (lr, step, grad scale); the
-/// loss, task loss and gradient norm come back as scalars.
+/// Residency: every parameter, AdamW moment and gradient accumulator lives in device tensors for the whole run
+/// (<see cref="ResidentState"/>, double-buffered through <see cref="OrtIoBinding"/>). The only per-step
+/// host-to-device traffic is the data batch and three scalars (lr, step, grad scale); the loss, task loss and
+/// gradient norm come back as scalars.
 /// </para>
 /// </summary>
 public sealed class Trainer : IDisposable
 {
     private readonly TrainerOptions _options;
-    private readonly InferenceSession _grad;
-    private readonly InferenceSession _optimizer;
-    private readonly InferenceSession _eval;
-    private readonly OrtIoBinding _gradBinding;
-    private readonly OrtIoBinding _optimizerBinding;
-    private readonly OrtIoBinding _evalBinding;
-    private readonly RunOptions _runOptions = new();
-    private readonly OrtAllocator _allocator;
-    private readonly OrtMemoryInfo _memoryInfo;
-    private readonly DeviceCopier? _copier;
-    private readonly List<ResidentParameter> _parameters = [];
-    private readonly Dictionary<string, OrtValue> _zeros = [];
+    private readonly TrainingSessions _sessions;
+    private readonly ResidentState _resident;
     private readonly OrtValue _lr, _stepValue, _gradScale, _loss, _taskLoss, _gradNorm;
     private readonly Dictionary<(int Batch, int Length), BatchFeeder> _feeders = [];
     private readonly Dataset _train;
@@ -46,7 +33,6 @@ public sealed class Trainer : IDisposable
     private readonly LrSchedule _schedule;
     private readonly CheckpointStore? _store;
     private readonly MetricsWriter? _metrics;
-    private readonly HashSet<string> _gradInputs, _evalInputs;
     private readonly DataParallel? _parallel;
     private DataOrder _order;
     private TrainerState _state;
@@ -81,61 +67,21 @@ public sealed class Trainer : IDisposable
         }
 
         Limits = ReadLimitsAndCheckOps(out var needsCustomOps);
-        var labelIgnore = Manifest.Loss.Kind == "causal_lm" ? Manifest.Loss.IgnoreIndex : (long?)null;
+        var labelIgnore = Manifest.Loss.Kind == ArtifactContract.CausalLmLoss ? Manifest.Loss.IgnoreIndex : (long?)null;
         train.Validate(Limits, labelIgnore);
         _evalSet?.Validate(Limits, labelIgnore);
         BatchBudget.Check(options, train, Limits, Manifest);
         CheckDataFitsLoss(train);
 
-        Device = ChooseDevice(options.Device);
-        try
-        {
-            _grad = CreateSession(Manifest.GradGraph, needsCustomOps);
-            _optimizer = CreateSession(Manifest.OptimizerGraph, needsCustomOps: false);
-            _eval = CreateSession(Manifest.EvalGraph, needsCustomOps);
-        }
-        catch (OnnxRuntimeException e)
-        {
-            _grad?.Dispose();
-            _optimizer?.Dispose();
-            throw new TrainingException($"{ArtifactDirectory}: ONNX Runtime cannot load the training graphs: {e.Message}", e);
-        }
-
-        _gradInputs = [.. _grad.InputNames];
-        _evalInputs = [.. _eval.InputNames];
-        try
-        {
-            CheckGraphInterfaces();
-        }
-        catch
-        {
-            _grad.Dispose();
-            _optimizer.Dispose();
-            _eval.Dispose();
-            throw;
-        }
-
-        _memoryInfo = Device == ExecutionDevice.Cuda
-            ? new OrtMemoryInfo("Cuda", OrtAllocatorType.DeviceAllocator, 0, OrtMemType.Default)
-            : OrtMemoryInfo.DefaultInstance;
-        _allocator = new OrtAllocator(_grad, _memoryInfo);
-        _copier = Device == ExecutionDevice.Cuda ? new DeviceCopier(SessionOptionsFor(Device, needsCustomOps: false)) : null;
-
-        _gradBinding = _grad.CreateIoBinding();
-        _optimizerBinding = _optimizer.CreateIoBinding();
-        _evalBinding = _eval.CreateIoBinding();
+        Device = TrainingSessions.ResolveDevice(options.Device);
+        _sessions = new TrainingSessions(ArtifactDirectory, Manifest, Device, options.IntraOpThreads, needsCustomOps);
         _lr = HostScalar();
         _stepValue = HostScalar();
         _gradScale = HostScalar();
         _loss = HostScalar();
         _taskLoss = HostScalar();
         _gradNorm = HostScalar();
-
-        foreach (var spec in Manifest.Parameters)
-        {
-            _parameters.Add(new ResidentParameter(spec, this));
-        }
-
+        _resident = new ResidentState(_sessions, Manifest.Parameters);
         _parallel = options.Reducer is { } reducer ? new DataParallel(reducer, Manifest, train, options, Device) : null;
         _schedule = new LrSchedule(options.Schedule, options.LearningRate, checked((int)options.WarmupSteps), checked((int)options.Steps));
         _state = TrainerState.Initial(options.Seed);
@@ -229,28 +175,7 @@ public sealed class Trainer : IDisposable
             throw new TrainingException($"checkpoint '{stateFile}' does not exist");
         }
 
-        TrainerState state;
-        try
-        {
-            using var model = Model.Load(stateFile);
-            state = Checkpoint.ReadState(model, _options.Seed);
-            var tensors = model.Graph.Initializers.Where(v => v.Initializer is not null)
-                .ToDictionary(v => v.Name, v => v.Initializer!, StringComparer.Ordinal);
-            foreach (var p in _parameters)
-            {
-                if (!tensors.TryGetValue(p.Spec.Name, out var value))
-                {
-                    throw new TrainingException($"checkpoint '{stateFile}' has no value for parameter '{p.Spec.Name}'");
-                }
-
-                p.Load(value, tensors.GetValueOrDefault(Checkpoint.M(p.Spec.Name)), tensors.GetValueOrDefault(Checkpoint.V(p.Spec.Name)), stateFile);
-            }
-        }
-        catch (Exception e) when (e is OnnxModelException or TrainingException)
-        {
-            throw new CheckpointUnreadableException($"{stateFile}: {e.Message}", e);
-        }
-
+        var state = Checkpoint.LoadInto(stateFile, _resident, _options.Seed);
         if (initial)
         {
             // The artifact's checkpoint is the starting point, not a run position: keep the seed given now.
@@ -369,29 +294,22 @@ public sealed class Trainer : IDisposable
             // Every rank draws the same global batch and pads it to the same length; a rank feeds its shard of it.
             var indices = _order.Next(_options.BatchSize);
             var length = _train.BatchLength(indices);
-            var local = _parallel?.BeginMicroBatch(micro, indices, micro == 0 ? [] : Accumulators()) ?? indices;
+            var local = _parallel?.BeginMicroBatch(micro, indices, micro == 0 ? [] : _resident.Accumulators()) ?? indices;
             var feeder = Feeder(local.Length, length);
             feeder.Fill(_train, local);
             stepTokens += (long)indices.Length * length;
-            BindCommon(_gradBinding, _gradInputs, feeder);
-            foreach (var p in _parameters.Where(p => p.Spec.Trainable))
-            {
-                _gradBinding.BindInput("grad_acc." + p.Spec.Name, micro == 0 ? Zeros(p.Spec) : p.Acc![p.AccCurrent]);
-                _gradBinding.BindOutput("grad_acc_out." + p.Spec.Name, p.Acc![1 - p.AccCurrent]);
-            }
-
-            _gradBinding.BindOutput("loss", _loss);
-            _gradBinding.BindOutput("task_loss", _taskLoss);
-            _grad.RunWithBinding(_runOptions, _gradBinding);
-            foreach (var p in _parameters.Where(p => p.Spec.Trainable))
-            {
-                p.AccCurrent = 1 - p.AccCurrent;
-            }
+            var binding = _sessions.GradBinding;
+            BindCommon(binding, _sessions.GradInputs, feeder);
+            _resident.BindAccumulators(binding, first: micro == 0);
+            binding.BindOutput(ArtifactContract.Loss, _loss);
+            binding.BindOutput(ArtifactContract.TaskLoss, _taskLoss);
+            _sessions.Grad.RunWithBinding(_sessions.RunOptions, binding);
+            _resident.SwapAccumulators();
 
             var l = ReadScalar(_loss);
             if (!double.IsFinite(l) && _parallel is null)
             {
-                throw new TrainingDivergedException(step, "loss", l, _lastCheckpoint);
+                throw new TrainingDivergedException(step, ArtifactContract.Loss, l, _lastCheckpoint);
             }
 
             // Data parallel: this rank's share of the global batch's mean loss.
@@ -402,10 +320,10 @@ public sealed class Trainer : IDisposable
 
         if (_parallel is not null)
         {
-            (loss, taskLoss) = _parallel.Reduce(Accumulators(), loss, taskLoss);
+            (loss, taskLoss) = _parallel.Reduce(_resident.Accumulators(), loss, taskLoss);
             if (!double.IsFinite(loss))
             {
-                throw new TrainingDivergedException(step, "loss", loss, _lastCheckpoint);
+                throw new TrainingDivergedException(step, ArtifactContract.Loss, loss, _lastCheckpoint);
             }
         }
 
@@ -413,35 +331,21 @@ public sealed class Trainer : IDisposable
         WriteScalar(_lr, (float)lr);
         WriteScalar(_stepValue, step);
         WriteScalar(_gradScale, (_parallel?.GradScale ?? 1f) / _options.Accumulate);
-        _optimizerBinding.BindInput("lr", _lr);
-        _optimizerBinding.BindInput("step", _stepValue);
-        _optimizerBinding.BindInput("grad_scale", _gradScale);
-        foreach (var p in _parameters.Where(p => p.Spec.Trainable))
-        {
-            var name = p.Spec.Name;
-            _optimizerBinding.BindInput(name, p.Values[p.Current]);
-            _optimizerBinding.BindInput("grad." + name, p.Acc![p.AccCurrent]);
-            _optimizerBinding.BindInput(Checkpoint.M(name), p.M![p.Current]);
-            _optimizerBinding.BindInput(Checkpoint.V(name), p.V![p.Current]);
-            _optimizerBinding.BindOutput("new." + name, p.Values[1 - p.Current]);
-            _optimizerBinding.BindOutput("new.m." + name, p.M![1 - p.Current]);
-            _optimizerBinding.BindOutput("new.v." + name, p.V![1 - p.Current]);
-        }
-
-        _optimizerBinding.BindOutput("grad_norm", _gradNorm);
-        _optimizer.RunWithBinding(_runOptions, _optimizerBinding);
+        var optimizer = _sessions.OptimizerBinding;
+        optimizer.BindInput(ArtifactContract.LearningRate, _lr);
+        optimizer.BindInput(ArtifactContract.Step, _stepValue);
+        optimizer.BindInput(ArtifactContract.GradScale, _gradScale);
+        _resident.BindOptimizer(optimizer);
+        optimizer.BindOutput(ArtifactContract.GradNorm, _gradNorm);
+        _sessions.Optimizer.RunWithBinding(_sessions.RunOptions, optimizer);
         var gradNorm = ReadScalar(_gradNorm);
         if (!double.IsFinite(gradNorm))
         {
             // The new buffers hold the broken update; the old ones are untouched, so do not swap.
-            throw new TrainingDivergedException(step, "grad_norm", gradNorm, _lastCheckpoint);
+            throw new TrainingDivergedException(step, ArtifactContract.GradNorm, gradNorm, _lastCheckpoint);
         }
 
-        foreach (var p in _parameters.Where(p => p.Spec.Trainable))
-        {
-            p.Current = 1 - p.Current;
-        }
-
+        _resident.SwapState();
         _state = _state with { Step = step, TokensSeen = _state.TokensSeen + stepTokens };
         var seconds = watch.Elapsed.TotalSeconds;
         return new StepReport(step, _options.Steps, loss / _options.Accumulate, taskLoss / _options.Accumulate, lr,
@@ -465,8 +369,9 @@ public sealed class Trainer : IDisposable
     public EvalResult EvaluateMetrics(Dataset? data = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        var _evalBinding = _sessions.EvalBinding;
         data ??= _evalSet ?? throw new InvalidOperationException("the trainer has no eval set");
-        var classify = Manifest.Loss.Kind == "classify" && Manifest.ModelOutputs.Count > 0 && Limits.Classes is > 0;
+        var classify = Manifest.Loss.Kind == ArtifactContract.ClassifyLoss && Manifest.ModelOutputs.Count > 0 && Limits.Classes is > 0;
         var counts = classify ? new ClassificationCounts() : null;
         double loss = 0, taskLoss = 0;
         var seen = 0;
@@ -482,15 +387,15 @@ public sealed class Trainer : IDisposable
             int[] indices = [.. Enumerable.Range(start, size)];
             var feeder = Feeder(size, data.BatchLength(indices));
             feeder.Fill(data, indices);
-            BindCommon(_evalBinding, _evalInputs, feeder);
-            _evalBinding.BindOutput("loss", _loss);
-            _evalBinding.BindOutput("task_loss", _taskLoss);
+            BindCommon(_evalBinding, _sessions.EvalInputs, feeder);
+            _evalBinding.BindOutput(ArtifactContract.Loss, _loss);
+            _evalBinding.BindOutput(ArtifactContract.TaskLoss, _taskLoss);
             if (counts is not null)
             {
                 _evalBinding.BindOutputToDevice(Manifest.ModelOutputs[0], OrtMemoryInfo.DefaultInstance);
             }
 
-            _eval.RunWithBinding(_runOptions, _evalBinding);
+            _sessions.Eval.RunWithBinding(_sessions.RunOptions, _evalBinding);
             loss += ReadScalar(_loss) * size;
             taskLoss += ReadScalar(_taskLoss) * size;
             if (counts is not null)
@@ -508,7 +413,7 @@ public sealed class Trainer : IDisposable
         loss /= seen;
         taskLoss /= seen;
         return new EvalResult(loss, taskLoss, counts?.Accuracy, counts?.MacroF1,
-            Manifest.Loss.Kind == "causal_lm" ? Math.Exp(Math.Min(taskLoss, 700)) : null);
+            Manifest.Loss.Kind == ArtifactContract.CausalLmLoss ? Math.Exp(Math.Min(taskLoss, 700)) : null);
     }
 
     /// <summary>The best evaluation so far by <see cref="TrainerOptions.BestMetric"/>, and where its checkpoint is.</summary>
@@ -535,14 +440,10 @@ public sealed class Trainer : IDisposable
         string? path = null;
         if (_options.CheckpointDir is { } dir)
         {
-            path = Path.Combine(dir, "best");
-            Directory.CreateDirectory(path);
-            using var model = BuildCheckpoint();
-            model.Metadata.Add(new("best_metric", metric));
-            model.Metadata.Add(new("best_value", value.ToString("R", System.Globalization.CultureInfo.InvariantCulture)));
-            var tmp = Path.Combine(path, Checkpoint.FileName + ".tmp");
-            model.Save(tmp);
-            File.Move(tmp, Path.Combine(path, Checkpoint.FileName), overwrite: true);
+            path = Path.Combine(dir, CheckpointStore.BestDirectory);
+            using var model = Checkpoint.Build(_resident, State, _schedule,
+                [new("best_metric", metric), new("best_value", value.ToString("R", System.Globalization.CultureInfo.InvariantCulture))]);
+            Checkpoint.WriteAtomically(model, path);
         }
 
         _best = new BestEvaluation(metric, value, _state.Step, path is null ? null : Path.Combine(path, Checkpoint.FileName));
@@ -573,59 +474,41 @@ public sealed class Trainer : IDisposable
     }
 
     /// <summary>The current state as a checkpoint model (parameters, moments, trainer state).</summary>
-    public Model BuildCheckpoint()
-    {
-        var tensors = new List<Tensor>();
-        foreach (var p in _parameters)
-        {
-            tensors.Add(p.ToTensor(p.Spec.Name, p.Values[p.Current]));
-            if (p.Spec.Trainable)
-            {
-                tensors.Add(p.ToTensor(Checkpoint.M(p.Spec.Name), p.M![p.Current]));
-                tensors.Add(p.ToTensor(Checkpoint.V(p.Spec.Name), p.V![p.Current]));
-            }
-        }
-
-        return Checkpoint.Build(tensors, State,
-        [
-            new("lr_schedule", _schedule.Kind.ToString().ToLowerInvariant()),
-            new("lr_peak", _schedule.BaseLr.ToString("R", System.Globalization.CultureInfo.InvariantCulture)),
-            new("lr_warmup", _schedule.WarmupSteps.ToString(System.Globalization.CultureInfo.InvariantCulture)),
-            new("lr_total_steps", _schedule.TotalSteps.ToString(System.Globalization.CultureInfo.InvariantCulture)),
-        ]);
-    }
+    public Model BuildCheckpoint() => Checkpoint.Build(_resident, State, _schedule);
 
     /// <summary>The current values of the parameters, as host tensors named like the model's initializers.</summary>
-    public IReadOnlyList<Tensor> ParameterTensors() => [.. _parameters.Select(p => p.ToTensor(p.Spec.Name, p.Values[p.Current]))];
+    public IReadOnlyList<Tensor> ParameterTensors() => _resident.ParameterTensors();
 
     /// <summary>
     /// Writes <paramref name="sourceModel"/> with its parameters replaced by the current values: the fine-tuned
     /// model for inference.
     /// </summary>
-    public void ExportInference(string sourceModel, string outputPath, IEnumerable<KeyValuePair<string, string>>? metadata = null) =>
-        InferenceExport.Write(sourceModel, ParameterTensors(), outputPath, _state.Step, metadata);
+    /// <exception cref="TrainingException">The source model is not the one the artifact was compiled from, or unreadable.</exception>
+    public void ExportInference(string sourceModel, string outputPath, IEnumerable<KeyValuePair<string, string>>? metadata = null)
+    {
+        try
+        {
+            using var model = Model.Load(sourceModel);
+            InferenceExport.SetParameters(model, sourceModel, ParameterTensors(), _state.Step, metadata);
+            if (Path.GetDirectoryName(Path.GetFullPath(outputPath)) is { } dir)
+            {
+                Directory.CreateDirectory(dir);
+            }
+
+            model.Save(outputPath);
+        }
+        catch (OnnxModelException e)
+        {
+            throw new TrainingException(e.Message, e);
+        }
+    }
 
     /// <summary>
     /// Peak bytes in use of the grad, optimizer and eval sessions' allocators for the execution device (ORT
     /// <c>MaxInUse</c>), summed; the resident state is allocated from the grad session's allocator, so it is
     /// included. Null when the allocators keep no statistics.
     /// </summary>
-    public long? MaxInUseBytes()
-    {
-        long total = 0;
-        var any = false;
-        foreach (var session in new[] { _grad, _optimizer, _eval })
-        {
-            using var allocator = new OrtAllocator(session, _memoryInfo);
-            if (AllocatorStats.MaxInUse(allocator) is { } bytes)
-            {
-                total += bytes;
-                any = true;
-            }
-        }
-
-        return any ? total : null;
-    }
+    public long? MaxInUseBytes() => _sessions.MaxInUseBytes();
 
     /// <inheritdoc />
     public void Dispose()
@@ -637,15 +520,7 @@ public sealed class Trainer : IDisposable
 
         _disposed = true;
         _store?.Dispose();
-        foreach (var p in _parameters)
-        {
-            p.Dispose();
-        }
-
-        foreach (var z in _zeros.Values)
-        {
-            z.Dispose();
-        }
+        _resident.Dispose();
 
         foreach (var f in _feeders.Values)
         {
@@ -657,20 +532,9 @@ public sealed class Trainer : IDisposable
             v.Dispose();
         }
 
-        _gradBinding.Dispose();
-        _optimizerBinding.Dispose();
-        _evalBinding.Dispose();
-        _copier?.Dispose();
-        _allocator.Dispose();
-        _grad.Dispose();
-        _optimizer.Dispose();
-        _eval.Dispose();
-        _runOptions.Dispose();
+        _sessions.Dispose();
         _metrics?.Dispose();
     }
-
-    /// <summary>The running gradient sums of the trainable parameters.</summary>
-    private List<OrtValue> Accumulators() => [.. _parameters.Where(p => p.Spec.Trainable).Select(p => p.Acc![p.AccCurrent])];
 
     /// <summary>Data parallel: rank 0's parameters, moments and position to every rank (before the first step, after a load).</summary>
     private void SynchronizeRanks()
@@ -680,8 +544,7 @@ public sealed class Trainer : IDisposable
             return;
         }
 
-        var state = _parallel.Synchronize(State, [.. _parameters.Where(p => p.Spec.Trainable)
-            .SelectMany(p => new[] { p.Values[p.Current], p.M![p.Current], p.V![p.Current] })]);
+        var state = _parallel.Synchronize(State, _resident.TrainableState());
         _state = state;
         _order = new DataOrder(_train.Count, state.DataSeed, state.DataEpoch, state.DataPosition);
     }
@@ -696,13 +559,7 @@ public sealed class Trainer : IDisposable
             }
         }
 
-        foreach (var p in _parameters)
-        {
-            if (inputs.Contains(p.Spec.Name))
-            {
-                binding.BindInput(p.Spec.Name, p.Values[p.Current]);
-            }
-        }
+        _resident.BindParameters(binding, inputs);
     }
 
     // Examples per window of the shuffled order that are sorted by length, so that batches hold similar lengths.
@@ -718,49 +575,6 @@ public sealed class Trainer : IDisposable
         }
 
         return feeder;
-    }
-
-    private OrtValue Zeros(ParameterSpec spec)
-    {
-        var key = $"{spec.ElementType}:{string.Join('x', spec.Shape)}";
-        if (!_zeros.TryGetValue(key, out var zeros))
-        {
-            zeros = Allocate(spec.ElementType, [.. spec.Shape]);
-            Upload(zeros, new byte[spec.ElementType.ByteCount(spec.ElementCount)]);
-            _zeros[key] = zeros;
-        }
-
-        return zeros;
-    }
-
-    private OrtValue Allocate(ElementType type, long[] shape) =>
-        OrtValue.CreateAllocatedTensorValue(_allocator, (TensorElementType)(int)type, shape);
-
-    private void Upload(OrtValue destination, ReadOnlySpan<byte> data)
-    {
-        if (_copier is null)
-        {
-            data.CopyTo(destination.GetTensorMutableRawData());
-            return;
-        }
-
-        var info = destination.GetTensorTypeAndShape();
-        using var host = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, info.ElementDataType, info.Shape);
-        data.CopyTo(host.GetTensorMutableRawData());
-        _copier.Copy(host, destination);
-    }
-
-    private byte[] Download(OrtValue source)
-    {
-        if (_copier is null)
-        {
-            return source.GetTensorMutableRawData().ToArray();
-        }
-
-        var info = source.GetTensorTypeAndShape();
-        using var host = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, info.ElementDataType, info.Shape);
-        _copier.Copy(source, host);
-        return host.GetTensorMutableRawData().ToArray();
     }
 
     private static OrtValue HostScalar() => OrtValue.CreateTensorValueFromMemory(new float[1], []);
@@ -781,7 +595,7 @@ public sealed class Trainer : IDisposable
         needsCustomOps = eval.GetOpsetVersion(CustomOpLibrary.Domain) is not null
             || eval.Graph.AllNodes().Any(n => n.Domain == CustomOpLibrary.Domain);
         long? classes = null;
-        if (Manifest.Loss.Kind == "classify" && Manifest.ModelOutputs.Count > 0
+        if (Manifest.Loss.Kind == ArtifactContract.ClassifyLoss && Manifest.ModelOutputs.Count > 0
             && eval.Graph.Outputs.FirstOrDefault(o => o.Name == Manifest.ModelOutputs[0])?.Shape is { Count: 2 } shape)
         {
             classes = shape[1].Value;
@@ -811,194 +625,10 @@ public sealed class Trainer : IDisposable
         }
     }
 
-    private void CheckGraphInterfaces()
-    {
-        var known = new HashSet<string>(Manifest.DataInputs.Select(d => d.Name).Concat(Manifest.Parameters.Select(p => p.Name)), StringComparer.Ordinal);
-        foreach (var input in _grad.InputNames)
-        {
-            if (!known.Contains(input) && !(input.StartsWith("grad_acc.", StringComparison.Ordinal) && known.Contains(input["grad_acc.".Length..])))
-            {
-                throw new TrainingException($"{Manifest.GradGraph} input '{input}' is neither a data input nor a parameter of training.json");
-            }
-        }
-
-        foreach (var input in _eval.InputNames)
-        {
-            if (!known.Contains(input))
-            {
-                throw new TrainingException($"{Manifest.EvalGraph} input '{input}' is neither a data input nor a parameter of training.json");
-            }
-        }
-
-        foreach (var (session, file, outputs) in new[]
-        {
-            (_grad, Manifest.GradGraph, new[] { "loss", "task_loss" }.Concat(Manifest.Trainable.Select(p => "grad_acc_out." + p.Name))),
-            (_optimizer, Manifest.OptimizerGraph, new[] { "grad_norm" }.Concat(Manifest.Trainable.Select(p => "new." + p.Name))),
-            (_eval, Manifest.EvalGraph, new[] { "loss", "task_loss" }),
-        })
-        {
-            var have = session.OutputNames.ToHashSet(StringComparer.Ordinal);
-            if (outputs.FirstOrDefault(o => !have.Contains(o)) is { } missing)
-            {
-                throw new TrainingException($"{file} has no output '{missing}' (the artifact does not follow training.json)");
-            }
-        }
-    }
-
-    private static ExecutionDevice ChooseDevice(ExecutionDevice wanted) => ResolveDevice(wanted);
-
     /// <summary>
     /// The device a trainer asked for <paramref name="wanted"/> runs on: Auto is CUDA when ORT has the CUDA provider
     /// and sptc's CUDA kernels are built, else CPU. Cuda fails (<see cref="TrainingException"/>, one line) when either
     /// is missing; a missing GPU surfaces when the first session starts.
     /// </summary>
-    public static ExecutionDevice ResolveDevice(ExecutionDevice wanted)
-    {
-        var provider = OrtEnv.Instance().GetAvailableProviders().Contains("CUDAExecutionProvider");
-        string? kernels = null;
-        try
-        {
-            kernels = NativeOpLibrary.CudaPath;
-        }
-        catch (FileNotFoundException)
-        {
-        }
-
-        return wanted switch
-        {
-            ExecutionDevice.Cpu => ExecutionDevice.Cpu,
-            ExecutionDevice.Auto => provider && kernels is not null ? ExecutionDevice.Cuda : ExecutionDevice.Cpu,
-            ExecutionDevice.Cuda when !provider => throw new TrainingException(
-                "--device cuda: this ONNX Runtime has no CUDA execution provider (build with SPTC_ORT_GPU=1, i.e. " +
-                "-p:SptOrtGpu=true, on a GPU host); use --device cpu"),
-            ExecutionDevice.Cuda when kernels is null => throw new TrainingException(
-                $"--device cuda: sptc's CUDA kernels ({NativeOpLibrary.CudaFileName}) are not built " +
-                "(dotnet build -p:SptWithCuda=ON, needs nvcc); use --device cpu"),
-            _ => ExecutionDevice.Cuda,
-        };
-    }
-
-    private SessionOptions SessionOptionsFor(ExecutionDevice device, bool needsCustomOps)
-    {
-        var options = new SessionOptions { LogSeverityLevel = OrtLogging.SessionLevel };
-        if (_options.IntraOpThreads > 0)
-        {
-            options.IntraOpNumThreads = _options.IntraOpThreads;
-        }
-
-        if (device == ExecutionDevice.Cuda)
-        {
-            try
-            {
-                options.AppendExecutionProvider_CUDA(0);
-            }
-            catch (OnnxRuntimeException e)
-            {
-                options.Dispose();
-                throw new TrainingException("--device cuda: the CUDA execution provider did not start (no usable GPU?): " +
-                    e.Message.Split('\n')[0], e);
-            }
-        }
-
-        if (needsCustomOps)
-        {
-            try
-            {
-                NativeOpLibrary.Register(options, cuda: device == ExecutionDevice.Cuda);
-            }
-            catch (FileNotFoundException e)
-            {
-                options.Dispose();
-                throw new TrainingException($"the training graphs use sptc's operators, but {e.Message}", e);
-            }
-        }
-
-        return options;
-    }
-
-    private InferenceSession CreateSession(string file, bool needsCustomOps)
-    {
-        var path = Path.Combine(ArtifactDirectory, file);
-        if (!File.Exists(path))
-        {
-            throw new TrainingException($"{ArtifactDirectory}: {file} is missing");
-        }
-
-        using var options = SessionOptionsFor(Device, needsCustomOps);
-        return new InferenceSession(path, options);
-    }
-
-    /// <summary>One parameter's resident tensors: value (and for trainable ones m, v, grad accumulators), double-buffered.</summary>
-    private sealed class ResidentParameter : IDisposable
-    {
-        private readonly Trainer _owner;
-
-        public ResidentParameter(ParameterSpec spec, Trainer owner)
-        {
-            Spec = spec;
-            _owner = owner;
-            long[] shape = [.. spec.Shape];
-            var copies = spec.Trainable ? 2 : 1;
-            Values = [.. Enumerable.Range(0, copies).Select(_ => owner.Allocate(spec.ElementType, shape))];
-            if (spec.Trainable)
-            {
-                M = [owner.Allocate(spec.ElementType, shape), owner.Allocate(spec.ElementType, shape)];
-                V = [owner.Allocate(spec.ElementType, shape), owner.Allocate(spec.ElementType, shape)];
-                Acc = [owner.Allocate(spec.ElementType, shape), owner.Allocate(spec.ElementType, shape)];
-            }
-        }
-
-        public ParameterSpec Spec { get; }
-
-        public OrtValue[] Values { get; }
-
-        public OrtValue[]? M { get; }
-
-        public OrtValue[]? V { get; }
-
-        public OrtValue[]? Acc { get; }
-
-        /// <summary>Which of the two buffers of Values/M/V holds the current state.</summary>
-        public int Current { get; set; }
-
-        /// <summary>Which accumulator buffer holds the running gradient sum.</summary>
-        public int AccCurrent { get; set; }
-
-        public void Load(Tensor value, Tensor? m, Tensor? v, string file)
-        {
-            Check(value, Spec.Name, file);
-            Current = 0;
-            _owner.Upload(Values[0], value.GetRawData().Span);
-            if (!Spec.Trainable)
-            {
-                return;
-            }
-
-            var zeros = new byte[Spec.ElementType.ByteCount(Spec.ElementCount)];
-            if (m is not null) Check(m, Checkpoint.M(Spec.Name), file);
-            if (v is not null) Check(v, Checkpoint.V(Spec.Name), file);
-            _owner.Upload(M![0], m is null ? zeros : m.GetRawData().Span);
-            _owner.Upload(V![0], v is null ? zeros : v.GetRawData().Span);
-        }
-
-        public Tensor ToTensor(string name, OrtValue value) =>
-            Tensor.FromRawData(name, Spec.ElementType, Spec.Shape, _owner.Download(value));
-
-        public void Dispose()
-        {
-            foreach (var buffer in Values.Concat(M ?? []).Concat(V ?? []).Concat(Acc ?? []))
-            {
-                buffer.Dispose();
-            }
-        }
-
-        private void Check(Tensor t, string name, string file)
-        {
-            if (t.ElementType != Spec.ElementType || !t.Dims.SequenceEqual(Spec.Shape))
-            {
-                throw new TrainingException($"checkpoint '{file}': '{name}' is {t.ElementType.ShortName()}[{string.Join(',', t.Dims)}], " +
-                    $"the artifact expects {Spec.ElementType.ShortName()}[{string.Join(',', Spec.Shape)}]");
-            }
-        }
-    }
+    public static ExecutionDevice ResolveDevice(ExecutionDevice wanted) => TrainingSessions.ResolveDevice(wanted);
 }

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Spt.Ir;
+using Spt.Passes.Training;
 
 namespace Spt.Runtime.Training;
 
@@ -64,28 +65,13 @@ public sealed record LossSpec(string Kind, long IgnoreIndex, double PqWeight)
 public sealed record OptimizerSpec(double Beta1, double Beta2, double Epsilon, double WeightDecay, double MaxGradNorm);
 
 /// <summary>
-/// The manifest <c>training.json</c> of a training-artifact directory (written by <c>sptc compile-training</c>).
-/// Layout of the directory:
-/// <list type="bullet">
-/// <item><c>training.json</c>: this manifest (format <see cref="FormatName"/>, <c>format_version</c> 1).</item>
-/// <item><c>grad.onnx</c>: data inputs + every parameter + <c>grad_acc.&lt;p&gt;</c> per trainable parameter
-/// → <c>loss</c>, <c>task_loss</c>, <c>grad_acc_out.&lt;p&gt;</c>.</item>
-/// <item><c>optimizer.onnx</c>: <c>lr</c>, <c>step</c>, <c>grad_scale</c>, <c>&lt;p&gt;</c>, <c>grad.&lt;p&gt;</c>,
-/// <c>m.&lt;p&gt;</c>, <c>v.&lt;p&gt;</c> → <c>new.&lt;p&gt;</c>, <c>new.m.&lt;p&gt;</c>, <c>new.v.&lt;p&gt;</c>, <c>grad_norm</c>.</item>
-/// <item><c>eval.onnx</c>: data inputs + every parameter → <c>loss</c>, <c>task_loss</c>, the model's outputs.</item>
-/// <item><c>checkpoint/state.onnx</c>: the initial checkpoint (see <see cref="Checkpoint"/>).</item>
-/// </list>
+/// The manifest <c>training.json</c> of a training-artifact directory (written by <c>sptc compile-training</c>), as
+/// the runtime reads it; the directory's layout and names are <see cref="ArtifactContract"/>.
 /// </summary>
 public sealed class TrainingManifest
 {
-    /// <summary>Value of the <c>format</c> key.</summary>
-    public const string FormatName = "sptc-training";
-
     /// <summary>The manifest's file name inside the artifact directory.</summary>
-    public const string FileName = "training.json";
-
-    /// <summary>Format version this build reads and writes.</summary>
-    public const int FormatVersion = 1;
+    public const string FileName = ArtifactContract.ManifestFile;
 
     /// <summary>Data inputs, in graph order.</summary>
     public required IReadOnlyList<DataInputSpec> DataInputs { get; init; }
@@ -100,16 +86,16 @@ public sealed class TrainingManifest
     public required OptimizerSpec Optimizer { get; init; }
 
     /// <summary>File name of the forward+backward graph.</summary>
-    public string GradGraph { get; init; } = "grad.onnx";
+    public string GradGraph { get; init; } = ArtifactContract.GradFile;
 
     /// <summary>File name of the optimizer graph.</summary>
-    public string OptimizerGraph { get; init; } = "optimizer.onnx";
+    public string OptimizerGraph { get; init; } = ArtifactContract.OptimizerFile;
 
     /// <summary>File name of the eval graph.</summary>
-    public string EvalGraph { get; init; } = "eval.onnx";
+    public string EvalGraph { get; init; } = ArtifactContract.EvalFile;
 
     /// <summary>Path of the initial checkpoint, relative to the artifact directory.</summary>
-    public string InitialCheckpoint { get; init; } = "checkpoint/state.onnx";
+    public string InitialCheckpoint { get; init; } = ArtifactContract.InitialCheckpoint;
 
     /// <summary>The source model's outputs, as eval.onnx passes them through.</summary>
     public IReadOnlyList<string> ModelOutputs { get; init; } = [];
@@ -148,9 +134,9 @@ public sealed class TrainingManifest
     public static TrainingManifest Parse(JsonObject json)
     {
         var version = json["format_version"]?.GetValue<int>() ?? throw new TrainingException("training.json has no format_version");
-        if (version != FormatVersion)
+        if (version != ArtifactContract.FormatVersion)
         {
-            throw new TrainingException($"training.json has format_version {version}; this build reads {FormatVersion}");
+            throw new TrainingException($"training.json has format_version {version}; this build reads {ArtifactContract.FormatVersion}");
         }
 
         var graphs = json["graphs"] as JsonObject;
@@ -183,14 +169,15 @@ public sealed class TrainingManifest
                 optimizer["eps"]?.GetValue<double>() ?? 1e-8,
                 optimizer["weight_decay"]?.GetValue<double>() ?? 0,
                 optimizer["max_grad_norm"]?.GetValue<double>() ?? 0),
-            GradGraph = GraphFile(graphs, "grad"),
-            OptimizerGraph = GraphFile(graphs, "optimizer"),
-            EvalGraph = GraphFile(graphs, "eval"),
+            GradGraph = GraphFile(graphs, "grad", ArtifactContract.GradFile),
+            OptimizerGraph = GraphFile(graphs, "optimizer", ArtifactContract.OptimizerFile),
+            EvalGraph = GraphFile(graphs, "eval", ArtifactContract.EvalFile),
             InitialCheckpoint = json["checkpoint"] switch
             {
-                JsonObject c => Path.Combine(c["directory"]?.GetValue<string>() ?? "checkpoint", c["file"]?.GetValue<string>() ?? Checkpoint.FileName),
+                JsonObject c => Path.Combine(c["directory"]?.GetValue<string>() ?? ArtifactContract.CheckpointDirectory,
+                    c["file"]?.GetValue<string>() ?? ArtifactContract.CheckpointFile),
                 JsonValue v => v.GetValue<string>(),
-                _ => "checkpoint/state.onnx",
+                _ => ArtifactContract.InitialCheckpoint,
             },
             ModelOutputs = (json["model_outputs"] ?? json["source_model"]?["outputs"]) is JsonArray outs ? [.. outs.Select(o => o!.GetValue<string>())] : [],
             SourceModel = json["source_model"] as JsonObject is { } source ? (JsonObject)source.DeepClone() : new JsonObject(),
@@ -200,8 +187,8 @@ public sealed class TrainingManifest
     /// <summary>The manifest as JSON (the format <see cref="Parse"/> reads).</summary>
     public JsonObject ToJson() => new()
     {
-        ["format"] = FormatName,
-        ["format_version"] = FormatVersion,
+        ["format"] = ArtifactContract.FormatName,
+        ["format_version"] = ArtifactContract.FormatVersion,
         ["source_model"] = SourceModel.DeepClone(),
         ["graphs"] = new JsonObject
         {
@@ -303,11 +290,11 @@ public sealed class TrainingManifest
     };
 
     /// <summary>A graph's file: <c>graphs.NAME</c> is a file name or an object with <c>file</c>.</summary>
-    private static string GraphFile(JsonObject? graphs, string name) => graphs?[name] switch
+    private static string GraphFile(JsonObject? graphs, string name, string defaultFile) => graphs?[name] switch
     {
-        JsonObject o => o["file"]?.GetValue<string>() ?? name + ".onnx",
+        JsonObject o => o["file"]?.GetValue<string>() ?? defaultFile,
         JsonValue v => v.GetValue<string>(),
-        _ => name + ".onnx",
+        _ => defaultFile,
     };
 
     private static T Required<T>(JsonObject json, string key) where T : JsonNode =>

@@ -59,7 +59,7 @@ public sealed class SptOpGradientTests
         WithSpt(b);
         Value V(string n) => b.Graph.FindValue(n)!;
         var y = b.Node("RoutedFFN", [V("x"), V("w1"), V("b1"), V("w2"), V("b2"), V("wr"), V("br")], 1,
-            [("n_blocks", 2L), ("top_k", 1L), ("activation", "gelu"), ("gate", "2sigmoid_all"), ("frozen_base", 0L)], CustomOpLibrary.Domain).Outputs[0];
+            [("n_blocks", 2L), ("blocks_per_token", 1L), ("activation", "gelu"), ("gate", "2sigmoid_all"), ("frozen_base", 0L)], CustomOpLibrary.Domain).Outputs[0];
         double error = Run(new Case { Builder = b, Output = y, Feeds = feeds, Differentiate = ["x", "w1", "b1", "w2", "b2", "wr", "br"] }, h: 1e-3, customOps: true);
         Assert.True(error <= 1e-2, $"relative error {error:E2}");
     }
@@ -72,7 +72,7 @@ public sealed class SptOpGradientTests
         var w1 = b.Initializer("w1", Random(32, -1, 1, 1), 4, 8);
         var w2 = b.Initializer("w2", Random(32, -1, 1, 2), 8, 4);
         var wr = b.Initializer("wr", Random(8, -1, 1, 3), 4, 2);
-        var y = b.Node("RoutedFFN", [b.Graph.FindValue("x"), w1, null, w2, null, wr], 1, [("n_blocks", 2L), ("top_k", 1L)], CustomOpLibrary.Domain, name: "ffn").Outputs[0];
+        var y = b.Node("RoutedFFN", [b.Graph.FindValue("x"), w1, null, w2, null, wr], 1, [("n_blocks", 2L), ("blocks_per_token", 1L)], CustomOpLibrary.Domain, name: "ffn").Outputs[0];
         b.Output(y, "out");
         var model = b.Build();
         // By default the compiler freezes what frozen_base = 1 freezes: only the router trains.
@@ -119,12 +119,12 @@ public sealed class SptOpGradientTests
         var v = Heads(wv); // [B, H, S, E]
         var cq = b.DomainOp(CustomOpLibrary.Domain, "PQEncode", [q, codebook]);
         var ck = b.DomainOp(CustomOpLibrary.Domain, "PQEncode", [k, codebook]);
-        var sel = b.DomainOp(CustomOpLibrary.Domain, "PQTopK", [cq, ck], ("top_k", (long)seq), ("causal", 1L));
+        var sel = b.DomainOp(CustomOpLibrary.Domain, "PQTopK", [cq, ck], ("keys_per_query", (long)seq), ("causal", 1L));
         var attn = b.Node("SparseAttention", [q, k, v, sel], 2, [("causal", 1L)], CustomOpLibrary.Domain).Outputs[0];
         var merged = b.Op("Reshape", b.Op("Transpose", [attn], ("perm", new long[] { 0, 2, 1, 3 })), mergedShape);
         var h1 = b.Op("Add", x, merged);
         var ffn = b.Node("RoutedFFN", [h1, w1, b1, w2, null, wr], 1,
-            [("n_blocks", 2L), ("top_k", 1L), ("activation", "relu"), ("gate", "2sigmoid_all"), ("frozen_base", 0L)], CustomOpLibrary.Domain).Outputs[0];
+            [("n_blocks", 2L), ("blocks_per_token", 1L), ("activation", "relu"), ("gate", "2sigmoid_all"), ("frozen_base", 0L)], CustomOpLibrary.Domain).Outputs[0];
         var logits = b.Op("MatMul", b.Op("Add", h1, ffn), head);
         b.Output(logits, "logits");
         var model = b.Build();
@@ -195,7 +195,7 @@ public sealed class SptOpGradientTests
     {
         var gradFeeds = new Dictionary<string, Tensor>(feeds);
         foreach (var p in art.Parameters.Where(p => p.Trainable))
-            gradFeeds[TrainingCompiler.AccumulatorPrefix + p.Name] = Tensor.Create("", new float[p.Shape.Aggregate(1L, (a, c) => a * c)], [.. p.Shape]);
+            gradFeeds[ArtifactContract.AccumulatorPrefix + p.Name] = Tensor.Create("", new float[p.Shape.Aggregate(1L, (a, c) => a * c)], [.. p.Shape]);
 
         using var grad = new OrtRunner(art.Grad, customOps: true);
         using var eval = new OrtRunner(art.Eval, customOps: true);
@@ -218,7 +218,7 @@ public sealed class SptOpGradientTests
         foreach (var p in art.Parameters.Where(p => p.Trainable && skip?.Invoke(p.Name) != true))
         {
             var values = feeds[p.Name].ToFloatArray();
-            var a = analytic[TrainingCompiler.AccumulatorOutputPrefix + p.Name].ToFloatArray();
+            var a = analytic[ArtifactContract.AccumulatorOutputPrefix + p.Name].ToFloatArray();
             // The Richardson-extrapolated directional derivative of the loss along `direction` (unit steps per element).
             double Derivative(float[] direction)
             {

@@ -57,7 +57,7 @@ public sealed class TrainingCompilerTests
             stateModel.Graph.Edit().SetInitializer(stateModel.Graph.FindValue("ln_f.bias")!, changed);
             stateModel.Save(Path.Combine(dir, "checkpoint", "state.onnx"));
             stateModel.Dispose();
-            TrainingCompiler.ExportInference(model, dir, Path.Combine(dir, "inference.onnx"));
+            InferenceExport.FromCheckpoint(model, dir, Path.Combine(dir, "inference.onnx"));
             using var exported = Model.Load(Path.Combine(dir, "inference.onnx"));
             Assert.All(exported.Graph.FindValue("ln_f.bias")!.Initializer!.ToFloatArray(), v => Assert.Equal(0.25f, v));
             Assert.Equal(model.Graph.Nodes.Count, exported.Graph.Nodes.Count);

@@ -42,7 +42,7 @@ public sealed class TrainingOracleTests(ITestOutputHelper output)
     private static void ZeroAccumulators(Dictionary<string, Tensor> feeds, TrainingArtifacts art)
     {
         foreach (var p in art.Parameters.Where(p => p.Trainable))
-            feeds[TrainingCompiler.AccumulatorPrefix + p.Name] = Tensor.Create("", new float[p.Shape.Aggregate(1L, (a, b) => a * b)], [.. p.Shape]);
+            feeds[ArtifactContract.AccumulatorPrefix + p.Name] = Tensor.Create("", new float[p.Shape.Aggregate(1L, (a, b) => a * b)], [.. p.Shape]);
     }
 
     public static TheoryData<string> Opset14Stems => [.. Fixtures.OracleStems.Select(s => s.Replace("_op17", "_op14", StringComparison.Ordinal))];
@@ -83,7 +83,7 @@ public sealed class TrainingOracleTests(ITestOutputHelper output)
         string worstName = "";
         foreach (var (name, expected) in expectedGrads)
         {
-            var actual = outs[TrainingCompiler.AccumulatorOutputPrefix + name].ToFloatArray();
+            var actual = outs[ArtifactContract.AccumulatorOutputPrefix + name].ToFloatArray();
             var (rel, elem) = Fixtures.Compare(actual, expected, normFloor: 1e-4 * globalNorm,
                 elementFloor: 1e-3 * expected.Max(Math.Abs) + 1e-4 * globalMax);
             Assert.True(rel <= 1e-4, $"{name}: relative error {rel:E2}");
@@ -135,7 +135,7 @@ public sealed class TrainingOracleTests(ITestOutputHelper output)
             foreach (var p in trainable)
             {
                 optFeeds[p.Name] = feeds[p.Name];
-                optFeeds["grad." + p.Name] = outs[TrainingCompiler.AccumulatorOutputPrefix + p.Name];
+                optFeeds["grad." + p.Name] = outs[ArtifactContract.AccumulatorOutputPrefix + p.Name];
                 optFeeds["m." + p.Name] = state["m." + p.Name];
                 optFeeds["v." + p.Name] = state["v." + p.Name];
             }

@@ -1,0 +1,274 @@
+using Microsoft.ML.OnnxRuntime;
+using Spt.Ir;
+using Spt.Passes.Training;
+using Spt.Runtime.Memory;
+using TensorElementType = Microsoft.ML.OnnxRuntime.Tensors.TensorElementType;
+
+namespace Spt.Runtime.Training;
+
+/// <summary>
+/// The ORT side of a training run: the grad, optimizer and eval sessions of an artifact directory on one execution
+/// device, their IO bindings, and the device allocator and host/device copies that the resident state uses.
+/// </summary>
+internal sealed class TrainingSessions : IDisposable
+{
+    private readonly OrtMemoryInfo _memoryInfo;
+    private readonly OrtAllocator _allocator;
+    private readonly DeviceCopier? _copier;
+    private readonly int _intraOpThreads;
+
+    /// <summary>Creates the three sessions and checks their inputs and outputs against the manifest.</summary>
+    /// <exception cref="TrainingException">A graph is missing, ORT cannot load it, or it does not follow the manifest.</exception>
+    public TrainingSessions(string artifactDirectory, TrainingManifest manifest, ExecutionDevice device, int intraOpThreads, bool needsCustomOps)
+    {
+        Device = device;
+        _intraOpThreads = intraOpThreads;
+        try
+        {
+            Grad = CreateSession(artifactDirectory, manifest.GradGraph, needsCustomOps);
+            Optimizer = CreateSession(artifactDirectory, manifest.OptimizerGraph, needsCustomOps: false);
+            Eval = CreateSession(artifactDirectory, manifest.EvalGraph, needsCustomOps);
+        }
+        catch (OnnxRuntimeException e)
+        {
+            Grad?.Dispose();
+            Optimizer?.Dispose();
+            throw new TrainingException($"{artifactDirectory}: ONNX Runtime cannot load the training graphs: {e.Message}", e);
+        }
+        catch
+        {
+            Grad?.Dispose();
+            Optimizer?.Dispose();
+            throw;
+        }
+
+        GradInputs = [.. Grad.InputNames];
+        EvalInputs = [.. Eval.InputNames];
+        try
+        {
+            CheckInterfaces(manifest);
+        }
+        catch
+        {
+            Grad.Dispose();
+            Optimizer.Dispose();
+            Eval.Dispose();
+            throw;
+        }
+
+        _memoryInfo = device == ExecutionDevice.Cuda
+            ? new OrtMemoryInfo("Cuda", OrtAllocatorType.DeviceAllocator, 0, OrtMemType.Default)
+            : OrtMemoryInfo.DefaultInstance;
+        _allocator = new OrtAllocator(Grad, _memoryInfo);
+        _copier = device == ExecutionDevice.Cuda ? new DeviceCopier(SessionOptionsFor(device, needsCustomOps: false)) : null;
+        GradBinding = Grad.CreateIoBinding();
+        OptimizerBinding = Optimizer.CreateIoBinding();
+        EvalBinding = Eval.CreateIoBinding();
+    }
+
+    /// <summary>The execution device.</summary>
+    public ExecutionDevice Device { get; }
+
+    public InferenceSession Grad { get; }
+
+    public InferenceSession Optimizer { get; }
+
+    public InferenceSession Eval { get; }
+
+    public OrtIoBinding GradBinding { get; }
+
+    public OrtIoBinding OptimizerBinding { get; }
+
+    public OrtIoBinding EvalBinding { get; }
+
+    public RunOptions RunOptions { get; } = new();
+
+    /// <summary>The input names of grad.onnx.</summary>
+    public HashSet<string> GradInputs { get; }
+
+    /// <summary>The input names of eval.onnx.</summary>
+    public HashSet<string> EvalInputs { get; }
+
+    /// <summary>
+    /// The device a trainer asked for <paramref name="wanted"/> runs on: Auto is CUDA when ORT has the CUDA provider
+    /// and sptc's CUDA kernels are built, else CPU. Cuda fails (<see cref="TrainingException"/>, one line) when either
+    /// is missing; a missing GPU surfaces when the first session starts.
+    /// </summary>
+    public static ExecutionDevice ResolveDevice(ExecutionDevice wanted)
+    {
+        var provider = OrtEnv.Instance().GetAvailableProviders().Contains("CUDAExecutionProvider");
+        string? kernels = null;
+        try
+        {
+            kernels = NativeOpLibrary.CudaPath;
+        }
+        catch (FileNotFoundException)
+        {
+        }
+
+        return wanted switch
+        {
+            ExecutionDevice.Cpu => ExecutionDevice.Cpu,
+            ExecutionDevice.Auto => provider && kernels is not null ? ExecutionDevice.Cuda : ExecutionDevice.Cpu,
+            ExecutionDevice.Cuda when !provider => throw new TrainingException(
+                "--device cuda: this ONNX Runtime has no CUDA execution provider (build with SPTC_ORT_GPU=1, i.e. " +
+                "-p:SptOrtGpu=true, on a GPU host); use --device cpu"),
+            ExecutionDevice.Cuda when kernels is null => throw new TrainingException(
+                $"--device cuda: sptc's CUDA kernels ({NativeOpLibrary.CudaFileName}) are not built " +
+                "(dotnet build -p:SptWithCuda=ON, needs nvcc); use --device cpu"),
+            _ => ExecutionDevice.Cuda,
+        };
+    }
+
+    /// <summary>A tensor from the device allocator (contents undefined).</summary>
+    public OrtValue Allocate(ElementType type, long[] shape) =>
+        OrtValue.CreateAllocatedTensorValue(_allocator, (TensorElementType)(int)type, shape);
+
+    /// <summary>Copies host bytes into a device tensor.</summary>
+    public void Upload(OrtValue destination, ReadOnlySpan<byte> data)
+    {
+        if (_copier is null)
+        {
+            data.CopyTo(destination.GetTensorMutableRawData());
+            return;
+        }
+
+        var info = destination.GetTensorTypeAndShape();
+        using var host = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, info.ElementDataType, info.Shape);
+        data.CopyTo(host.GetTensorMutableRawData());
+        _copier.Copy(host, destination);
+    }
+
+    /// <summary>Copies a device tensor's bytes to the host.</summary>
+    public byte[] Download(OrtValue source)
+    {
+        if (_copier is null)
+        {
+            return source.GetTensorMutableRawData().ToArray();
+        }
+
+        var info = source.GetTensorTypeAndShape();
+        using var host = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, info.ElementDataType, info.Shape);
+        _copier.Copy(source, host);
+        return host.GetTensorMutableRawData().ToArray();
+    }
+
+    /// <summary>
+    /// Peak bytes in use of the three sessions' allocators for the execution device (ORT <c>MaxInUse</c>), summed;
+    /// null when the allocators keep no statistics.
+    /// </summary>
+    public long? MaxInUseBytes()
+    {
+        long total = 0;
+        var any = false;
+        foreach (var session in new[] { Grad, Optimizer, Eval })
+        {
+            using var allocator = new OrtAllocator(session, _memoryInfo);
+            if (AllocatorStats.MaxInUse(allocator) is { } bytes)
+            {
+                total += bytes;
+                any = true;
+            }
+        }
+
+        return any ? total : null;
+    }
+
+    public void Dispose()
+    {
+        GradBinding.Dispose();
+        OptimizerBinding.Dispose();
+        EvalBinding.Dispose();
+        _copier?.Dispose();
+        _allocator.Dispose();
+        Grad.Dispose();
+        Optimizer.Dispose();
+        Eval.Dispose();
+        RunOptions.Dispose();
+    }
+
+    private void CheckInterfaces(TrainingManifest manifest)
+    {
+        var known = new HashSet<string>(manifest.DataInputs.Select(d => d.Name).Concat(manifest.Parameters.Select(p => p.Name)), StringComparer.Ordinal);
+        foreach (var input in Grad.InputNames)
+        {
+            if (!known.Contains(input) && !(ArtifactContract.AccumulatedParameter(input) is { } p && known.Contains(p)))
+            {
+                throw new TrainingException($"{manifest.GradGraph} input '{input}' is neither a data input nor a parameter of {ArtifactContract.ManifestFile}");
+            }
+        }
+
+        foreach (var input in Eval.InputNames)
+        {
+            if (!known.Contains(input))
+            {
+                throw new TrainingException($"{manifest.EvalGraph} input '{input}' is neither a data input nor a parameter of {ArtifactContract.ManifestFile}");
+            }
+        }
+
+        var trainable = manifest.Trainable.Select(p => p.Name).ToList();
+        foreach (var (session, file, outputs) in new[]
+        {
+            (Grad, manifest.GradGraph, ArtifactContract.GradOutputs(trainable)),
+            (Optimizer, manifest.OptimizerGraph, [ArtifactContract.GradNorm, .. trainable.Select(ArtifactContract.Updated)]),
+            (Eval, manifest.EvalGraph, ArtifactContract.EvalLossOutputs),
+        })
+        {
+            var have = session.OutputNames.ToHashSet(StringComparer.Ordinal);
+            if (outputs.FirstOrDefault(o => !have.Contains(o)) is { } missing)
+            {
+                throw new TrainingException($"{file} has no output '{missing}' (the artifact does not follow {ArtifactContract.ManifestFile})");
+            }
+        }
+    }
+
+    private SessionOptions SessionOptionsFor(ExecutionDevice device, bool needsCustomOps)
+    {
+        var options = new SessionOptions { LogSeverityLevel = OrtLogging.SessionLevel };
+        if (_intraOpThreads > 0)
+        {
+            options.IntraOpNumThreads = _intraOpThreads;
+        }
+
+        if (device == ExecutionDevice.Cuda)
+        {
+            try
+            {
+                options.AppendExecutionProvider_CUDA(0);
+            }
+            catch (OnnxRuntimeException e)
+            {
+                options.Dispose();
+                throw new TrainingException("--device cuda: the CUDA execution provider did not start (no usable GPU?): " +
+                    e.Message.Split('\n')[0], e);
+            }
+        }
+
+        if (needsCustomOps)
+        {
+            try
+            {
+                NativeOpLibrary.Register(options, cuda: device == ExecutionDevice.Cuda);
+            }
+            catch (FileNotFoundException e)
+            {
+                options.Dispose();
+                throw new TrainingException($"the training graphs use sptc's operators, but {e.Message}", e);
+            }
+        }
+
+        return options;
+    }
+
+    private InferenceSession CreateSession(string artifactDirectory, string file, bool needsCustomOps)
+    {
+        var path = Path.Combine(artifactDirectory, file);
+        if (!File.Exists(path))
+        {
+            throw new TrainingException($"{artifactDirectory}: {file} is missing");
+        }
+
+        using var options = SessionOptionsFor(Device, needsCustomOps);
+        return new InferenceSession(path, options);
+    }
+}
