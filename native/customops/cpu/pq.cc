@@ -156,6 +156,7 @@ struct TopKProblem {
   const PQTopKDims& d;
   TopKMode mode;
   bool causal;
+  int64_t window;
   const int32_t* codes_q;
   const int32_t* codes_k;
   const uint8_t* key_keep;
@@ -219,8 +220,13 @@ struct TopKScratch {
 [[gnu::always_inline]] inline void TopKRowsImpl(const TopKProblem& w, int64_t bh, int64_t i0, int64_t i1,
                                                 const TopKScratch& s) {
   const PQTopKDims& d = w.d;
-  // Exclusive bound on the keys row i may see (causal rule aligned to the end for Sq != Sk).
-  auto limit_of = [&](int64_t i) { return w.causal ? std::clamp<int64_t>(i + d.Sk - d.Sq + 1, 0, d.Sk) : d.Sk; };
+  // Exclusive bound on the keys row i may see (causal rule aligned to the end for Sq != Sk; a window that is not
+  // causal reaches window - 1 keys past the aligned position), and the first key it may see (the window's start).
+  auto limit_of = [&](int64_t i) {
+    if (w.causal) return std::clamp<int64_t>(i + d.Sk - d.Sq + 1, 0, d.Sk);
+    return w.window > 0 ? std::clamp<int64_t>(i + d.Sk - d.Sq + w.window, 0, d.Sk) : d.Sk;
+  };
+  auto first_of = [&](int64_t i) { return w.window > 0 ? std::clamp<int64_t>(i + d.Sk - d.Sq - w.window + 1, 0, d.Sk) : 0; };
   const int64_t key_end = limit_of(i1 - 1);
   // Subspace-major copy of the visible keys' codes so the match count vectorizes over keys; packed when the
   // codes are small (a few bits each), which reads 8 (or 4) codes with one 32-bit compare.
@@ -242,6 +248,7 @@ struct TopKScratch {
   for (int64_t i = i0; i < i1; ++i) {
     const int32_t* qc = w.codes_q + (bh * d.Sq + i) * d.M;
     const int64_t limit = limit_of(i);
+    const int64_t first = first_of(i);
     if (w.field_bits > 0) {
       uint32_t qw[32];
       pack.Pack(qc, d.M, qw);
@@ -271,7 +278,7 @@ struct TopKScratch {
       // The histogram is kept per key class j % 4 (summed after) so that consecutive increments rarely hit the
       // same counter; the emission is branch-free (a key's slot is written, and kept only when it is taken).
       std::fill(s.histogram, s.histogram + 4 * (d.M + 1), 0);
-      for (int64_t j = 0; j < limit; ++j) {
+      for (int64_t j = first; j < limit; ++j) {
         if (!keep || keep[j]) ++s.histogram[(j & 3) * (d.M + 1) + s.counts[j]];
       }
       for (int64_t n = 0; n <= d.M; ++n) {
@@ -280,7 +287,7 @@ struct TopKScratch {
       int64_t above = 0, threshold = d.M;
       for (; threshold > 0 && above + s.histogram[threshold] < d.L; --threshold) above += s.histogram[threshold];
       int64_t at_threshold = d.L - above, t = 0;
-      for (int64_t j = 0; j < limit && t < d.L; ++j) {
+      for (int64_t j = first; j < limit && t < d.L; ++j) {
         const int32_t n = s.counts[j];
         const bool ok = !keep || keep[j];
         const bool tie = ok && n == threshold && at_threshold > 0;
@@ -299,7 +306,7 @@ struct TopKScratch {
     // cannot fill to the best remaining keys of any class.
     constexpr int64_t kMaxLevels = 4;
     int64_t hist[4][kMaxLevels] = {};
-    for (int64_t j = 0; j < limit; ++j) {
+    for (int64_t j = first; j < limit; ++j) {
       if (!keep || keep[j]) ++hist[j & 3][w.level_of_count[s.counts[j]]];
     }
     int64_t threshold[4], at_threshold[4];
@@ -320,7 +327,7 @@ struct TopKScratch {
     }
     if (fits) {
       int64_t t = 0;
-      for (int64_t j = 0; j < limit && t < d.L; ++j) {
+      for (int64_t j = first; j < limit && t < d.L; ++j) {
         const int64_t c = j & 3, lv = w.level_of_count[s.counts[j]];
         const bool ok = !keep || keep[j];
         const bool tie = ok && lv == threshold[c] && at_threshold[c] > 0;
@@ -334,7 +341,7 @@ struct TopKScratch {
     }
     int64_t eligible = 0;
     for (int64_t j = 0; j < limit; ++j) {
-      const bool ok = !keep || keep[j];
+      const bool ok = j >= first && (!keep || keep[j]);
       s.levels[j] = ok ? w.level_of_count[s.counts[j]] : int16_t{-1};
       eligible += ok;
     }
@@ -363,8 +370,9 @@ SPT_CPU_CLONES void TopKRows(const TopKProblem& w, int64_t bh, int64_t i0, int64
 
 }  // namespace
 
-void PQTopK(const PQTopKDims& d, TopKMode mode, bool causal, const int32_t* codes_q, const int32_t* codes_k,
-            const uint8_t* key_keep, int32_t* indices, const Parallel& par) {
+void PQTopK(const PQTopKDims& d, TopKMode mode, bool causal, int64_t window, const int32_t* codes_q,
+            const int32_t* codes_k, const uint8_t* key_keep, int32_t* indices, const Parallel& par) {
+  if (window < 0) FailAttribute("PQTopK", "window", "must be >= 0 (0 = off); got " + std::to_string(window));
   constexpr int64_t kRowsPerTask = 32;
   const int64_t blocks = CeilDiv(d.Sq, kRowsPerTask);
   const int64_t bucket_width = std::max<int64_t>(1, d.M / 4);
@@ -383,7 +391,7 @@ void PQTopK(const PQTopKDims& d, TopKMode mode, bool causal, const int32_t* code
     }
   }
   const int64_t field_bits = lo < 0 || d.M > 128 ? 0 : hi < 16 ? 4 : hi < 256 ? 8 : 0;
-  const TopKProblem w{d, mode, causal, codes_q, codes_k, key_keep, indices, level_of_count.data(), max_level, field_bits};
+  const TopKProblem w{d, mode, causal, window, codes_q, codes_k, key_keep, indices, level_of_count.data(), max_level, field_bits};
   par.For(static_cast<std::size_t>(d.B * d.H * blocks), [&](std::size_t task) {
     const int64_t bh = static_cast<int64_t>(task) / blocks, block = static_cast<int64_t>(task) % blocks;
     // Per-task scratch, reused by the task's rows.
