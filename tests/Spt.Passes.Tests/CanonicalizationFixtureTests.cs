@@ -1,4 +1,5 @@
 using Spt.Ir;
+using Spt.Passes.Analysis;
 using Spt.Passes.Canonicalization;
 using Xunit.Abstractions;
 
@@ -44,7 +45,7 @@ public class CanonicalizationFixtureTests(ITestOutputHelper output)
         bool UnitAxesInFront(Node n) => shapes.ShapeOf(n.Inputs[0]!) is { } x && shapes.ShapeOf(n.Outputs[0]) is { } y
             && y.Take(y.Count - x.Count).All(d => d.Value == 1) && y.Skip(y.Count - x.Count).SequenceEqual(x);
         Assert.All(result.Graph.Nodes.Where(n => n.OpType == "Reshape" && shapes.ShapeOf(n.Outputs[0])?.Count == 4 && !UnitAxesInFront(n)),
-            n => Assert.True(Patterns.ConstPattern.TensorOf(n.Inputs[1]!) is not null, $"{file}: {n} has a computed target"));
+            n => Assert.True(Analysis.ConstantValue.Of(n.Inputs[1]!) is not null, $"{file}: {n} has a computed target"));
         Assert.Equal(training ? TestSupport.Count(model, "Dropout") : 0, TestSupport.Count(result, "Dropout"));
     }
 }

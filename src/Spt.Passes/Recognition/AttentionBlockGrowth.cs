@@ -84,21 +84,21 @@ public sealed class AttentionBlockGrowth : IPass
                 case "Transpose" or "Reshape" or "Identity" or "Squeeze" or "Unsqueeze" or "Split" or "Slice" or "Cast":
                     v = n.Inputs[0]!;
                     continue;
-                case "Mul" or "Div" when StaticShapes.ScalarOf(n.Inputs[1]) is not null:
+                case "Mul" or "Div" when ConstantValue.Scalar(n.Inputs[1]) is not null:
                     v = n.Inputs[0]!;
                     continue;
-                case "Mul" when StaticShapes.ScalarOf(n.Inputs[0]) is not null:
+                case "Mul" when ConstantValue.Scalar(n.Inputs[0]) is not null:
                     v = n.Inputs[1]!;
                     continue;
                 case "Add":
                 {
                     // Linear bias: Add(b, MatMul) in either order.
-                    if (StaticShapes.ConstantOf(n.Inputs[0]) is not null)
+                    if (ConstantValue.Of(n.Inputs[0]) is not null)
                     {
                         v = n.Inputs[1]!;
                         continue;
                     }
-                    if (StaticShapes.ConstantOf(n.Inputs[1]) is not null)
+                    if (ConstantValue.Of(n.Inputs[1]) is not null)
                     {
                         v = n.Inputs[0]!;
                         continue;
@@ -170,5 +170,5 @@ public sealed class AttentionBlockGrowth : IPass
     /// <summary>MatMul by a constant weight (possibly through a Transpose of it), or Gemm with a constant weight.</summary>
     internal static bool IsLinear(Node n) =>
         n.IsDefaultDomain && n.OpType is "MatMul" or "Gemm" && n.Inputs.Count > 1 && n.Inputs[1] is { } w
-        && (StaticShapes.ConstantOf(w) is not null || (w.Producer is { OpType: "Transpose" } t && StaticShapes.ConstantOf(t.Inputs[0]) is not null));
+        && (ConstantValue.Of(w) is not null || (w.Producer is { OpType: "Transpose" } t && ConstantValue.Of(t.Inputs[0]) is not null));
 }

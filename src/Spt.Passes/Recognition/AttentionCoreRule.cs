@@ -156,10 +156,10 @@ public sealed class AttentionCoreFusion : IPass
                     break;
                 case "Mul" or "Div":
                 {
-                    int constIndex = StaticShapes.ScalarOf(n.Inputs[1]) is not null ? 1 : n.OpType == "Mul" && StaticShapes.ScalarOf(n.Inputs[0]) is not null ? 0 : -1;
+                    int constIndex = ConstantValue.Scalar(n.Inputs[1]) is not null ? 1 : n.OpType == "Mul" && ConstantValue.Scalar(n.Inputs[0]) is not null ? 0 : -1;
                     if (constIndex < 0)
                         return (null, $"scores are scaled by {n.OpType} '{n.Name}' with a non-constant factor");
-                    double c = StaticShapes.ScalarOf(n.Inputs[constIndex])!.Value;
+                    double c = ConstantValue.Scalar(n.Inputs[constIndex])!.Value;
                     if (c == 0 || !double.IsFinite(c))
                         return (null, $"scale factor {c} of {n.OpType} '{n.Name}' is not finite and nonzero");
                     scale *= n.OpType == "Mul" ? c : 1 / c;
@@ -186,7 +186,7 @@ public sealed class AttentionCoreFusion : IPass
                     int scoreSide = LeadsToScores(n.Inputs[1]!) ? 1 : LeadsToScores(n.Inputs[2]!) ? 2 : -1;
                     if (scoreSide < 0)
                         return (null, $"neither branch of Where '{n.Name}' leads to the QK MatMul");
-                    if (StaticShapes.ScalarOf(n.Inputs[3 - scoreSide]) is not { } f || f > MaskAnalysis.LargeNegative)
+                    if (ConstantValue.Scalar(n.Inputs[3 - scoreSide]) is not { } f || f > MaskAnalysis.LargeNegative)
                         return (null, $"Where '{n.Name}' does not fill masked scores with a large negative constant");
                     cond = n.Inputs[0];
                     fill = f;
@@ -301,7 +301,7 @@ public sealed class AttentionCoreFusion : IPass
                 continue;
             if (p.OpType is "MatMul" or "Einsum")
             {
-                if (p.Inputs.Count >= 2 && p.Inputs.All(i => i is not null && StaticShapes.ConstantOf(i) is null && Canonicalization.Rewriting.WeightInitializer(i) is null))
+                if (p.Inputs.Count >= 2 && p.Inputs.All(i => i is not null && ConstantValue.Of(i) is null && Canonicalization.Rewriting.WeightInitializer(i) is null))
                     return true;
                 continue;
             }
@@ -339,7 +339,7 @@ public sealed class AttentionCoreFusion : IPass
                 break;
             if (n.OpType is "Mul" or "Div" && ScalarSide(n) is { } side)
             {
-                double c = StaticShapes.ScalarOf(n.Inputs[side])!.Value;
+                double c = ConstantValue.Scalar(n.Inputs[side])!.Value;
                 double f = n.OpType == "Mul" ? c : 1 / c;
                 var data = n.Inputs[1 - side]!;
                 if (!double.IsFinite(f) || f == 0)
@@ -375,9 +375,9 @@ public sealed class AttentionCoreFusion : IPass
 
     private static int? ScalarSide(Node n)
     {
-        if (StaticShapes.ScalarOf(n.Inputs[1]) is not null)
+        if (ConstantValue.Scalar(n.Inputs[1]) is not null)
             return 1;
-        if (n.OpType == "Mul" && StaticShapes.ScalarOf(n.Inputs[0]) is not null)
+        if (n.OpType == "Mul" && ConstantValue.Scalar(n.Inputs[0]) is not null)
             return 0;
         return null;
     }
