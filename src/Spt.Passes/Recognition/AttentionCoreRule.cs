@@ -62,7 +62,8 @@ internal sealed record AttentionCoreMatch(
     bool Causal,
     Value? KeyPadding,
     IReadOnlyList<Node> Region,
-    FoldedHeads? Folded = null);
+    FoldedHeads? Folded = null,
+    long Window = 0);
 
 /// <summary>
 /// Heads folded into the batch ([B·H, S, E] operands, as bmm-based exporters write attention) around scores that are
@@ -180,10 +181,10 @@ public sealed class AttentionCoreFusion : IPass
                     break;
                 case "Mul" or "Div":
                 {
-                    int constIndex = StaticShapes.ScalarOf(n.Inputs[1]) is not null ? 1 : n.OpType == "Mul" && StaticShapes.ScalarOf(n.Inputs[0]) is not null ? 0 : -1;
+                    int constIndex = ConstantValue.Scalar(n.Inputs[1]) is not null ? 1 : n.OpType == "Mul" && ConstantValue.Scalar(n.Inputs[0]) is not null ? 0 : -1;
                     if (constIndex < 0)
                         return (null, $"scores are scaled by {n.OpType} '{n.Name}' with a non-constant factor");
-                    double c = StaticShapes.ScalarOf(n.Inputs[constIndex])!.Value;
+                    double c = ConstantValue.Scalar(n.Inputs[constIndex])!.Value;
                     if (c == 0 || !double.IsFinite(c))
                         return (null, $"scale factor {c} of {n.OpType} '{n.Name}' is not finite and nonzero");
                     scale *= n.OpType == "Mul" ? c : 1 / c;
@@ -196,7 +197,7 @@ public sealed class AttentionCoreFusion : IPass
                     region.Add(n);
                     cur = n.Inputs[0]!;
                     break;
-                case "Max" when StaticShapes.ScalarOf(n.Inputs[1]) is { } floor && floor <= MaskAnalysis.LargeNegative && LeadsToScores(n.Inputs[0]!):
+                case "Max" when ConstantValue.Scalar(n.Inputs[1]) is { } floor && floor <= MaskAnalysis.LargeNegative && LeadsToScores(n.Inputs[0]!):
                     // max(scores, finfo.min) after the mask (OPT) only lifts -inf to the lowest float: same softmax.
                     region.Add(n);
                     cur = n.Inputs[0]!;
@@ -230,7 +231,7 @@ public sealed class AttentionCoreFusion : IPass
                     int scoreSide = LeadsToScores(n.Inputs[1]!) ? 1 : LeadsToScores(n.Inputs[2]!) ? 2 : -1;
                     if (scoreSide < 0)
                         return (null, $"neither branch of Where '{n.Name}' leads to the QK MatMul");
-                    if (StaticShapes.ScalarOf(n.Inputs[3 - scoreSide]) is not { } f || f > MaskAnalysis.LargeNegative)
+                    if (ConstantValue.Scalar(n.Inputs[3 - scoreSide]) is not { } f || f > MaskAnalysis.LargeNegative)
                         return (null, $"Where '{n.Name}' does not fill masked scores with a large negative constant");
                     cond = n.Inputs[0];
                     fill = f;
@@ -271,18 +272,17 @@ public sealed class AttentionCoreFusion : IPass
         // Mask meaning: causal and/or key padding; anything else keeps the block dense. What the mask computes is
         // read by evaluating it at probe sizes; masks the evaluator cannot run are read from their structure.
         bool causal = false;
+        long window = 0;
         Value? keyPadding = null;
         if (cond != null || bias != null)
         {
             string? notEvaluated = "no symbolic shapes";
             var probed = symbolic is null ? null : MaskProbing.Classify(bias, cond, scoresWhenTrue, maskScores, folded is null ? rank : 4, symbolic, opset, out notEvaluated);
-            if (probed is { Window: > 0 } windowed)
-                return (null, $"the mask is a causal sliding window of {windowed.Window} keys{(windowed.KeyPadding is null ? "" : " with key padding")}; " +
-                              "the sparse attention kernels have no window attribute, so the block stays dense");
             if (probed is { Reason: null })
             {
                 causal = probed.Causal;
                 keyPadding = probed.KeyPadding;
+                window = probed.Window;
             }
             else
             {
@@ -299,7 +299,7 @@ public sealed class AttentionCoreFusion : IPass
         double total = scale * qScale * kScale;
         double effective = total * qExtra * kExtra;
         return (new AttentionCoreMatch(softmax, qk, consumer, dropout, q, kt, vOperand, rank, total, effective, qBypass, kBypass,
-            bias, cond, fill, scoresWhenTrue, causal, keyPadding, region, folded), null);
+            bias, cond, fill, scoresWhenTrue, causal, keyPadding, region, folded, window), null);
 
         bool LeadsToScores(Value v)
         {
@@ -444,9 +444,9 @@ public sealed class AttentionCoreFusion : IPass
     // A tensor of zeros: ConstantOfShape with a zero (or absent) value, possibly scaled by a constant (baddbmm's beta).
     private static bool IsZeros(Value v)
     {
-        if (v.Producer is { OpType: "Mul" } m && m.IsDefaultDomain && (StaticShapes.ScalarOf(m.Inputs[1]) is not null || StaticShapes.ScalarOf(m.Inputs[0]) is not null))
-            v = StaticShapes.ScalarOf(m.Inputs[1]) is not null ? m.Inputs[0]! : m.Inputs[1]!;
-        if (StaticShapes.ConstantOf(v) is { } c)
+        if (v.Producer is { OpType: "Mul" } m && m.IsDefaultDomain && (ConstantValue.Scalar(m.Inputs[1]) is not null || ConstantValue.Scalar(m.Inputs[0]) is not null))
+            v = ConstantValue.Scalar(m.Inputs[1]) is not null ? m.Inputs[0]! : m.Inputs[1]!;
+        if (ConstantValue.Of(v) is { } c)
             return c.ElementType != ElementType.String && c.ToDoubleArray().All(x => x == 0);
         if (v.Producer is { OpType: "ConstantOfShape" } z && z.IsDefaultDomain)
             return z.GetAttribute("value") is not { Kind: Ir.AttributeKind.Tensor } a || a.AsTensor().ToDoubleArray().All(x => x == 0);
@@ -487,7 +487,7 @@ public sealed class AttentionCoreFusion : IPass
                 continue;
             if (p.OpType is "MatMul" or "Einsum")
             {
-                if (p.Inputs.Count >= 2 && p.Inputs.All(i => i is not null && StaticShapes.ConstantOf(i) is null && Canonicalization.Rewriting.WeightInitializer(i) is null))
+                if (p.Inputs.Count >= 2 && p.Inputs.All(i => i is not null && ConstantValue.Of(i) is null && Canonicalization.Rewriting.WeightInitializer(i) is null))
                     return true;
                 continue;
             }
@@ -525,7 +525,7 @@ public sealed class AttentionCoreFusion : IPass
                 break;
             if (n.OpType is "Mul" or "Div" && ScalarSide(n) is { } side)
             {
-                double c = StaticShapes.ScalarOf(n.Inputs[side])!.Value;
+                double c = ConstantValue.Scalar(n.Inputs[side])!.Value;
                 double f = n.OpType == "Mul" ? c : 1 / c;
                 var data = n.Inputs[1 - side]!;
                 if (!double.IsFinite(f) || f == 0)
@@ -561,9 +561,9 @@ public sealed class AttentionCoreFusion : IPass
 
     private static int? ScalarSide(Node n)
     {
-        if (StaticShapes.ScalarOf(n.Inputs[1]) is not null)
+        if (ConstantValue.Scalar(n.Inputs[1]) is not null)
             return 1;
-        if (n.OpType == "Mul" && StaticShapes.ScalarOf(n.Inputs[0]) is not null)
+        if (n.OpType == "Mul" && ConstantValue.Scalar(n.Inputs[0]) is not null)
             return 0;
         return null;
     }
@@ -604,6 +604,7 @@ public sealed class AttentionCoreFusion : IPass
             Ir.Attribute.FromFloat("scale", (float)m.Scale),
             Ir.Attribute.FromFloat("effective_scale", (float)m.EffectiveScale),
             Ir.Attribute.FromInt("causal", m.Causal ? 1 : 0),
+            Ir.Attribute.FromInt("window", m.Window),
             Ir.Attribute.FromFloat("fill", (float)Math.Max(m.Fill, float.MinValue)),
             Ir.Attribute.FromInt("scores_when_true", m.ScoresWhenTrue ? 1 : 0),
             Ir.Attribute.FromInt("rank", rank),
