@@ -25,6 +25,12 @@ public static class AttentionOps
     /// <summary>Attribute <c>clamp</c> of SparseAttention(Grad).</summary>
     public const string ClampAttr = "clamp";
 
+    /// <summary>Attribute <c>window</c> of PQTopK, SparseAttention and SparseAttentionGrad: a sliding window (0 = off).</summary>
+    public const string WindowAttr = "window";
+
+    /// <summary>Default of <see cref="WindowAttr"/>: no sliding window.</summary>
+    public const long DefaultWindow = 0;
+
     /// <summary>Attribute <c>mode</c> of PQTopK.</summary>
     public const string ModeAttr = "mode";
 
@@ -87,6 +93,12 @@ public static class AttentionOps
         CausalAttr, DefaultCausal,
         "1: key j is visible to query i iff j <= i + Sk - Sq (j <= i when Sq == Sk); 0: no causal mask.");
 
+    private static readonly AttributeSpec Window = new(
+        WindowAttr, AttributeKind.Int, DefaultWindow,
+        "Sliding window: > 0 also hides keys j < pos - window + 1 (and, when not causal, j > pos + window - 1), " +
+        "pos = i + Sk - Sq the query's aligned key position; 0 = off.",
+        v => (long)v >= 0 ? null : "must be >= 0 (0 = off)") { Rejected = [-1L] };
+
     private static readonly AttributeSpec Scale = new(
         ScaleAttr, AttributeKind.Float, DefaultScale, "Logit scale; 0 means 1/sqrt(E).",
         v => float.IsFinite((float)v) ? null : "must be finite") { Rejected = [float.NaN, float.PositiveInfinity] };
@@ -139,6 +151,7 @@ public static class AttentionOps
                 v => (float)v > 0 && (float)v <= 1 ? null : "must be in (0, 1]") { Rejected = [0f, 1.5f, -0.5f] },
             new(MinKeysPerQueryAttr, AttributeKind.Int, 0L, "Fewest keys per query keys_ratio may give (0 = no floor); clamped to Sk, ignored with keys_per_query.",
                 v => (long)v >= 0 ? null : "must be >= 0 (0 = no floor)") { Rejected = [-1L] },
+            Window,
         ],
         ctx =>
         {
@@ -183,7 +196,7 @@ public static class AttentionOps
             new("Y", "[B, H, Sq, Ev] attention output.", FloatOnly),
             new("P", "[B, H, Sq, L] probabilities, saved for SparseAttentionGrad.", FloatOnly),
         ],
-        [Scale, Clamp, Causal],
+        [Scale, Clamp, Causal, Window],
         ctx =>
         {
             var (q, v, idx) = AttentionShapes(ctx, 0, 4);
@@ -217,7 +230,7 @@ public static class AttentionOps
             new("dK", "[B, Hkv, Sk, E] (summed over each kv head's query heads)", FloatOnly),
             new("dV", "[B, Hkv, Sk, Ev] (summed over each kv head's query heads)", FloatOnly),
         ],
-        [Scale, Clamp, Causal],
+        [Scale, Clamp, Causal, Window],
         ctx =>
         {
             var (q, v, idx) = AttentionShapes(ctx, 1, 6);

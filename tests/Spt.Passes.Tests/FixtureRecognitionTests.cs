@@ -54,12 +54,27 @@ public class FixtureRecognitionTests(ITestOutputHelper output)
             long headDim = entry.GetProperty("d_model").GetInt64() / entry.GetProperty("heads").GetInt64();
             long fitted = Enumerable.Range(1, 8).Last(dc => headDim % dc == 0);
             Assert.All(report.Attention, a => Assert.Equal(fitted, a.CodewordDim));
+            if (entry.TryGetProperty("rotary", out _))
+                Assert.All(report.Attention, a => Assert.True(a.Rotary, $"layer {a.Layer}: rotary not seen"));
+            long window = entry.TryGetProperty("attention_window", out var w) ? w.GetInt64() : 0;
+            Assert.All(report.Attention, a => Assert.Equal(window, a.Window));
+            Assert.All(model.Graph.Nodes.Where(n => n.OpType is "PQTopK" or "SparseAttention"), n => Assert.Equal(window, n.GetInt("window", 0)));
             bool causal = entry.GetProperty("causal").GetBoolean();
             Assert.All(report.Attention, a => Assert.Equal(causal, a.Causal));
             string mask = entry.GetProperty("attention_mask").GetString()!;
             Assert.All(report.Attention, a => Assert.Equal(mask is "padding" or "both", a.KeyPaddingMask != null));
             if (mask is "padding" or "both")
                 Assert.All(report.Attention, a => Assert.Equal("attention_mask", a.KeyPaddingMask));
+            // Grouped-query / multi-query attention: the ops read K and V at their own head count, never a repeat.
+            if (entry.TryGetProperty("kv_heads", out var kvHeads))
+            {
+                Assert.All(report.Attention, a => Assert.Equal(kvHeads.GetInt64(), a.KvHeads));
+                foreach (var sa in model.Graph.Nodes.Where(n => n.OpType == "SparseAttention"))
+                {
+                    foreach (var kv in new[] { sa.Inputs[1]!, sa.Inputs[2]! })
+                        Assert.False(kv.Producer is { OpType: "Reshape" } r && r.Inputs[0]?.Producer is { OpType: "Expand" }, $"{sa.Name} reads repeated K/V '{kv.Name}'");
+                }
+            }
             var act = entry.GetProperty("ffn_activation").GetString()!;
             string expected = act switch { "gelu_op" => "gelu", "fastgelu" => "gelu_tanh", _ => act };
             Assert.All(report.Ffn, f => Assert.Equal(expected, f.Activation));

@@ -251,7 +251,8 @@ struct PQTopKKernel {
         causal_(ReadFlag("PQTopK", attrs, attr::kCausal, defaults::kCausal)),
         top_k_(ReadAtLeast("PQTopK", attrs, attr::kKeysPerQuery, defaults::kKeysPerQuery, 0, "0 = use keys_ratio")),
         ratio_(ReadFloat("PQTopK", attrs, attr::kKeysRatio, defaults::kKeysRatio)),
-        min_keys_(ReadAtLeast("PQTopK", attrs, attr::kMinKeysPerQuery, defaults::kMinKeysPerQuery, 0, "0 = no floor")) {
+        min_keys_(ReadAtLeast("PQTopK", attrs, attr::kMinKeysPerQuery, defaults::kMinKeysPerQuery, 0, "0 = no floor")),
+        window_(ReadAtLeast("PQTopK", attrs, attr::kWindow, defaults::kWindow, 0, "0 = off")) {
     // The ratio is checked even when keys_per_query overrides it, as the schema does.
     if (!(ratio_ > 0.f && ratio_ <= 1.f)) FailAttr("PQTopK", attr::kKeysRatio, "must be in (0, 1]; got " + std::to_string(ratio_));
   }
@@ -272,8 +273,8 @@ struct PQTopKKernel {
         for (std::size_t e = 0; e < keep.size(); ++e) keep[e] = KeepAt(mask, e);
       }
       int32_t* out = Output<int32_t>(ctx, 0, {d.B, d.H, d.Sq, d.L});
-      cpu::PQTopK(d, mode_, causal_, q.data<int32_t>(), k.data<int32_t>(), keep.empty() ? nullptr : keep.data(), out,
-                  OrtParallel(ctx));
+      cpu::PQTopK(d, mode_, causal_, window_, q.data<int32_t>(), k.data<int32_t>(), keep.empty() ? nullptr : keep.data(),
+                  out, OrtParallel(ctx));
     });
   }
 
@@ -282,6 +283,7 @@ struct PQTopKKernel {
   int64_t top_k() const { return top_k_; }
   float ratio() const { return ratio_; }
   int64_t min_keys() const { return min_keys_; }
+  int64_t window() const { return window_; }
 
  private:
   cpu::TopKMode mode_;
@@ -289,6 +291,7 @@ struct PQTopKKernel {
   int64_t top_k_;
   float ratio_;
   int64_t min_keys_;
+  int64_t window_;
 };
 
 struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
@@ -315,14 +318,22 @@ struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
 struct AttentionAttributes {
   double scale, clamp;
   bool causal;
+  int64_t window;
   AttentionAttributes(const AttrSource& attrs, const char* op)
       : scale(ReadFloat(op, attrs, attr::kScale, defaults::kScale)),
         clamp(ReadFloat(op, attrs, attr::kClamp, defaults::kClamp)),
-        causal(ReadFlag(op, attrs, attr::kCausal, defaults::kCausal)) {
+        causal(ReadFlag(op, attrs, attr::kCausal, defaults::kCausal)),
+        window(ReadAtLeast(op, attrs, attr::kWindow, defaults::kWindow, 0, "0 = off")) {
     if (!std::isfinite(clamp) || clamp < 0) {
       FailAttr(op, attr::kClamp, "must be finite and >= 0 (0 = off); got " + std::to_string(clamp));
     }
     if (!std::isfinite(scale)) FailAttr(op, attr::kScale, "must be finite (0 = 1/sqrt(E)); got " + std::to_string(scale));
+  }
+  // The resolved parameters for head dim e.
+  cpu::SparseAttentionParams Resolve(const char* op, int64_t e) const {
+    auto p = cpu::ResolveSparseAttentionParams(op, scale, clamp, causal, e);
+    p.window = window;
+    return p;
   }
 };
 
@@ -339,7 +350,7 @@ struct SparseAttentionKernel {
       const Input mask = GetInput(ctx, 4);
       const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
                                                      mask.present() ? &mask.shape : nullptr);
-      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      const auto p = attrs_.Resolve(op, d.E);
       std::vector<float> converted;
       const float* bias = AdditiveMask(op, mask, converted);
       cpu::CheckSparseAttentionIndices(op, d, idx.data<int32_t>());
@@ -404,7 +415,7 @@ struct SparseAttentionGradKernel {
       const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
                                                      mask.present() ? &mask.shape : nullptr);
       cpu::CheckSparseAttentionGradInputs(d, dy.shape, probs.shape);
-      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      const auto p = attrs_.Resolve(op, d.E);
       // The mask's effect is already in P (masked slots have P = 0); it is only type- and shape-checked here.
       std::vector<float> converted;
       AdditiveMask(op, mask, converted);
@@ -616,7 +627,7 @@ struct PQTopKCudaKernel : PQTopKKernel {
         keep = buffer;
       }
       int32_t* out = Output<int32_t>(ctx, 0, {d.B, d.H, d.Sq, d.L});
-      cuda::PQTopK(d, mode(), causal(), 0, q.data<int32_t>(), k.data<int32_t>(), keep, out, stream);
+      cuda::PQTopK(d, mode(), causal(), window(), q.data<int32_t>(), k.data<int32_t>(), keep, out, stream);
     });
   }
 };
@@ -642,7 +653,7 @@ struct SparseAttentionCudaKernel {
       const Input mask = GetInput(ctx, 4);
       const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
                                                      mask.present() ? &mask.shape : nullptr);
-      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      const auto p = attrs_.Resolve(op, d.E);
       CudaScratch scratch(ctx);
       const float* bias = DeviceAdditiveMask(op, mask, scratch, stream);
       CheckDeviceIndices(op, d, idx.data<int32_t>(), scratch, stream);
@@ -681,7 +692,7 @@ struct SparseAttentionGradCudaKernel {
       const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
                                                      mask.present() ? &mask.shape : nullptr);
       cpu::CheckSparseAttentionGradInputs(d, dy.shape, probs.shape);
-      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      const auto p = attrs_.Resolve(op, d.E);
       // As on CPU the mask is only checked: its effect is already in P.
       if (mask.present() && mask.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
         DeviceMaskType(op, mask, false, "float32 (additive) or bool/int8/uint8/int32/int64 (1 = keep, 0 = padded)");

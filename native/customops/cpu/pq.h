@@ -65,8 +65,15 @@ PQTopKDims CheckPQTopKInputs(const Shape& codes_q, const Shape& codes_k, const S
 // earliest key first (the reference's four workers, without its racy buffer overflow). Slots a class cannot
 // fill (too few eligible keys of its own) go to the best remaining eligible keys of any class by the same
 // order, so a row gets min(L, #eligible) distinct keys.
-void PQTopK(const PQTopKDims& dims, TopKMode mode, bool causal, const int32_t* codes_q, const int32_t* codes_k,
-            const uint8_t* key_keep, int32_t* indices, const Parallel& par);
+//
+// window > 0 (a sliding window) also makes keys j < pos - window + 1 ineligible, and when not causal
+// j > pos + window - 1, with pos = i + Sk - Sq the query's aligned key position; window = 0 is off.
+void PQTopK(const PQTopKDims& dims, TopKMode mode, bool causal, int64_t window, const int32_t* codes_q,
+            const int32_t* codes_k, const uint8_t* key_keep, int32_t* indices, const Parallel& par);
+inline void PQTopK(const PQTopKDims& dims, TopKMode mode, bool causal, const int32_t* codes_q, const int32_t* codes_k,
+                   const uint8_t* key_keep, int32_t* indices, const Parallel& par) {
+  PQTopK(dims, mode, causal, 0, codes_q, codes_k, key_keep, indices, par);
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Codebook loss (spec 2.3). Per row n and subspace m: D_c = ||z - W[m, c]||_1, h = argmin D (ties: lowest),

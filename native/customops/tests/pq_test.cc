@@ -95,8 +95,11 @@ std::vector<uint8_t> RandomKeep(int64_t b, int64_t sk, uint32_t seed) {
   return keep;
 }
 
-bool Eligible(const PQTopKDims& d, bool causal, const std::vector<uint8_t>* keep, int64_t b, int64_t i, int64_t j) {
-  if (causal && j > i + d.Sk - d.Sq) return false;
+bool Eligible(const PQTopKDims& d, bool causal, const std::vector<uint8_t>* keep, int64_t b, int64_t i, int64_t j,
+              int64_t window = 0) {
+  const int64_t pos = i + d.Sk - d.Sq;
+  if (causal && j > pos) return false;
+  if (window > 0 && (j < pos - window + 1 || (!causal && j > pos + window - 1))) return false;
   return !keep || (*keep)[b * d.Sk + j];
 }
 
@@ -109,13 +112,14 @@ int64_t Matches(const PQTopKDims& d, const std::vector<int32_t>& cq, const std::
 
 // Brute force: rank eligible keys by (count desc, key asc), keep L, emit ascending then -1.
 std::vector<int32_t> BruteForceTopK(const PQTopKDims& d, bool causal, const std::vector<int32_t>& cq,
-                                    const std::vector<int32_t>& ck, const std::vector<uint8_t>* keep) {
+                                    const std::vector<int32_t>& ck, const std::vector<uint8_t>* keep,
+                                    int64_t window = 0) {
   std::vector<int32_t> out(d.B * d.H * d.Sq * d.L, -1);
   for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
     for (int64_t i = 0; i < d.Sq; ++i) {
       std::vector<std::pair<int64_t, int64_t>> ranked;  // (-count, j)
       for (int64_t j = 0; j < d.Sk; ++j) {
-        if (Eligible(d, causal, keep, bh / d.H, i, j)) ranked.push_back({-Matches(d, cq, ck, bh, i, j), j});
+        if (Eligible(d, causal, keep, bh / d.H, i, j, window)) ranked.push_back({-Matches(d, cq, ck, bh, i, j), j});
       }
       std::sort(ranked.begin(), ranked.end());
       ranked.resize(std::min<std::size_t>(ranked.size(), d.L));
@@ -142,6 +146,99 @@ TEST(PQTopK, ExactMatchesBruteForceRanking) {
     PQTopK(d, TopKMode::kExact, tc.causal, cq.data(), ck.data(), mask ? keep.data() : nullptr, got.data(), par);
     EXPECT_EQ(got, BruteForceTopK(d, tc.causal, cq, ck, mask))
         << "B=" << tc.B << " H=" << tc.H << " Hkv=" << tc.Hkv << " Sq=" << tc.Sq << " Sk=" << tc.Sk << " L=" << tc.L;
+  }
+}
+
+// Brute force of the bucketed rule: slot class p % 4 takes the keys j % 4 == p % 4 ranked by (level desc, key
+// asc), the slots a class cannot fill go to the best remaining keys of any class, emitted ascending.
+std::vector<int32_t> BruteForceBucketed(const PQTopKDims& d, bool causal, const std::vector<int32_t>& cq,
+                                        const std::vector<int32_t>& ck, const std::vector<uint8_t>* keep) {
+  const int64_t width = std::max<int64_t>(1, d.M / 4);
+  std::vector<int32_t> out(d.B * d.H * d.Sq * d.L, -1);
+  for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
+    for (int64_t i = 0; i < d.Sq; ++i) {
+      std::vector<std::pair<int64_t, int64_t>> ranked[4], rest;  // (-level, j)
+      for (int64_t j = 0; j < d.Sk; ++j) {
+        if (Eligible(d, causal, keep, bh / d.H, i, j)) {
+          ranked[j % 4].push_back({-std::min<int64_t>(3, Matches(d, cq, ck, bh, i, j) / width), j});
+        }
+      }
+      std::vector<int32_t> keys;
+      for (int64_t c = 0; c < 4; ++c) {
+        std::sort(ranked[c].begin(), ranked[c].end());
+        const std::size_t quota = c < d.L ? static_cast<std::size_t>((d.L - c + 3) / 4) : 0;
+        for (std::size_t r = 0; r < ranked[c].size(); ++r) {
+          if (r < quota) keys.push_back(static_cast<int32_t>(ranked[c][r].second));
+          else rest.push_back(ranked[c][r]);
+        }
+      }
+      std::sort(rest.begin(), rest.end());
+      for (std::size_t r = 0; r < rest.size() && keys.size() < static_cast<std::size_t>(d.L); ++r) {
+        keys.push_back(static_cast<int32_t>(rest[r].second));
+      }
+      std::sort(keys.begin(), keys.end());
+      std::copy(keys.begin(), keys.end(), out.begin() + (bh * d.Sq + i) * d.L);
+    }
+  }
+  return out;
+}
+
+// The match count reads the codes packed 4 or 8 bits each when they are small, unpacked otherwise: relabeling
+// the codes (an injective map, so the match counts stay) into each range, and M values that leave padding
+// fields in the last word, must give the brute-force selection in both modes.
+TEST(PQTopK, PackedAndUnpackedCodesGiveTheBruteForceSelection) {
+  const ThreadParallel par(2);
+  for (int64_t m : {3, 8, 9, 13}) {
+    for (int32_t scale : {1, 37, 300}) {  // codes < 16 (4-bit fields), < 256 (8-bit fields), larger (unpacked)
+      PQTopKDims d = CheckPQTopKInputs({1, 3, 70, m}, {1, 3, 70, m}, nullptr);
+      d.L = 9;
+      auto cq = RandomCodes(3 * 70, m, 3, 51), ck = RandomCodes(3 * 70, m, 3, 52);
+      for (auto* codes : {&cq, &ck}) {
+        for (auto& c : *codes) c = c * scale + (scale > 1 ? 5 : 0);
+      }
+      const auto keep = RandomKeep(1, 70, 53);
+      for (bool causal : {true, false}) {
+        for (const std::vector<uint8_t>* mask : {static_cast<const std::vector<uint8_t>*>(nullptr), &keep}) {
+          std::vector<int32_t> exact(3 * 70 * d.L, 7), bucketed(3 * 70 * d.L, 7);
+          PQTopK(d, TopKMode::kExact, causal, cq.data(), ck.data(), mask ? keep.data() : nullptr, exact.data(), par);
+          PQTopK(d, TopKMode::kBucketed, causal, cq.data(), ck.data(), mask ? keep.data() : nullptr, bucketed.data(), par);
+          EXPECT_EQ(exact, BruteForceTopK(d, causal, cq, ck, mask)) << "M=" << m << " scale=" << scale;
+          EXPECT_EQ(bucketed, BruteForceBucketed(d, causal, cq, ck, mask)) << "M=" << m << " scale=" << scale;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Sliding window: keys outside [pos - window + 1, pos] (causal) or [pos - window + 1, pos + window - 1] are never
+// selected; the rest is the exact ranking (both modes well formed).
+TEST(PQTopK, SlidingWindowMatchesBruteForceRanking) {
+  const ThreadParallel par(2);
+  for (const auto& tc : test::kTopKCases) {
+    PQTopKDims d = CheckPQTopKInputs({tc.B, tc.H, tc.Sq, tc.M}, {tc.B, tc.Hkv, tc.Sk, tc.M}, nullptr);
+    d.L = tc.L;
+    const auto cq = RandomCodes(tc.B * tc.H * tc.Sq, tc.M, 3, 61);
+    const auto ck = RandomCodes(tc.B * tc.Hkv * tc.Sk, tc.M, 3, 62);
+    const auto keep = RandomKeep(tc.B, tc.Sk, 63);
+    const std::vector<uint8_t>* mask = tc.masked ? &keep : nullptr;
+    for (int64_t window : {int64_t{1}, int64_t{3}, tc.Sk}) {
+      std::vector<int32_t> got(d.B * d.H * d.Sq * d.L, 7);
+      PQTopK(d, TopKMode::kExact, tc.causal, window, cq.data(), ck.data(), mask ? keep.data() : nullptr, got.data(), par);
+      EXPECT_EQ(got, BruteForceTopK(d, tc.causal, cq, ck, mask, window))
+          << "window=" << window << " B=" << tc.B << " H=" << tc.H << " Sq=" << tc.Sq << " Sk=" << tc.Sk << " L=" << tc.L;
+      std::vector<int32_t> bucketed(d.B * d.H * d.Sq * d.L);
+      PQTopK(d, TopKMode::kBucketed, tc.causal, window, cq.data(), ck.data(), mask ? keep.data() : nullptr,
+             bucketed.data(), par);
+      for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
+        for (int64_t i = 0; i < d.Sq; ++i) {
+          for (int64_t t = 0; t < d.L; ++t) {
+            const int32_t j = bucketed[(bh * d.Sq + i) * d.L + t];
+            if (j >= 0) EXPECT_TRUE(Eligible(d, tc.causal, mask, bh / d.H, i, j, window)) << "window=" << window;
+          }
+        }
+      }
+    }
   }
 }
 

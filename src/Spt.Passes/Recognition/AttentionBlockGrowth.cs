@@ -31,6 +31,7 @@ public sealed class AttentionBlockGrowth : IPass
                 Source = core.GetString("source", "decomposed")!,
                 MatchedNodes = [.. (core.GetString("region", "") ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries)],
                 Causal = core.GetInt("causal", 0) != 0,
+                Window = core.GetInt("window", 0),
                 KeyPaddingMask = core.Inputs[AttentionCoreOp.KeyPadding]?.Name,
                 EffectiveScale = core.GetFloat("effective_scale", 1),
                 OpScale = AttentionCoreOp.Scale(core, shapes.LastDim(core.Inputs[AttentionCoreOp.Q]!)) ?? 0,
@@ -38,9 +39,16 @@ public sealed class AttentionBlockGrowth : IPass
             };
             bool rotQ = false, rotK = false;
             info.QProjection = FindProjection(core.Inputs[AttentionCoreOp.Q]!, ref rotQ)?.Name;
-            info.KProjection = FindProjection(core.Inputs[AttentionCoreOp.K]!, ref rotK)?.Name;
+            // Grouped K/V: the projections lie behind the head repeat.
+            var (kSource, kvHeads) = HeadRepeat.Find(core.Inputs[AttentionCoreOp.K]!, shapes, out _);
+            var (vSource, vHeads) = HeadRepeat.Find(core.Inputs[AttentionCoreOp.V]!, shapes, out _);
+            info.KProjection = FindProjection(kSource ?? core.Inputs[AttentionCoreOp.K]!, ref rotK)?.Name;
             bool rotV = false;
-            info.VProjection = FindProjection(core.Inputs[AttentionCoreOp.V]!, ref rotV)?.Name;
+            info.VProjection = FindProjection(vSource ?? core.Inputs[AttentionCoreOp.V]!, ref rotV)?.Name;
+            if (kSource != null && vSource != null && kvHeads == vHeads)
+                info.KvHeads = kvHeads;
+            else if (kSource is null && vSource is null && shapes.ShapeOf(core.Inputs[AttentionCoreOp.K]!) is { Count: 4 } ks && ks[1] is { } kh)
+                info.KvHeads = kh;
             info.OutProjection = FindOutProjection(core.Outputs[0])?.Name;
             info.Rotary = rotQ && rotK;
             info.HeadDim = shapes.LastDim(core.Inputs[AttentionCoreOp.Q]!);
@@ -84,21 +92,30 @@ public sealed class AttentionBlockGrowth : IPass
                 case "Transpose" or "Reshape" or "Identity" or "Squeeze" or "Unsqueeze" or "Split" or "Slice" or "Cast":
                     v = n.Inputs[0]!;
                     continue;
-                case "Mul" or "Div" when StaticShapes.ScalarOf(n.Inputs[1]) is not null:
+                case "Concat" when PartialRotaryInput(n) is { } whole:
+                    // Partial rotary (GPT-NeoX): rotary on a slice of the head dims, Concat with the rest.
+                    rotary = true;
+                    v = whole;
+                    continue;
+                case "Gather" when ConstantValue.Of(n.Inputs[1]) is not null:
+                    // q/k/v picked from a fused projection by index (BLOOM's [B, S, H, 3, E] view, index lists).
                     v = n.Inputs[0]!;
                     continue;
-                case "Mul" when StaticShapes.ScalarOf(n.Inputs[0]) is not null:
+                case "Mul" or "Div" when ConstantValue.Scalar(n.Inputs[1]) is not null:
+                    v = n.Inputs[0]!;
+                    continue;
+                case "Mul" when ConstantValue.Scalar(n.Inputs[0]) is not null:
                     v = n.Inputs[1]!;
                     continue;
                 case "Add":
                 {
                     // Linear bias: Add(b, MatMul) in either order.
-                    if (StaticShapes.ConstantOf(n.Inputs[0]) is not null)
+                    if (ConstantValue.Of(n.Inputs[0]) is not null)
                     {
                         v = n.Inputs[1]!;
                         continue;
                     }
-                    if (StaticShapes.ConstantOf(n.Inputs[1]) is not null)
+                    if (ConstantValue.Of(n.Inputs[1]) is not null)
                     {
                         v = n.Inputs[0]!;
                         continue;
@@ -117,6 +134,29 @@ public sealed class AttentionBlockGrowth : IPass
             }
         }
         return null;
+    }
+
+    // Concat_last(rotary(Slice(x)), Slice(x)) (either order, the rotary on one part): x. Every part is a Slice of the
+    // same x, one of them through a rotary embedding.
+    private static Value? PartialRotaryInput(Node concat)
+    {
+        if (concat.Inputs.Count < 2 || concat.GetInt("axis", 0) != -1 && concat.Inputs[0] is { } first && concat.GetInt("axis", 0) != (first.Shape?.Count ?? 0) - 1)
+            return null;
+        Value? whole = null;
+        bool rotated = false;
+        foreach (var part in concat.Inputs)
+        {
+            var p = part;
+            if (p?.Producer is { OpType: "Add" } add && RotaryInput(add) is { } x)
+            {
+                rotated = true;
+                p = x;
+            }
+            if (p?.Producer is not { OpType: "Slice" } slice || slice.Inputs[0] is not { } src || (whole != null && !ReferenceEquals(whole, src)))
+                return null;
+            whole = src;
+        }
+        return rotated ? whole : null;
     }
 
     // Add(Mul(x, cos), Mul(Concat(Neg(Slice(x)), Slice(x)), sin)) -> x
@@ -170,5 +210,5 @@ public sealed class AttentionBlockGrowth : IPass
     /// <summary>MatMul by a constant weight (possibly through a Transpose of it), or Gemm with a constant weight.</summary>
     internal static bool IsLinear(Node n) =>
         n.IsDefaultDomain && n.OpType is "MatMul" or "Gemm" && n.Inputs.Count > 1 && n.Inputs[1] is { } w
-        && (StaticShapes.ConstantOf(w) is not null || (w.Producer is { OpType: "Transpose" } t && StaticShapes.ConstantOf(t.Inputs[0]) is not null));
+        && (ConstantValue.Of(w) is not null || (w.Producer is { OpType: "Transpose" } t && ConstantValue.Of(t.Inputs[0]) is not null));
 }

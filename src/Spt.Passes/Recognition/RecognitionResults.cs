@@ -35,6 +35,9 @@ public sealed class AttentionBlockInfo
     /// <summary>Whether causal masking was detected.</summary>
     public bool Causal { get; set; }
 
+    /// <summary>Sliding window of the causal mask: each query sees its last <c>Window</c> keys (0: no window).</summary>
+    public long Window { get; set; }
+
     /// <summary>The graph input the key padding mask comes from, if any.</summary>
     public string? KeyPaddingMask { get; set; }
 
@@ -49,6 +52,9 @@ public sealed class AttentionBlockInfo
 
     /// <summary>Number of heads, when known.</summary>
     public long? Heads { get; set; }
+
+    /// <summary>K/V heads (fewer than <see cref="Heads"/> for grouped-query and multi-query attention), when known.</summary>
+    public long? KvHeads { get; set; }
 
     /// <summary>Whether heads are folded into the batch ([B·H, S, E]).</summary>
     public bool HeadsFolded { get; set; }
@@ -75,7 +81,7 @@ public sealed class FfnBlockInfo
     /// <summary>FFN layer index (graph order).</summary>
     public int Layer { get; set; }
 
-    /// <summary>relu, gelu, gelu_tanh, silu or swiglu.</summary>
+    /// <summary>relu, gelu, gelu_tanh, silu, relu2, or the gated swiglu, geglu, geglu_tanh, reglu.</summary>
     public string Activation { get; set; } = "";
 
     /// <summary>First linear (gate for SwiGLU), up projection (SwiGLU only), second linear.</summary>

@@ -62,6 +62,7 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         if (folded && keyPadding != null)
             return "a key padding mask with heads folded into the batch is not supported";
         bool causal = core.GetInt("causal", 0) != 0;
+        long window = core.GetInt("window", 0);
         long m = e / dc;
         long c = options.CodebookSize;
         var editor = graph.Edit();
@@ -80,6 +81,18 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         }
 
         Value q = core.Inputs[AttentionCoreOp.Q]!, k = core.Inputs[AttentionCoreOp.K]!, v = core.Inputs[AttentionCoreOp.V]!;
+        // Grouped-query / multi-query attention: the ops read K and V at their own head count, never the repeats.
+        var (kSource, kHeads) = HeadRepeat.Find(k, shapes, out var kRefusal);
+        var (vSource, vHeads) = HeadRepeat.Find(v, shapes, out var vRefusal);
+        if ((kRefusal ?? vRefusal) is { } refusal)
+            return refusal;
+        if ((kSource is null) != (vSource is null) || kHeads != vHeads)
+            return $"K and V of '{core.Name}' are repeated differently (K from {(kSource is null ? "no repeat" : kHeads + " heads")}, V from {(vSource is null ? "no repeat" : vHeads + " heads")})";
+        if (kSource != null && !folded)
+        {
+            k = kSource;
+            v = vSource!;
+        }
         if (folded)
         {
             // [B·H, S, E] -> [B·H, 1, S, E]
@@ -93,6 +106,8 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         var encode = AttentionOps.PQEncode;
         var codesQ = Emit(encode.Name, Positioned(encode, (AttentionOps.PQZ, q), (AttentionOps.PQCodebook, codebook)), "PQEncode_q", domain: encode.Domain);
         var codesK = Emit(encode.Name, Positioned(encode, (AttentionOps.PQZ, k), (AttentionOps.PQCodebook, codebook)), "PQEncode_k", domain: encode.Domain);
+        // A sliding window (masks read as one) limits the selection and the attention alike.
+        (string, object)[] windowAttr = window > 0 ? [(AttentionOps.WindowAttr, window)] : [];
         var topk = AttentionOps.PQTopK;
         // Exact: every key; a count; or the ratio with its floor (0: none).
         (string, object)[] selection = options.Exact ? [(AttentionOps.KeysRatioAttr, 1f)]
@@ -102,15 +117,15 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         var indices = Emit(topk.Name,
             Positioned(topk, (AttentionOps.CodesQ, codesQ), (AttentionOps.CodesK, codesK), (AttentionOps.TopKKeyPadding, keyPadding)),
             "PQTopK", 1, topk.Domain,
-            [.. topk.NodeAttributes([(AttentionOps.ModeAttr, "exact"), (AttentionOps.CausalAttr, causal ? 1L : 0L), .. selection])]);
+            [.. topk.NodeAttributes([(AttentionOps.ModeAttr, "exact"), (AttentionOps.CausalAttr, causal ? 1L : 0L), .. selection, .. windowAttr])]);
         var attention = AttentionOps.SparseAttention;
         var y = Emit(attention.Name,
             Positioned(attention, (AttentionOps.Q, q), (AttentionOps.K, k), (AttentionOps.V, v), (AttentionOps.Indices, indices), (AttentionOps.KeyPadding, keyPadding)),
             "SparseAttention", 2, attention.Domain,
-            [.. attention.NodeAttributes(
+            [.. attention.NodeAttributes([
                 (AttentionOps.ScaleAttr, (float)AttentionCoreOp.Scale(core, e)!.Value),
                 (AttentionOps.ClampAttr, options.Clamp),
-                (AttentionOps.CausalAttr, causal ? 1L : 0L))]);
+                (AttentionOps.CausalAttr, causal ? 1L : 0L), .. windowAttr])]);
         if (folded)
         {
             // [B·H, 1, Sq, Ev] -> [B·H, Sq, Ev]. A Reshape to the shape read from Q and V (rather than a Squeeze)
