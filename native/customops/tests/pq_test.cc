@@ -204,7 +204,6 @@ TEST(PQTopK, PackedAndUnpackedCodesGiveTheBruteForceSelection) {
           PQTopK(d, TopKMode::kBucketed, causal, cq.data(), ck.data(), mask ? keep.data() : nullptr, bucketed.data(), par);
           EXPECT_EQ(exact, BruteForceTopK(d, causal, cq, ck, mask)) << "M=" << m << " scale=" << scale;
           EXPECT_EQ(bucketed, BruteForceBucketed(d, causal, cq, ck, mask)) << "M=" << m << " scale=" << scale;
-          }
         }
       }
     }
