@@ -2,7 +2,7 @@
 # The GPU check, one prepared script for a machine with an NVIDIA GPU, nvcc, CMake, Python with numpy and a CUDA
 # build of PyTorch (no dotnet, no network needed):
 #   eng/gpu-check.sh OUT_DIR
-# builds the CUDA kernels and the CPU kernels behind a C API (libspt_check.so, in build/gpu-check; OpenBLAS is
+# builds the CUDA kernels and the CPU kernels behind a C API (libspt_check.so, in build/gpu-check; oneDNN is
 # used when present, else plain reference loops), runs the kernel tests on the shared case table against the
 # CPU kernels and PyTorch, runs the benchmarks (SparseAttention vs SDPA backends and unfused attention,
 # RoutedFFN vs the dense FFN), and writes OUT_DIR/report.json and OUT_DIR/report.md. Exit status: 0 all tests

@@ -4,10 +4,10 @@
 # package: it is a NuGet package (Microsoft.ML.OnnxRuntime) restored by dotnet with the other packages.
 set -euo pipefail
 
-# Debian packages: native toolchain, OpenBLAS for CPU GEMMs, GoogleTest/Google Benchmark for the native
+# Debian packages: native toolchain, oneDNN for the CPU kernels' GEMMs, GoogleTest/Google Benchmark for the native
 # tests and benchmarks, ONNX's backend test data for the IR peer suite, numpy for the GPU check harness test
 # (native/customops/gpu/test_check.py), Open MPI for data-parallel training (mpirun, libmpi.so.40) and its tests.
-packages=(cmake g++ make libopenblas-dev libgtest-dev libbenchmark-dev libonnx-testdata python3-numpy openmpi-bin libopenmpi-dev)
+packages=(cmake g++ make libdnnl-dev libgtest-dev libbenchmark-dev libonnx-testdata python3-numpy openmpi-bin libopenmpi-dev)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -25,7 +25,10 @@ public static class RoutedFfnOps
     private static readonly ElementType[] Int32Only = [ElementType.Int32];
 
     /// <summary>Activations the op supports.</summary>
-    public static IReadOnlyList<string> Activations { get; } = ["relu", "gelu", "gelu_tanh", "silu", "swiglu"];
+    public static IReadOnlyList<string> Activations { get; } = ["relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu", "geglu_tanh", "reglu", "relu2"];
+
+    /// <summary>The gated activations: h = gate(a) ⊙ a3 with the up projection W3 (gate silu, gelu, tanh gelu, relu).</summary>
+    public static IReadOnlyList<string> GatedActivations { get; } = ["swiglu", "geglu", "geglu_tanh", "reglu"];
 
     /// <summary>Gate modes the op supports.</summary>
     public static IReadOnlyList<string> Gates { get; } = ["2sigmoid_frozen_only", "2sigmoid_all", "none"];
@@ -94,7 +97,7 @@ public static class RoutedFfnOps
             v => (long)v >= 1 ? null : "must be >= 1") { Rejected = [0L, -1L] },
         new(BlocksPerTokenAttr, AttributeKind.Int, DefaultBlocksPerToken, "Blocks per token, in [1, n_blocks].",
             v => (long)v >= 1 ? null : "must be >= 1") { Rejected = [0L, -1L] },
-        AttributeSpec.OneOf(ActivationAttr, DefaultActivation, "One of relu, gelu (erf), gelu_tanh, silu, swiglu.", Activations),
+        AttributeSpec.OneOf(ActivationAttr, DefaultActivation, "One of relu, gelu (erf), gelu_tanh, silu, relu2 (squared ReLU), and the gated swiglu, geglu, geglu_tanh, reglu (gate silu, gelu, tanh gelu, relu times the up projection).", Activations),
         AttributeSpec.OneOf(GateAttr, DefaultGate,
             "2sigmoid_frozen_only: g = 2p scales the frozen base path only; 2sigmoid_all: g scales the whole block " +
             "output; none: no gate (the router only selects and gets no gradient).", Gates),
@@ -111,13 +114,13 @@ public static class RoutedFfnOps
         new("b2", "[d] fc2 bias (ungated, added once per token).", FloatOnly, Optional: true),
         new("Wr", "[d, n_blocks] router weight.", FloatOnly),
         new("br", "[n_blocks] router bias.", FloatOnly, Optional: true),
-        new("W3", "[d, d_ff] SwiGLU up projection; required for swiglu, not allowed otherwise.", FloatOnly, Optional: true),
+        new("W3", "[d, d_ff] up projection of a gated activation; required for those, not allowed otherwise.", FloatOnly, Optional: true),
         new("A1", "[d, r1] LoRA down factor of fc1.", FloatOnly, Optional: true),
         new("B1", "[r1, d_ff] LoRA up factor of fc1 (block i uses its columns).", FloatOnly, Optional: true),
         new("A2", "[d_ff, r2] LoRA down factor of fc2 (block i uses its rows).", FloatOnly, Optional: true),
         new("B2", "[r2, d] LoRA up factor of fc2.", FloatOnly, Optional: true),
-        new("A3", "[d, r3] LoRA down factor of the up projection (swiglu only).", FloatOnly, Optional: true),
-        new("B3", "[r3, d_ff] LoRA up factor of the up projection (swiglu only).", FloatOnly, Optional: true),
+        new("A3", "[d, r3] LoRA down factor of the up projection (gated activations only).", FloatOnly, Optional: true),
+        new("B3", "[r3, d_ff] LoRA up factor of the up projection (gated activations only).", FloatOnly, Optional: true),
     ];
 
     /// <summary>RoutedFFN(X, W1, b1?, W2, b2?, Wr, br?, W3?, A1?, B1?, A2?, B2?, A3?, B3?) -> Y, P?, Sel?, U?.</summary>
@@ -234,7 +237,7 @@ public static class RoutedFfnOps
             throw ctx.Fail($"attribute '{BlocksPerTokenAttr}' = {k}: must be <= n_blocks = {nb}");
         }
 
-        var swiglu = ctx.String(ActivationAttr) == "swiglu";
+        var swiglu = GatedActivations.Contains(ctx.String(ActivationAttr));
         string Name(int i) => ForwardInputs[i].Name;
 
         var x = ctx.Input(X + shift)!;
@@ -282,12 +285,12 @@ public static class RoutedFfnOps
         Expect(Br, "[n_blocks]", new Dim(nb));
         if (swiglu && !ctx.HasInput(W3 + shift))
         {
-            throw ctx.Fail("input 'W3' (the up projection [d, d_ff]) is required for activation 'swiglu'");
+            throw ctx.Fail("input 'W3' (the up projection [d, d_ff]) is required for a gated activation (swiglu, geglu, geglu_tanh, reglu)");
         }
 
         if (!swiglu && ctx.HasInput(W3 + shift))
         {
-            throw ctx.Fail("input 'W3' is only used with activation 'swiglu'; leave it empty");
+            throw ctx.Fail("input 'W3' is only used with a gated activation (swiglu, geglu, geglu_tanh, reglu); leave it empty");
         }
 
         Expect(W3, "[d, d_ff]", d, f);
@@ -318,7 +321,7 @@ public static class RoutedFfnOps
         Pair(LoraA2, LoraB2, f, d);
         if (!swiglu && (ctx.HasInput(LoraA3 + shift) || ctx.HasInput(LoraB3 + shift)))
         {
-            throw ctx.Fail("LoRA inputs 'A3'/'B3' are only used with activation 'swiglu'; leave them empty");
+            throw ctx.Fail("LoRA inputs 'A3'/'B3' are only used with a gated activation (swiglu, geglu, geglu_tanh, reglu); leave them empty");
         }
 
         Pair(LoraA3, LoraB3, d, f);

@@ -25,7 +25,7 @@ public class RoutedFfnSessionTests
         public string Gate = "2sigmoid_frozen_only";
         public readonly Dictionary<string, (float[] Data, long[] Shape)> Tensors = new();
 
-        public bool SwiGlu => Activation == "swiglu";
+        public bool SwiGlu => RoutedFfnOps.GatedActivations.Contains(Activation);
         public bool Has(string name) => Tensors.ContainsKey(name);
         public double[] D64(string name) => Tensors.TryGetValue(name, out var t) ? [.. t.Data.Select(v => (double)v)] : [];
 
@@ -85,10 +85,11 @@ public class RoutedFfnSessionTests
 
     private static double Act(string act, double a) => act switch
     {
-        "relu" => Math.Max(a, 0),
-        "gelu" => 0.5 * a * (1 + Erf(a / Math.Sqrt(2))),
-        "gelu_tanh" => 0.5 * a * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (a + 0.044715 * a * a * a))),
-        _ => a / (1 + Math.Exp(-a)),  // silu, and the gate half of swiglu
+        "relu" or "reglu" => Math.Max(a, 0),
+        "relu2" => a > 0 ? a * a : 0,
+        "gelu" or "geglu" => 0.5 * a * (1 + Erf(a / Math.Sqrt(2))),
+        "gelu_tanh" or "geglu_tanh" => 0.5 * a * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (a + 0.044715 * a * a * a))),
+        _ => a / (1 + Math.Exp(-a)),  // silu, and the gate of swiglu
     };
 
     // erf to ~1e-15 (.NET has none): Taylor series for |x| < 3, the erfc continued fraction beyond.
@@ -236,7 +237,7 @@ public class RoutedFfnSessionTests
                         l3 += xa * lb3[r * F + col];
                     }
 
-                    h[c] = p.SwiGlu ? Act("silu", gin * u + l) * (gin * u3 + l3) : Act(p.Activation, gin * u + l);
+                    h[c] = p.SwiGlu ? Act(p.Activation, gin * u + l) * (gin * u3 + l3) : Act(p.Activation, gin * u + l);
                 }
 
                 for (var q = 0; q < D; q++)
@@ -397,6 +398,10 @@ public class RoutedFfnSessionTests
     [InlineData("gelu_tanh")]
     [InlineData("silu")]
     [InlineData("swiglu")]
+    [InlineData("geglu")]
+    [InlineData("geglu_tanh")]
+    [InlineData("reglu")]
+    [InlineData("relu2")]
     public void AllBlocksWithoutGateEqualTheDenseFfn(string activation)
     {
         var p = Problem.Create(7, NB, activation, "none", lora: true, biases: true, seed: 3);
@@ -410,6 +415,8 @@ public class RoutedFfnSessionTests
     [InlineData("gelu", "2sigmoid_all", true)]
     [InlineData("swiglu", "2sigmoid_frozen_only", true)]
     [InlineData("silu", "none", false)]
+    [InlineData("geglu", "2sigmoid_all", true)]
+    [InlineData("relu2", "2sigmoid_frozen_only", false)]
     public void PartialRoutingMatchesThePerTokenReference(string activation, string gate, bool lora)
     {
         var p = Problem.Create(9, 2, activation, gate, lora, biases: lora, seed: 5);
@@ -419,7 +426,7 @@ public class RoutedFfnSessionTests
         Assert.Equal(sel, (int[])outputs["Sel"]);
         Assert.True(RelErr((float[])outputs["P"], Probs(p, p.D64)) < 1e-6);
         Assert.True(RelErr((float[])outputs["Y"], Routed(p, sel, p.D64)) < 1e-5);
-        Assert.Equal(9 * 2 * (activation == "swiglu" ? 8 : 4), ((float[])outputs["U"]).Length);
+        Assert.Equal(9 * 2 * (RoutedFfnOps.GatedActivations.Contains(activation) ? 8 : 4), ((float[])outputs["U"]).Length);
     }
 
     [Theory]
@@ -428,6 +435,10 @@ public class RoutedFfnSessionTests
     [InlineData("gelu_tanh", "none")]
     [InlineData("swiglu", "2sigmoid_frozen_only")]
     [InlineData("silu", "2sigmoid_all")]
+    [InlineData("geglu", "2sigmoid_frozen_only")]
+    [InlineData("geglu_tanh", "2sigmoid_all")]
+    [InlineData("reglu", "none")]
+    [InlineData("relu2", "2sigmoid_frozen_only")]
     public void GradientsMatchFiniteDifferences(string activation, string gate)
     {
         var p = Problem.Create(6, 2, activation, gate, lora: true, biases: true, seed: 7);
@@ -581,10 +592,10 @@ public class RoutedFfnSessionTests
 
     [Theory]
     [InlineData("top_k", "RoutedFFN: attribute 'blocks_per_token' must be <= n_blocks = 4; got 5")]
-    [InlineData("activation", "RoutedFFN: attribute 'activation' must be one of relu, gelu, gelu_tanh, silu, swiglu; got \"tanh\"")]
+    [InlineData("activation", "RoutedFFN: attribute 'activation' must be one of relu, gelu, gelu_tanh, silu, swiglu, geglu, geglu_tanh, reglu, relu2; got \"tanh\"")]
     [InlineData("activation_int", "RoutedFFN: attribute 'activation' must be a string; got an int")]
     [InlineData("top_k_string", "RoutedFFN: attribute 'blocks_per_token' must be an int; got a string")]
-    [InlineData("W3", "RoutedFFN: input 'W3' (the up projection [d, d_ff]) is required for activation 'swiglu'")]
+    [InlineData("W3", "RoutedFFN: input 'W3' (the up projection [d, d_ff]) is required for a gated activation (swiglu, geglu, geglu_tanh, reglu)")]
     [InlineData("B1", "RoutedFFN: LoRA inputs 'A1' and 'B1' must be given together (got only 'A1')")]
     [InlineData("n_blocks", "RoutedFFN: d_ff (16, from W1) must be divisible by attribute n_blocks (3)")]
     public void BadAttributesAndInputsFailAtLoad(string what, string expected)

@@ -60,6 +60,16 @@ public class FixtureRecognitionTests(ITestOutputHelper output)
             Assert.All(report.Attention, a => Assert.Equal(mask is "padding" or "both", a.KeyPaddingMask != null));
             if (mask is "padding" or "both")
                 Assert.All(report.Attention, a => Assert.Equal("attention_mask", a.KeyPaddingMask));
+            // Grouped-query / multi-query attention: the ops read K and V at their own head count, never a repeat.
+            if (entry.TryGetProperty("kv_heads", out var kvHeads))
+            {
+                Assert.All(report.Attention, a => Assert.Equal(kvHeads.GetInt64(), a.KvHeads));
+                foreach (var sa in model.Graph.Nodes.Where(n => n.OpType == "SparseAttention"))
+                {
+                    foreach (var kv in new[] { sa.Inputs[1]!, sa.Inputs[2]! })
+                        Assert.False(kv.Producer is { OpType: "Reshape" } r && r.Inputs[0]?.Producer is { OpType: "Expand" }, $"{sa.Name} reads repeated K/V '{kv.Name}'");
+                }
+            }
             var act = entry.GetProperty("ffn_activation").GetString()!;
             string expected = act switch { "gelu_op" => "gelu", "fastgelu" => "gelu_tanh", _ => act };
             Assert.All(report.Ffn, f => Assert.Equal(expected, f.Activation));

@@ -1,13 +1,12 @@
-// Sparse attention (PQ-selected, L = S/8, causal) against dense attention built from OpenBLAS GEMMs, forward
-// plus backward, at BERT-base (H = 12) and OPT-1.3B (H = 32) head shapes, E = 64, batch 1. Also PQEncode and
-// PQTopK. Counters: saved_MiB = what the forward keeps for the backward beyond Q, K, V (dense: the
-// [B, H, S, S] probabilities; sparse: indices + P, both [B, H, S, L]).
+// Sparse attention (PQ-selected, L = S/8, causal) against dense attention built from the kernels' GEMMs, forward
+// plus backward, at BERT-base (H = 12) and OPT-1.3B (H = 32) head shapes, E = 64, batch 1. Also PQEncode,
+// PQTopK, and the PQ loss with its gradient on Q and K. Counters: saved_MiB = what the forward keeps for the
+// backward beyond Q, K, V (dense: the [B, H, S, S] probabilities; sparse: indices + P, both [B, H, S, L]).
 //
-// Threads: both sides use ThreadParallel over (b, h) blocks with single-threaded OpenBLAS calls inside
-// (openblas_set_num_threads(1)), so neither competes with the other's pool.
+// Threads: both sides use ThreadParallel over (b, h) blocks with single-threaded GEMM calls inside
+// (SetBlasThreads(1)), so neither competes with the other's pool.
 // The CPU column is process CPU time (all threads): on a shared machine it is steadier than wall time.
 #include <benchmark/benchmark.h>
-#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
@@ -15,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu/blas.h"
 #include "cpu/parallel.h"
 #include "cpu/pq.h"
 #include "cpu/sparse_attention.h"
@@ -66,7 +66,7 @@ void SetCounters(benchmark::State& state, const Problem& p, double saved_bytes) 
 }
 
 void BM_SparseAttentionFwdBwd(benchmark::State& state) {
-  openblas_set_num_threads(1);
+  SetBlasThreads(1);
   const Problem p(state);
   const ThreadParallel par(Threads());
   const auto idx = SelectKeys(p, par);
@@ -87,7 +87,7 @@ void BM_SparseAttentionFwdBwd(benchmark::State& state) {
 // Dense causal attention, one (b, h) per task: P = softmax(mask(scale Q K^T)), Y = P V, then
 // dP = dY V^T, dS = scale P (dP - rowsum(P dP)), dQ = dS K, dK = dS^T Q, dV = P^T dY.
 void BM_DenseAttentionFwdBwd(benchmark::State& state) {
-  openblas_set_num_threads(1);
+  SetBlasThreads(1);
   const Problem p(state);
   const ThreadParallel par(Threads());
   const int64_t S = p.S;
@@ -101,7 +101,7 @@ void BM_DenseAttentionFwdBwd(benchmark::State& state) {
       const float* k = p.k.data() + h * S * kE;
       const float* v = p.v.data() + h * S * kE;
       float* pr = probs.data() + h * S * S;  // [S, S]
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, kE, scale, q, kE, k, kE, 0.f, pr, S);
+      Sgemm(false, true, S, S, kE, scale, q, kE, k, kE, 0.f, pr, S);
       for (int64_t i = 0; i < S; ++i) {
         float* row = pr + i * S;
         float mx = -INFINITY;
@@ -112,11 +112,11 @@ void BM_DenseAttentionFwdBwd(benchmark::State& state) {
         for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
         std::fill(row + i + 1, row + S, 0.f);
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, kE, S, 1.f, pr, S, v, kE, 0.f, y.data() + h * S * kE, kE);
+      Sgemm(false, false, S, kE, S, 1.f, pr, S, v, kE, 0.f, y.data() + h * S * kE, kE);
       // backward
       const float* dyh = p.dy.data() + h * S * kE;
       float* ds = dp[h].data();
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, kE, 1.f, dyh, kE, v, kE, 0.f, ds, S);
+      Sgemm(false, true, S, S, kE, 1.f, dyh, kE, v, kE, 0.f, ds, S);
       for (int64_t i = 0; i < S; ++i) {
         float* drow = ds + i * S;
         const float* prow = pr + i * S;
@@ -124,9 +124,9 @@ void BM_DenseAttentionFwdBwd(benchmark::State& state) {
         for (int64_t j = 0; j < S; ++j) c += static_cast<double>(prow[j]) * drow[j];
         for (int64_t j = 0; j < S; ++j) drow[j] = scale * prow[j] * (drow[j] - static_cast<float>(c));
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, kE, S, 1.f, ds, S, k, kE, 0.f, dq.data() + h * S * kE, kE);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, kE, S, 1.f, ds, S, q, kE, 0.f, dk.data() + h * S * kE, kE);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, kE, S, 1.f, pr, S, dyh, kE, 0.f, dv.data() + h * S * kE, kE);
+      Sgemm(false, false, S, kE, S, 1.f, ds, S, k, kE, 0.f, dq.data() + h * S * kE, kE);
+      Sgemm(true, false, S, kE, S, 1.f, ds, S, q, kE, 0.f, dk.data() + h * S * kE, kE);
+      Sgemm(true, false, S, kE, S, 1.f, pr, S, dyh, kE, 0.f, dv.data() + h * S * kE, kE);
     });
     benchmark::DoNotOptimize(dq.data());
   }
@@ -142,6 +142,21 @@ void BM_PQEncodeQK(benchmark::State& state) {
     PQEncode(pd, p.q.data(), p.codebook.data(), cq.data(), par);
     PQEncode(pd, p.k.data(), p.codebook.data(), ck.data(), par);
     benchmark::DoNotOptimize(ck.data());
+  }
+  SetCounters(state, p, 0);
+}
+
+// The codebook loss and its gradient on Q and K (what the training step runs per layer).
+void BM_PQLossGradQK(benchmark::State& state) {
+  const Problem p(state);
+  const ThreadParallel par(Threads());
+  const PQDims pd = CheckPQInputs("PQLossGrad", {1, p.H, p.S, kE}, {kM, kC, kDc});
+  std::vector<float> dq(p.q.size()), dk(p.k.size()), dw(p.codebook.size());
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(PQLoss(pd, p.q.data(), p.codebook.data(), par) + PQLoss(pd, p.k.data(), p.codebook.data(), par));
+    PQLossGrad(pd, 1.f, p.q.data(), p.codebook.data(), false, dq.data(), dw.data(), par);
+    PQLossGrad(pd, 1.f, p.k.data(), p.codebook.data(), false, dk.data(), dw.data(), par);
+    benchmark::DoNotOptimize(dw.data());
   }
   SetCounters(state, p, 0);
 }
@@ -173,6 +188,7 @@ void Shapes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_SparseAttentionFwdBwd)->Apply(Shapes);
 BENCHMARK(BM_DenseAttentionFwdBwd)->Apply(Shapes);
 BENCHMARK(BM_PQEncodeQK)->Apply(Shapes);
+BENCHMARK(BM_PQLossGradQK)->Apply(Shapes);
 BENCHMARK(BM_PQTopK<TopKMode::kExact>)->Apply(Shapes);
 BENCHMARK(BM_PQTopK<TopKMode::kBucketed>)->Apply(Shapes);
 

@@ -9,11 +9,11 @@
 //   Dense/lora     dense,  frozen base, LoRA r=16: grads dX, LoRA
 //   Dense/plain    dense,  frozen base, no LoRA:   grad dX
 //   Dense/full     dense full finetune:            grads dX, dW1, db1, dW2, db2
-// Routed threading argument: 0 = one thread (OpenBLAS single-threaded, one GEMM chain per block);
-// 1 = OpenBLAS single-threaded, the kernel's 128-row chunk tasks on 2 threads (the ORT binding's
-// size up to 2048 rows); 2 = OpenBLAS on 2 threads, one GEMM chain per block, serial tasks; 3 = like 1,
+// Routed threading argument: 0 = one thread (GEMMs single-threaded, one GEMM chain per block);
+// 1 = GEMMs single-threaded, the kernel's 128-row chunk tasks on 2 threads (the ORT binding's
+// size up to 2048 rows); 2 = GEMMs on 2 threads, one GEMM chain per block, serial tasks; 3 = like 1,
 // 512-row chunks (the binding's size from 8192 rows, 4096 tokens at top 2); 4 = like 1, 256-row chunks.
-// Dense "threads": OpenBLAS threads (large GEMMs) and threads for its elementwise loops.
+// Dense "threads": GEMM threads (large GEMMs) and threads for its elementwise loops.
 // Both wall time and process CPU time are reported: on a shared machine the one-thread CPU times
 // give the most stable routed/dense ratio.
 // Each case runs 3 single-iteration repetitions and reports their minimum (the "_min" rows).

@@ -89,7 +89,7 @@ Attrs ParseAttrs(const std::string& op, const AttrSource& src) {
   }
   a.frozen_base = ReadFlag(op, src, attr::kFrozenBase, defaults::kFrozenBase);
   const std::string activation = ReadOneOf(op, src, attr::kActivation, defaults::kActivation,
-                                           {"relu", "gelu", "gelu_tanh", "silu", "swiglu"});
+                                           {"relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu", "geglu_tanh", "reglu", "relu2"});
   const std::string gate = ReadOneOf(op, src, attr::kGate, defaults::kGate, {"2sigmoid_frozen_only", "2sigmoid_all", "none"});
   if (!cpu::ParseFfnActivation(activation, &a.activation) || !cpu::ParseFfnGate(gate, &a.gate)) {
     throw std::logic_error(op + ": the kernels do not know activation '" + activation + "' or gate '" + gate + "'");
@@ -173,11 +173,11 @@ cpu::RoutedFfnConfig CheckForward(const std::string& op, const Attrs& attrs, con
   expect(kB1, {"d_ff"}, {f});
   expect(kB2, {"d"}, {d});
   expect(kBr, {"n_blocks"}, {nb});
-  if (cfg.SwiGlu()) {
-    if (!in(kW3).present) Fail(op, "input 'W3' (the up projection [d, d_ff]) is required for activation 'swiglu'");
+  if (cfg.Gated()) {
+    if (!in(kW3).present) Fail(op, "input 'W3' (the up projection [d, d_ff]) is required for a gated activation (swiglu, geglu, geglu_tanh, reglu)");
     expect(kW3, {"d", "d_ff"}, {d, f});
   } else if (in(kW3).present) {
-    Fail(op, "input 'W3' is only used with activation 'swiglu'; leave it empty");
+    Fail(op, "input 'W3' is only used with a gated activation (swiglu, geglu, geglu_tanh, reglu); leave it empty");
   }
   // LoRA pairs: both factors or neither; ranks from A.
   auto pair = [&](int ia, int ib, std::vector<const char*> a_names, int64_t a_rows, std::vector<const char*> b_names,
@@ -200,7 +200,7 @@ cpu::RoutedFfnConfig CheckForward(const std::string& op, const Attrs& attrs, con
   cfg.rank1 = pair(kA1, kLB1, {"d"}, d, {"r1", "d_ff"}, f);
   cfg.rank2 = pair(kA2, kLB2, {"d_ff"}, f, {"r2", "d"}, d);
   cfg.rank3 = pair(kA3, kLB3, {"d"}, d, {"r3", "d_ff"}, f);
-  if (cfg.rank3 > 0 && !cfg.SwiGlu()) Fail(op, "LoRA inputs 'A3'/'B3' are only used with activation 'swiglu'; leave them empty");
+  if (cfg.rank3 > 0 && !cfg.Gated()) Fail(op, "LoRA inputs 'A3'/'B3' are only used with a gated activation (swiglu, geglu, geglu_tanh, reglu); leave them empty");
   if (cfg.tokens >= 0 && d > 0 && f > 0) {
     const std::string problem = cpu::ValidateRoutedFfnConfig(cfg);
     if (!problem.empty()) Fail(op, problem);
@@ -323,7 +323,7 @@ void InferRoutedFfn(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw) {
   SetIfPresent(ctx, kY, pool.ShapeOf(x), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
   SetIfPresent(ctx, kP, {pool.Tokens(x, 1), SymDim(cfg.n_blocks)}, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
   SetIfPresent(ctx, kSel, {pool.Tokens(x, 1), SymDim(cfg.top_k)}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
-  SetIfPresent(ctx, kU, {pool.Tokens(x, cfg.top_k), pool.Dim(bs < 0 ? -1 : (cfg.SwiGlu() ? 2 * bs : bs), "")},
+  SetIfPresent(ctx, kU, {pool.Tokens(x, cfg.top_k), pool.Dim(bs < 0 ? -1 : (cfg.Gated() ? 2 * bs : bs), "")},
                ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
 }
 
@@ -355,8 +355,8 @@ void InferRoutedFfnGrad(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw) 
   const int64_t rows = cfg.tokens >= 0 ? cfg.tokens * cfg.top_k : -1;
   expect2(kGradP, "P", "[T, n_blocks]", cfg.tokens, cfg.n_blocks);
   expect2(kGradSel, "Sel", "[T, blocks_per_token]", cfg.tokens, cfg.top_k);
-  expect2(kGradU, "U", cfg.SwiGlu() ? "[T*blocks_per_token, 2*d_ff/n_blocks]" : "[T*blocks_per_token, d_ff/n_blocks]", rows,
-          bs < 0 ? -1 : (cfg.SwiGlu() ? 2 * bs : bs));
+  expect2(kGradU, "U", cfg.Gated() ? "[T*blocks_per_token, 2*d_ff/n_blocks]" : "[T*blocks_per_token, d_ff/n_blocks]", rows,
+          bs < 0 ? -1 : (cfg.Gated() ? 2 * bs : bs));
   // Every gradient has the shape of its input.
   SymbolPool pool;
   const int sources[kGradOutputs] = {kX, kWr, kBr, kW1, kB1, kW2, kB2, kW3, kA1, kLB1, kA2, kLB2, kA3, kLB3};
@@ -367,13 +367,13 @@ void InferRoutedFfnGrad(Ort::ShapeInferContext& ctx, OrtShapeInferContext* raw) 
 }
 
 // Rows per task when the kernel runs on ORT's pool: about 16 tasks where the batch allows it, between
-// 128 and 512 rows. OpenBLAS repacks the weight block on every call, so small tasks cost CPU time
-// (bench_ffn.cc, 4096 tokens on 2 threads: 128-row tasks took 17-24% more CPU time than whole blocks,
+// 128 and 512 rows. The GEMM library repacks the weight block on every call, so small tasks cost CPU time
+// (bench_ffn.cc with OpenBLAS, 4096 tokens on 2 threads: 128-row tasks took 17-24% more CPU time than whole blocks,
 // 256-row ones 7-10%, 512-row ones 3-4%). It depends on the number of grouped rows only, never on the
 // number of threads, so results stay bit-identical whatever the pool.
 int64_t ChunkRows(int64_t rows) { return std::clamp<int64_t>((rows / 16 + 63) / 64 * 64, 128, 512); }
 
-// OpenBLAS runs single-threaded inside our ops: the parallelism comes from ORT's intra-op pool (one
+// GEMMs run single-threaded inside our ops: the parallelism comes from ORT's intra-op pool (one
 // GEMM chain per task), which avoids oversubscribing the cores with two thread pools.
 void UseSingleThreadedBlas() {
   static std::once_flag once;
@@ -463,7 +463,7 @@ struct RoutedFfnKernelT {
   Attrs attrs;
 };
 
-// The CPU backend: OpenBLAS GEMMs on tasks of ORT's intra-op pool, scratch from ORT's CPU allocator.
+// The CPU backend: oneDNN GEMMs on tasks of ORT's intra-op pool, scratch from ORT's CPU allocator.
 struct CpuFfn {
   static constexpr const char* kProvider = nullptr;  // ORT's default: CPUExecutionProvider
   static void Forward(const Ort::KernelContext& ctx, const cpu::RoutedFfnConfig& cfg, const cpu::RoutedFfnWeights& w,
@@ -587,7 +587,7 @@ struct RoutedFfnGradKernelT {
       expect(kGradP, "P", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "float32", "[T, n_blocks]", {T, nb});
       expect(kGradSel, "Sel", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, "int32", "[T, blocks_per_token]", {T, k});
       expect(kGradU, "U", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "float32",
-             cfg.SwiGlu() ? "[T*blocks_per_token, 2*d_ff/n_blocks]" : "[T*blocks_per_token, d_ff/n_blocks]", {T * k, cfg.PreWidth()});
+             cfg.Gated() ? "[T*blocks_per_token, 2*d_ff/n_blocks]" : "[T*blocks_per_token, d_ff/n_blocks]", {T * k, cfg.PreWidth()});
       cpu::RoutedFfnConstState state;
       state.probs = FloatData(ctx, kGradP);
       state.selection = ctx.GetInput(kGradSel).GetTensorData<int32_t>();
@@ -614,7 +614,7 @@ struct RoutedFfnGradKernelT {
           {{f}, attrs.frozen_base ? base : (w.b1 ? "" : "needs input 'b1'")},
           {{f, d}, attrs.frozen_base ? base : ""},
           {{d}, attrs.frozen_base ? base : (w.b2 ? "" : "needs input 'b2'")},
-          {{d, f}, attrs.frozen_base ? base : (cfg.SwiGlu() ? "" : "needs activation 'swiglu'")},
+          {{d, f}, attrs.frozen_base ? base : (cfg.Gated() ? "" : "needs a gated activation")},
           {shape_of(kA1 + kGradShift), cfg.rank1 ? "" : "needs LoRA inputs 'A1'/'B1'"},
           {shape_of(kLB1 + kGradShift), cfg.rank1 ? "" : "needs LoRA inputs 'A1'/'B1'"},
           {shape_of(kA2 + kGradShift), cfg.rank2 ? "" : "needs LoRA inputs 'A2'/'B2'"},

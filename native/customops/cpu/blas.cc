@@ -1,15 +1,44 @@
 #include "cpu/blas.h"
 
-#include <cblas.h>
+#include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
 
+#include <atomic>
+#include <cstdio>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 namespace spt::cpu {
+namespace {
+
+std::atomic<int> g_threads{1};
+
+// oneDNN's CPU runtime in Debian's build is OpenMP: a GEMM uses the calling thread's OpenMP thread count, which
+// is per thread. Each thread that calls a GEMM gets the process-wide count once (and again when it changes), so
+// a kernel task running on one of ORT's pool threads does not start an OpenMP team of its own.
+void UseConfiguredThreads() {
+  thread_local int applied = 0;
+  const int wanted = g_threads.load(std::memory_order_relaxed);
+  if (applied != wanted) {
+    omp_set_num_threads(wanted);
+    applied = wanted;
+  }
+}
+
+void Check(dnnl_status_t status, const char* what) {
+  if (status != dnnl_success) {
+    throw std::runtime_error(std::string("oneDNN ") + what + " failed with status " + std::to_string(status));
+  }
+}
+
+}  // namespace
 
 void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
-  if (k <= 0) {
+  if (k <= 0 || beta == 0.0f) {
+    // beta = 0 overwrites C whatever it held (NaN included); k = 0 leaves only beta · C.
     for (int64_t i = 0; i < m; ++i) {
       float* row = c + i * ldc;
       if (beta == 0.0f) {
@@ -18,30 +47,29 @@ void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
         for (int64_t j = 0; j < n; ++j) row[j] *= beta;
       }
     }
-    return;
+    if (k <= 0) return;
   }
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
-              static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
+  UseConfiguredThreads();
+  Check(dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc), "sgemm");
 }
 
 void SgemvTrans(int64_t m, int64_t n, float alpha, const float* a, int64_t lda, const float* x, float beta, float* y) {
-  if (n <= 0) return;
-  if (m <= 0) {
-    for (int64_t j = 0; j < n; ++j) y[j] = beta == 0.0f ? 0.0f : beta * y[j];
-    return;
-  }
-  if (beta == 0.0f) {
-    // Some BLAS builds scale y by 0 rather than overwrite it (NaN stays NaN); clear it explicitly.
-    std::memset(y, 0, static_cast<std::size_t>(n) * sizeof(float));
-    beta = 1.0f;
-  }
-  cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<blasint>(m), static_cast<blasint>(n), alpha, a,
-              static_cast<blasint>(lda), x, 1, beta, y, 1);
+  // yᵀ[1, n] = alpha · xᵀ[1, m] · A[m, n] + beta · yᵀ
+  Sgemm(false, false, 1, n, m, alpha, x, m, a, lda, beta, y, n);
 }
 
-int BlasThreads() { return openblas_get_num_threads(); }
+int BlasThreads() { return g_threads.load(std::memory_order_relaxed); }
 
-void SetBlasThreads(int threads) { openblas_set_num_threads(threads < 1 ? 1 : threads); }
+void SetBlasThreads(int threads) { g_threads.store(threads < 1 ? 1 : threads, std::memory_order_relaxed); }
+
+const char* BlasName() {
+  static const std::string name = [] {
+    const dnnl_version_t* v = dnnl_version();
+    char text[64];
+    std::snprintf(text, sizeof text, "oneDNN %d.%d.%d", v->major, v->minor, v->patch);
+    return std::string(text);
+  }();
+  return name.c_str();
+}
 
 }  // namespace spt::cpu

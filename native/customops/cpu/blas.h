@@ -1,4 +1,7 @@
-// Thin row-major wrapper over OpenBLAS's cblas_sgemm, plus control of OpenBLAS's own thread pool.
+// Thin row-major GEMM wrapper over oneDNN's dnnl_sgemm. oneDNN picks its kernels from the CPU's instruction-set
+// features (AVX2, AVX-512, AMX ...), not from a table of known CPU models, so a CPU it has never seen still gets
+// the widest kernels it supports. The kernels parallelize over their own tasks: a GEMM runs on the calling
+// thread (see SetBlasThreads).
 #pragma once
 
 #include <cstdint>
@@ -14,8 +17,11 @@ void Sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 // y[n] = alpha · A[m, n]ᵀ · x[m] + beta · y  (column sums weighted by x; deterministic order).
 void SgemvTrans(int64_t m, int64_t n, float alpha, const float* a, int64_t lda, const float* x, float beta, float* y);
 
-// Number of threads OpenBLAS uses for one call (process-wide setting of the pthread build).
+// Threads one GEMM call may use (process-wide; 1 by default: the callers split work over their own pool).
 int BlasThreads();
 void SetBlasThreads(int threads);
+
+// The GEMM library in use, for benchmarks and diagnostics (e.g. "oneDNN 2.6.3").
+const char* BlasName();
 
 }  // namespace spt::cpu

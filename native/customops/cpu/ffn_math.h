@@ -20,12 +20,16 @@ constexpr float kGeluTanhCoeff = 0.044715f;
 
 SPT_FFN_INLINE float Sigmoid(float z) { return 1.0f / (1.0f + ::expf(-z)); }
 
-// act(a) for the single-input activations (SwiGLU's gate uses SiLU).
+// act(a); for a gated activation its gate function (SwiGLU: SiLU, GEGLU: GELU, ReGLU: ReLU).
 SPT_FFN_INLINE float Activate(FfnActivation act, float a) {
   switch (act) {
-    case FfnActivation::kRelu: return a > 0.0f ? a : 0.0f;
-    case FfnActivation::kGelu: return 0.5f * a * (1.0f + ::erff(a * kSqrtHalf));
-    case FfnActivation::kGeluTanh: return 0.5f * a * (1.0f + ::tanhf(kSqrt2OverPi * (a + kGeluTanhCoeff * a * a * a)));
+    case FfnActivation::kRelu:
+    case FfnActivation::kReGlu: return a > 0.0f ? a : 0.0f;
+    case FfnActivation::kRelu2: return a > 0.0f ? a * a : 0.0f;
+    case FfnActivation::kGelu:
+    case FfnActivation::kGeGlu: return 0.5f * a * (1.0f + ::erff(a * kSqrtHalf));
+    case FfnActivation::kGeluTanh:
+    case FfnActivation::kGeGluTanh: return 0.5f * a * (1.0f + ::tanhf(kSqrt2OverPi * (a + kGeluTanhCoeff * a * a * a)));
     case FfnActivation::kSilu:
     case FfnActivation::kSwiGlu: return a * Sigmoid(a);
   }
@@ -35,9 +39,13 @@ SPT_FFN_INLINE float Activate(FfnActivation act, float a) {
 // act'(a).
 SPT_FFN_INLINE float ActivateGrad(FfnActivation act, float a) {
   switch (act) {
-    case FfnActivation::kRelu: return a > 0.0f ? 1.0f : 0.0f;
-    case FfnActivation::kGelu: return 0.5f * (1.0f + ::erff(a * kSqrtHalf)) + a * kInvSqrt2Pi * ::expf(-0.5f * a * a);
-    case FfnActivation::kGeluTanh: {
+    case FfnActivation::kRelu:
+    case FfnActivation::kReGlu: return a > 0.0f ? 1.0f : 0.0f;
+    case FfnActivation::kRelu2: return a > 0.0f ? 2.0f * a : 0.0f;
+    case FfnActivation::kGelu:
+    case FfnActivation::kGeGlu: return 0.5f * (1.0f + ::erff(a * kSqrtHalf)) + a * kInvSqrt2Pi * ::expf(-0.5f * a * a);
+    case FfnActivation::kGeluTanh:
+    case FfnActivation::kGeGluTanh: {
       const float t = ::tanhf(kSqrt2OverPi * (a + kGeluTanhCoeff * a * a * a));
       return 0.5f * (1.0f + t) + 0.5f * a * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kGeluTanhCoeff * a * a);
     }

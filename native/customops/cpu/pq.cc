@@ -28,8 +28,6 @@ inline float L1(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-inline double Sign(double x) { return x > 0 ? 1.0 : (x < 0 ? -1.0 : 0.0); }
-
 }  // namespace
 
 PQDims CheckPQInputs(const char* op, const Shape& z, const Shape& codebook) {
@@ -160,14 +158,57 @@ struct TopKProblem {
   int32_t* indices;
   const int16_t* level_of_count;  // [M + 1]: match count -> level (itself, or its bucket)
   int64_t max_level;
+  int64_t field_bits;  // 4 or 8: codes packed this many bits each into 32-bit words; 0: not packed
 };
 
+// Codes packed into 32-bit words, `bits` per code (all codes below 2^bits), code m of a row in word m / per_word
+// at field m % per_word; unused fields are 0 in both query and key words, so they always "match" and are
+// subtracted. The match count of a query word q and a key word k is the number of zero fields of q ^ k.
+struct CodePacking {
+  int64_t bits, per_word, words;
+  CodePacking(int64_t field_bits, int64_t m) : bits(field_bits), per_word(32 / field_bits), words((m + per_word - 1) / per_word) {}
+  void Pack(const int32_t* codes, int64_t m, uint32_t* out) const {
+    for (int64_t w = 0; w < words; ++w) out[w] = 0;
+    for (int64_t i = 0; i < m; ++i) out[i / per_word] |= static_cast<uint32_t>(codes[i]) << ((i % per_word) * bits);
+  }
+};
+
+// Fields of x that are nonzero: fold each field's bits into its lowest bit, then sum the low bits with one
+// multiply (the sum of at most 8 fields fits the top field).
+template <int kBits>
+inline uint32_t NonzeroFields(uint32_t x) {
+  if constexpr (kBits == 4) {
+    x |= x >> 1;
+    x |= x >> 2;
+    x &= 0x11111111u;
+    return (x * 0x11111111u) >> 28;
+  } else {
+    x |= x >> 1;
+    x |= x >> 2;
+    x |= x >> 4;
+    x &= 0x01010101u;
+    return (x * 0x01010101u) >> 24;
+  }
+}
+
+// counts[j] = matching codes of query row (packed words qw) and key j, for j < limit; kw is [words, Sk].
+template <int kBits>
+inline void CountMatchesPacked(const uint32_t* qw, const uint32_t* kw, int64_t words, int64_t sk, int64_t fields,
+                               int64_t limit, int32_t* counts) {
+  for (int64_t j = 0; j < limit; ++j) counts[j] = static_cast<int32_t>(fields);
+  for (int64_t w = 0; w < words; ++w) {
+    const uint32_t q = qw[w];
+    const uint32_t* col = kw + w * sk;
+    for (int64_t j = 0; j < limit; ++j) counts[j] -= static_cast<int32_t>(NonzeroFields<kBits>(q ^ col[j]));
+  }
+}
+
 struct TopKScratch {
-  int32_t* key_codes;  // [M, Sk] this head's key codes, subspace-major
+  int32_t* key_codes;  // [M, Sk] this head's key codes, subspace-major (packed: [words, Sk] uint32)
   int32_t* counts;     // [Sk]
   int16_t* levels;     // [Sk]
   uint8_t* marked;     // [Sk]
-  int64_t* histogram;  // [max_level + 1]
+  int64_t* histogram;  // [4, max_level + 1]
 };
 
 // Query rows [i0, i1) of head bh.
@@ -177,36 +218,112 @@ struct TopKScratch {
   // Exclusive bound on the keys row i may see (causal rule aligned to the end for Sq != Sk).
   auto limit_of = [&](int64_t i) { return w.causal ? std::clamp<int64_t>(i + d.Sk - d.Sq + 1, 0, d.Sk) : d.Sk; };
   const int64_t key_end = limit_of(i1 - 1);
-  // Subspace-major copy of the visible keys' codes so the match count vectorizes over keys.
+  // Subspace-major copy of the visible keys' codes so the match count vectorizes over keys; packed when the
+  // codes are small (a few bits each), which reads 8 (or 4) codes with one 32-bit compare.
   const int32_t* kc = w.codes_k + KvHeadOf(bh, d.H, d.Hkv) * d.Sk * d.M;
-  for (int64_t j = 0; j < key_end; ++j) {
-    for (int64_t m = 0; m < d.M; ++m) s.key_codes[m * d.Sk + j] = kc[j * d.M + m];
+  const CodePacking pack(w.field_bits > 0 ? w.field_bits : 4, d.M);
+  auto* packed = reinterpret_cast<uint32_t*>(s.key_codes);
+  if (w.field_bits > 0) {
+    uint32_t words[32];
+    for (int64_t j = 0; j < key_end; ++j) {
+      pack.Pack(kc + j * d.M, d.M, words);
+      for (int64_t q = 0; q < pack.words; ++q) packed[q * d.Sk + j] = words[q];
+    }
+  } else {
+    for (int64_t j = 0; j < key_end; ++j) {
+      for (int64_t m = 0; m < d.M; ++m) s.key_codes[m * d.Sk + j] = kc[j * d.M + m];
+    }
   }
   const uint8_t* keep = w.key_keep ? w.key_keep + (bh / d.H) * d.Sk : nullptr;
   for (int64_t i = i0; i < i1; ++i) {
     const int32_t* qc = w.codes_q + (bh * d.Sq + i) * d.M;
     const int64_t limit = limit_of(i);
-    std::fill(s.counts, s.counts + limit, 0);
-    for (int64_t m = 0; m < d.M; ++m) {
-      const int32_t code = qc[m];
-      const int32_t* col = s.key_codes + m * d.Sk;
-      for (int64_t j = 0; j < limit; ++j) s.counts[j] += col[j] == code;
+    if (w.field_bits > 0) {
+      uint32_t qw[32];
+      pack.Pack(qc, d.M, qw);
+      const int64_t fields = pack.words * pack.per_word;
+      if (w.field_bits == 4) {
+        CountMatchesPacked<4>(qw, packed, pack.words, d.Sk, fields, limit, s.counts);
+      } else {
+        CountMatchesPacked<8>(qw, packed, pack.words, d.Sk, fields, limit, s.counts);
+      }
+      // The padding fields matched in every word: take them off.
+      const int32_t pad = static_cast<int32_t>(fields - d.M);
+      if (pad) {
+        for (int64_t j = 0; j < limit; ++j) s.counts[j] -= pad;
+      }
+    } else {
+      std::fill(s.counts, s.counts + limit, 0);
+      for (int64_t m = 0; m < d.M; ++m) {
+        const int32_t code = qc[m];
+        const int32_t* col = s.key_codes + m * d.Sk;
+        for (int64_t j = 0; j < limit; ++j) s.counts[j] += col[j] == code;
+      }
     }
     int32_t* out = w.indices + (bh * d.Sq + i) * d.L;
     if (w.mode == TopKMode::kExact) {
       // One pass for the count histogram, one to emit: every key above the threshold count and the earliest
       // ones at it, in ascending key order.
-      std::fill(s.histogram, s.histogram + d.M + 1, 0);
+      // The histogram is kept per key class j % 4 (summed after) so that consecutive increments rarely hit the
+      // same counter; the emission is branch-free (a key's slot is written, and kept only when it is taken).
+      std::fill(s.histogram, s.histogram + 4 * (d.M + 1), 0);
       for (int64_t j = 0; j < limit; ++j) {
-        if (!keep || keep[j]) ++s.histogram[s.counts[j]];
+        if (!keep || keep[j]) ++s.histogram[(j & 3) * (d.M + 1) + s.counts[j]];
+      }
+      for (int64_t n = 0; n <= d.M; ++n) {
+        s.histogram[n] += s.histogram[(d.M + 1) + n] + s.histogram[2 * (d.M + 1) + n] + s.histogram[3 * (d.M + 1) + n];
       }
       int64_t above = 0, threshold = d.M;
       for (; threshold > 0 && above + s.histogram[threshold] < d.L; --threshold) above += s.histogram[threshold];
       int64_t at_threshold = d.L - above, t = 0;
       for (int64_t j = 0; j < limit && t < d.L; ++j) {
-        if (keep && !keep[j]) continue;
         const int32_t n = s.counts[j];
-        if (n > threshold || (n == threshold && at_threshold-- > 0)) out[t++] = static_cast<int32_t>(j);
+        const bool ok = !keep || keep[j];
+        const bool tie = ok && n == threshold && at_threshold > 0;
+        const bool take = (ok && n > threshold) || tie;
+        at_threshold -= tie;
+        out[t] = static_cast<int32_t>(j);
+        t += take;
+      }
+      for (; t < d.L; ++t) out[t] = -1;
+      continue;
+    }
+    // Bucketed: slot p < L belongs to class p % 4, filled from the keys j with j % 4 == that class. One pass
+    // counts each class's keys per level; when every class has keys for all its slots, one more pass marks and
+    // emits them in ascending key order (per class: every key above the class's threshold level and the earliest
+    // ones at it). Otherwise (early rows, masked keys) the general path below also hands the slots a class
+    // cannot fill to the best remaining keys of any class.
+    constexpr int64_t kMaxLevels = 4;
+    int64_t hist[4][kMaxLevels] = {};
+    for (int64_t j = 0; j < limit; ++j) {
+      if (!keep || keep[j]) ++hist[j & 3][w.level_of_count[s.counts[j]]];
+    }
+    int64_t threshold[4], at_threshold[4];
+    bool fits = w.max_level < kMaxLevels;
+    for (int64_t c = 0; c < 4 && fits; ++c) {
+      const int64_t quota = c < d.L ? (d.L - c + 3) / 4 : 0;  // slots p < L with p % 4 == c
+      int64_t above = 0, t = w.max_level;
+      for (; t >= 0 && above + hist[c][t] < quota; --t) above += hist[c][t];
+      if (quota == 0) {
+        threshold[c] = kMaxLevels;  // takes nothing
+        at_threshold[c] = 0;
+      } else if (t < 0) {
+        fits = false;  // fewer keys in this class than slots
+      } else {
+        threshold[c] = t;
+        at_threshold[c] = quota - above;
+      }
+    }
+    if (fits) {
+      int64_t t = 0;
+      for (int64_t j = 0; j < limit && t < d.L; ++j) {
+        const int64_t c = j & 3, lv = w.level_of_count[s.counts[j]];
+        const bool ok = !keep || keep[j];
+        const bool tie = ok && lv == threshold[c] && at_threshold[c] > 0;
+        const bool take = (ok && lv > threshold[c]) || tie;
+        at_threshold[c] -= tie;
+        out[t] = static_cast<int32_t>(j);
+        t += take;
       }
       for (; t < d.L; ++t) out[t] = -1;
       continue;
@@ -252,14 +369,24 @@ void PQTopK(const PQTopKDims& d, TopKMode mode, bool causal, const int32_t* code
   for (int64_t n = 0; n <= d.M; ++n) {
     level_of_count[n] = static_cast<int16_t>(mode == TopKMode::kExact ? n : std::min<int64_t>(3, n / bucket_width));
   }
-  const TopKProblem w{d, mode, causal, codes_q, codes_k, key_keep, indices, level_of_count.data(), max_level};
+  // Packed match counting when every code fits 4 (or 8) bits and a row's words fit the scratch (M <= 256).
+  int32_t lo = 0, hi = 0;
+  for (const int32_t* codes : {codes_q, codes_k}) {
+    const int64_t n = codes == codes_q ? d.B * d.H * d.Sq * d.M : d.B * d.Hkv * d.Sk * d.M;
+    for (int64_t i = 0; i < n; ++i) {
+      lo = std::min(lo, codes[i]);
+      hi = std::max(hi, codes[i]);
+    }
+  }
+  const int64_t field_bits = lo < 0 || d.M > 128 ? 0 : hi < 16 ? 4 : hi < 256 ? 8 : 0;
+  const TopKProblem w{d, mode, causal, codes_q, codes_k, key_keep, indices, level_of_count.data(), max_level, field_bits};
   par.For(static_cast<std::size_t>(d.B * d.H * blocks), [&](std::size_t task) {
     const int64_t bh = static_cast<int64_t>(task) / blocks, block = static_cast<int64_t>(task) % blocks;
     // Per-task scratch, reused by the task's rows.
     std::vector<int32_t> ints(static_cast<std::size_t>((d.M + 1) * d.Sk));
     std::vector<int16_t> levels(static_cast<std::size_t>(d.Sk));
     std::vector<uint8_t> marked(static_cast<std::size_t>(d.Sk));
-    std::vector<int64_t> histogram(static_cast<std::size_t>(max_level + 1));
+    std::vector<int64_t> histogram(static_cast<std::size_t>(4 * (max_level + 1)));
     const TopKScratch s{ints.data(), ints.data() + d.M * d.Sk, levels.data(), marked.data(), histogram.data()};
     TopKRows(w, bh, block * kRowsPerTask, std::min(d.Sq, (block + 1) * kRowsPerTask), s);
   });
@@ -269,33 +396,133 @@ void PQTopK(const PQTopKDims& d, TopKMode mode, bool causal, const int32_t* code
 
 namespace {
 
-// Everything the loss and its gradient need for one (row, subspace): distances, argmin, soft weights and
-// the soft centroid. Scratch sized C (dist, alpha) and dc (soft).
-struct SubspaceState {
-  int64_t hard = 0;
-  double* dist;   // [C] raw L1 distances
-  double* alpha;  // [C] soft weights
-  double* soft;   // [dc] soft centroid
+// The loss and its gradient, one (row, subspace) at a time, in fp32 with the loops over the C codewords
+// innermost and contiguous (the codebook is transposed to Wt[m, k, c] once per call), so that they vectorize;
+// sums over rows are kept in double.
+struct CodebookT {
+  CodebookT(const PQDims& d, const float* codebook) : wt(static_cast<std::size_t>(d.M * d.dc * d.C)) {
+    for (int64_t m = 0; m < d.M; ++m)
+      for (int64_t c = 0; c < d.C; ++c)
+        for (int64_t k = 0; k < d.dc; ++k) wt[(m * d.dc + k) * d.C + c] = codebook[(m * d.C + c) * d.dc + k];
+  }
+  const float* Subspace(const PQDims& d, int64_t m) const { return wt.data() + m * d.dc * d.C; }
+  std::vector<float> wt;  // [M, dc, C]
 };
 
-void ComputeSubspace(const PQDims& d, const float* zm, const float* wm, SubspaceState& st) {
-  int64_t hard = 0;
-  double inv_sum = 0.0;
-  for (int64_t c = 0; c < d.C; ++c) {
-    const float* w = wm + c * d.dc;
-    double dist = 0.0;
-    for (int64_t k = 0; k < d.dc; ++k) dist += std::fabs(static_cast<double>(zm[k]) - w[k]);
-    st.dist[c] = dist;
-    if (dist < st.dist[hard]) hard = c;
-    st.alpha[c] = 1.0 / std::max(dist, kPQDistanceFloor);
-    inv_sum += st.alpha[c];
+// Distances D_c = |z - W_c|_1, the hard argmin (first lowest), the weights a_c = (1/D~_c) / sum(1/D~) and the
+// soft centroid zs = sum_c a_c W_c, for one (row, subspace); wt is the subspace's [dc, C] block. Inlined into
+// its (cloned) callers so that it is compiled for their instruction set.
+__attribute__((always_inline)) inline int64_t Assign(int64_t C, int64_t dc, const float* z, const float* wt, float* dist, float* alpha,
+                              float* soft) {
+  for (int64_t c = 0; c < C; ++c) dist[c] = 0.f;
+  for (int64_t k = 0; k < dc; ++k) {
+    const float zk = z[k];
+    const float* row = wt + k * C;
+    for (int64_t c = 0; c < C; ++c) dist[c] += std::fabs(zk - row[c]);
   }
-  st.hard = hard;
-  std::fill(st.soft, st.soft + d.dc, 0.0);
-  for (int64_t c = 0; c < d.C; ++c) {
-    st.alpha[c] /= inv_sum;
-    const float* w = wm + c * d.dc;
-    for (int64_t k = 0; k < d.dc; ++k) st.soft[k] += st.alpha[c] * w[k];
+  int64_t hard = 0;
+  for (int64_t c = 1; c < C; ++c) {
+    if (dist[c] < dist[hard]) hard = c;
+  }
+  const float floor = static_cast<float>(kPQDistanceFloor);
+  for (int64_t c = 0; c < C; ++c) alpha[c] = 1.f / std::max(dist[c], floor);
+  float sum = 0.f;
+  for (int64_t c = 0; c < C; ++c) sum += alpha[c];
+  const float inv = 1.f / sum;
+  for (int64_t c = 0; c < C; ++c) alpha[c] *= inv;
+  for (int64_t k = 0; k < dc; ++k) {
+    const float* row = wt + k * C;
+    float acc = 0.f;
+    for (int64_t c = 0; c < C; ++c) acc += alpha[c] * row[c];
+    soft[k] = acc;
+  }
+  return hard;
+}
+
+// Sum over rows [n0, n1) of sum_m sum_k (zs - zh)^2 + (z - zh)^2.
+SPT_CPU_CLONES double LossRows(const PQDims& d, const float* z, const CodebookT& w, int64_t n0, int64_t n1,
+                               std::vector<float>& scratch) {
+  float* dist = scratch.data();
+  float* alpha = dist + d.C;
+  float* soft = alpha + d.C;
+  double sum = 0.0;
+  for (int64_t n = n0; n < n1; ++n) {
+    float row_sum = 0.f;
+    for (int64_t m = 0; m < d.M; ++m) {
+      const float* zm = z + n * d.E + m * d.dc;
+      const float* wt = w.Subspace(d, m);
+      const int64_t h = Assign(d.C, d.dc, zm, wt, dist, alpha, soft);
+      for (int64_t k = 0; k < d.dc; ++k) {
+        const float zh = wt[k * d.C + h], a = soft[k] - zh, b = zm[k] - zh;
+        row_sum += a * a + b * b;
+      }
+    }
+    sum += row_sum;
+  }
+  return sum;
+}
+
+// Adds the rows [n0, n1)'s gradient into dwt ([M, dc, C], the transposed codebook's layout) and writes dz
+// (unless null). g = dloss * 2 / P.
+SPT_CPU_CLONES void GradRows(const PQDims& d, float g, const float* z, const CodebookT& w, int64_t n0, int64_t n1,
+                             float* dz, float* dwt, std::vector<float>& scratch) {
+  const int64_t C = d.C, dc = d.dc;
+  float* dist = scratch.data();
+  float* alpha = dist + C;
+  float* dalpha = alpha + C;
+  float* dd = dalpha + C;
+  float* soft = dd + C;
+  float* dsoft = soft + dc;
+  float* dzm = dsoft + dc;
+  const float floor = static_cast<float>(kPQDistanceFloor);
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t m = 0; m < d.M; ++m) {
+      const float* zm = z + n * d.E + m * dc;
+      const float* wt = w.Subspace(d, m);
+      float* dw = dwt + m * dc * C;
+      const int64_t h = Assign(C, dc, zm, wt, dist, alpha, soft);
+      for (int64_t k = 0; k < dc; ++k) {
+        const float zs = soft[k], zh = wt[k * C + h], zk = zm[k];
+        dw[k * C + h] += g * ((zh - zs) + (zh - zk));  // dL/dzh, gathered from W[m, h]
+        dsoft[k] = g * (zs - zh);                       // dL/dzs
+        dzm[k] = g * (zk - zh);                         // direct term of (z - zh)^2
+      }
+      // zs = sum_c a_c W_c: dW_c += a_c dzs, da_c = <dzs, W_c>.
+      for (int64_t c = 0; c < C; ++c) dalpha[c] = 0.f;
+      for (int64_t k = 0; k < dc; ++k) {
+        const float ds = dsoft[k];
+        const float* row = wt + k * C;
+        float* drow = dw + k * C;
+        for (int64_t c = 0; c < C; ++c) {
+          drow[c] += alpha[c] * ds;
+          dalpha[c] += ds * row[c];
+        }
+      }
+      float weighted = 0.f;
+      for (int64_t c = 0; c < C; ++c) weighted += alpha[c] * dalpha[c];
+      // a = softmax(l), l_c = -log D~_c: dl_c = a_c (da_c - sum a da); dD_c = -dl_c / D_c where D_c > floor.
+      for (int64_t c = 0; c < C; ++c) {
+        dd[c] = dist[c] > floor ? -alpha[c] * (dalpha[c] - weighted) / dist[c] : 0.f;
+      }
+      // D_c = sum_k |z_k - W_ck|: dz_k += sum_c dD_c sign(z_k - W_ck), dW_ck -= dD_c sign(z_k - W_ck).
+      for (int64_t k = 0; k < dc; ++k) {
+        const float zk = zm[k];
+        const float* row = wt + k * C;
+        float* drow = dw + k * C;
+        float acc = 0.f;
+        for (int64_t c = 0; c < C; ++c) {
+          const float diff = zk - row[c];
+          const float s = diff > 0.f ? dd[c] : (diff < 0.f ? -dd[c] : 0.f);
+          acc += s;
+          drow[c] -= s;
+        }
+        dzm[k] += acc;
+      }
+      if (dz) {
+        float* out = dz + n * d.E + m * dc;
+        for (int64_t k = 0; k < dc; ++k) out[k] = dzm[k];
+      }
+    }
   }
 }
 
@@ -304,25 +531,12 @@ void ComputeSubspace(const PQDims& d, const float* zm, const float* wm, Subspace
 double PQLoss(const PQDims& d, const float* z, const float* codebook, const Parallel& par) {
   const int64_t chunks = CeilDiv(d.N, kRowsPerChunk);
   if (chunks == 0 || d.M == 0) return 0.0;
+  const CodebookT w(d, codebook);
   std::vector<double> partial(static_cast<std::size_t>(chunks), 0.0);
   par.For(static_cast<std::size_t>(chunks), [&](std::size_t chunk) {
-    std::vector<double> scratch(static_cast<std::size_t>(2 * d.C + d.dc));
-    SubspaceState st{0, scratch.data(), scratch.data() + d.C, scratch.data() + 2 * d.C};
+    std::vector<float> scratch(static_cast<std::size_t>(2 * d.C + d.dc));
     const int64_t n0 = static_cast<int64_t>(chunk) * kRowsPerChunk, n1 = std::min(d.N, n0 + kRowsPerChunk);
-    double sum = 0.0;
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t m = 0; m < d.M; ++m) {
-        const float* zm = z + n * d.E + m * d.dc;
-        const float* wm = codebook + m * d.C * d.dc;
-        ComputeSubspace(d, zm, wm, st);
-        const float* hard = wm + st.hard * d.dc;
-        for (int64_t k = 0; k < d.dc; ++k) {
-          const double a = st.soft[k] - hard[k], b = static_cast<double>(zm[k]) - hard[k];
-          sum += a * a + b * b;
-        }
-      }
-    }
-    partial[chunk] = sum;
+    partial[chunk] = LossRows(d, z, w, n0, n1, scratch);
   });
   double total = 0.0;
   for (double p : partial) total += p;  // fixed order: deterministic
@@ -337,73 +551,26 @@ void PQLossGrad(const PQDims& d, float dloss, const float* z, const float* codeb
   if (dz && d.N * d.E > 0) std::fill(dz, dz + d.N * d.E, 0.f);
   if (chunks == 0 || d.M == 0) return;
   // g = dloss * d(mean)/d(square term) * 1/2 folded: each squared error e^2 contributes (2/P) e.
-  const double g = 2.0 * static_cast<double>(dloss) / static_cast<double>(d.N * d.M * d.dc);
-  // Per-chunk partial codebook gradients, summed in chunk order afterwards (no atomics, deterministic).
-  std::vector<double> partial(static_cast<std::size_t>(chunks * w_size), 0.0);
+  const float g = static_cast<float>(2.0 * static_cast<double>(dloss) / static_cast<double>(d.N * d.M * d.dc));
+  const CodebookT w(d, codebook);
+  // Per-chunk partial codebook gradients ([M, dc, C] each), summed in chunk order afterwards in double (no
+  // atomics, deterministic).
+  std::vector<float> partial(static_cast<std::size_t>(chunks * w_size), 0.f);
   par.For(static_cast<std::size_t>(chunks), [&](std::size_t chunk) {
-    std::vector<double> scratch(static_cast<std::size_t>(3 * d.C + 3 * d.dc));
-    SubspaceState st{0, scratch.data(), scratch.data() + d.C, scratch.data() + 2 * d.C};
-    double* dalpha = scratch.data() + 2 * d.C + d.dc;  // [C]
-    double* dsoft = dalpha + d.C;                      // [dc]
-    double* dzm = dsoft + d.dc;                        // [dc]
-    double* dw_chunk = partial.data() + static_cast<int64_t>(chunk) * w_size;
+    std::vector<float> scratch(static_cast<std::size_t>(4 * d.C + 3 * d.dc));
     const int64_t n0 = static_cast<int64_t>(chunk) * kRowsPerChunk, n1 = std::min(d.N, n0 + kRowsPerChunk);
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t m = 0; m < d.M; ++m) {
-        const float* zm = z + n * d.E + m * d.dc;
-        const float* wm = codebook + m * d.C * d.dc;
-        double* dwm = dw_chunk + m * d.C * d.dc;
-        ComputeSubspace(d, zm, wm, st);
-        const float* hard = wm + st.hard * d.dc;
-        double* dhard = dwm + st.hard * d.dc;
-        for (int64_t k = 0; k < d.dc; ++k) {
-          const double zs = st.soft[k], zh = hard[k], zk = zm[k];
-          dhard[k] += g * ((zh - zs) + (zh - zk));  // dL/dzh, gathered from W[m, h]
-          dsoft[k] = g * (zs - zh);                  // dL/dzs
-          dzm[k] = g * (zk - zh);                    // direct term of (z - zh)^2
-        }
-        // zs = sum_c a_c W_c: dW_c += a_c dzs, da_c = <dzs, W_c>.
-        double weighted = 0.0;
-        for (int64_t c = 0; c < d.C; ++c) {
-          const float* w = wm + c * d.dc;
-          double* dw = dwm + c * d.dc;
-          double dot = 0.0;
-          for (int64_t k = 0; k < d.dc; ++k) {
-            dw[k] += st.alpha[c] * dsoft[k];
-            dot += dsoft[k] * w[k];
-          }
-          dalpha[c] = dot;
-          weighted += st.alpha[c] * dot;
-        }
-        // a = softmax(l), l_c = -log D~_c: dl_c = a_c (da_c - sum a da); dD_c = -dl_c / D_c where D_c > floor.
-        for (int64_t c = 0; c < d.C; ++c) {
-          if (!(st.dist[c] > kPQDistanceFloor)) continue;
-          const double dl = st.alpha[c] * (dalpha[c] - weighted);
-          const double dd = -dl / st.dist[c];
-          const float* w = wm + c * d.dc;
-          double* dw = dwm + c * d.dc;
-          // D_c = sum_k |z_k - W_ck|: dz_k += dD sign(z_k - W_ck), dW_ck -= dD sign(z_k - W_ck).
-          for (int64_t k = 0; k < d.dc; ++k) {
-            const double s = Sign(static_cast<double>(zm[k]) - w[k]) * dd;
-            dzm[k] += s;
-            dw[k] -= s;
-          }
-        }
-        if (!detach_inputs) {
-          float* out = dz + n * d.E + m * d.dc;
-          for (int64_t k = 0; k < d.dc; ++k) out[k] = static_cast<float>(dzm[k]);
-        }
-      }
-    }
+    GradRows(d, g, z, w, n0, n1, detach_inputs ? nullptr : dz, partial.data() + static_cast<int64_t>(chunk) * w_size,
+             scratch);
   });
-  // Reduce the chunk partials; split over codebook rows so the reduction is parallel yet order-fixed.
-  const int64_t rows = d.M * d.C;
-  par.For(static_cast<std::size_t>(rows), [&](std::size_t row) {
+  // Reduce the chunk partials and transpose back to [M, C, dc]; split over codebook rows so the reduction is
+  // parallel yet order-fixed.
+  par.For(static_cast<std::size_t>(d.M * d.C), [&](std::size_t row) {
+    const int64_t m = static_cast<int64_t>(row) / d.C, c = static_cast<int64_t>(row) % d.C;
     for (int64_t k = 0; k < d.dc; ++k) {
-      const int64_t off = static_cast<int64_t>(row) * d.dc + k;
+      const int64_t off = (m * d.dc + k) * d.C + c;
       double s = 0.0;
-      for (int64_t c = 0; c < chunks; ++c) s += partial[c * w_size + off];
-      dcodebook[off] = static_cast<float>(s);
+      for (int64_t p = 0; p < chunks; ++p) s += partial[p * w_size + off];
+      dcodebook[(m * d.C + c) * d.dc + k] = static_cast<float>(s);
     }
   });
 }

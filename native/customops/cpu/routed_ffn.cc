@@ -16,6 +16,10 @@ bool ParseFfnActivation(const std::string& name, FfnActivation* out) {
   else if (name == "gelu_tanh") *out = FfnActivation::kGeluTanh;
   else if (name == "silu") *out = FfnActivation::kSilu;
   else if (name == "swiglu") *out = FfnActivation::kSwiGlu;
+  else if (name == "geglu") *out = FfnActivation::kGeGlu;
+  else if (name == "geglu_tanh") *out = FfnActivation::kGeGluTanh;
+  else if (name == "reglu") *out = FfnActivation::kReGlu;
+  else if (name == "relu2") *out = FfnActivation::kRelu2;
   else return false;
   return true;
 }
@@ -38,7 +42,7 @@ std::string ValidateRoutedFfnConfig(const RoutedFfnConfig& cfg) {
     return "top_k must be in [1, n_blocks = " + std::to_string(cfg.n_blocks) + "], got " + std::to_string(cfg.top_k);
   }
   if (cfg.rank1 < 0 || cfg.rank2 < 0 || cfg.rank3 < 0) return "LoRA ranks must be >= 0";
-  if (cfg.rank3 > 0 && !cfg.SwiGlu()) return "the up-projection LoRA pair (A3, B3) needs activation 'swiglu'";
+  if (cfg.rank3 > 0 && !cfg.Gated()) return "the up-projection LoRA pair (A3, B3) needs a gated activation (swiglu, geglu, geglu_tanh, reglu)";
   if (cfg.chunk_rows < 0) return "chunk_rows must be >= 0";
   return {};
 }
@@ -86,13 +90,17 @@ struct Act {
   static float D(float a) { return ActivateGrad(A, a); }
 };
 
-// Calls fn(Act<A>{}) with the config's activation (SwiGLU uses Act<kSilu> for its gate half).
+// Calls fn(Act<A>{}) with the config's activation (a gated one with its gate function: SwiGLU Act<kSilu>, ...).
 template <typename Fn>
 void WithActivation(FfnActivation act, Fn&& fn) {
   switch (act) {
-    case FfnActivation::kRelu: fn(Act<FfnActivation::kRelu>{}); break;
-    case FfnActivation::kGelu: fn(Act<FfnActivation::kGelu>{}); break;
-    case FfnActivation::kGeluTanh: fn(Act<FfnActivation::kGeluTanh>{}); break;
+    case FfnActivation::kRelu:
+    case FfnActivation::kReGlu: fn(Act<FfnActivation::kRelu>{}); break;
+    case FfnActivation::kGelu:
+    case FfnActivation::kGeGlu: fn(Act<FfnActivation::kGelu>{}); break;
+    case FfnActivation::kGeluTanh:
+    case FfnActivation::kGeGluTanh: fn(Act<FfnActivation::kGeluTanh>{}); break;
+    case FfnActivation::kRelu2: fn(Act<FfnActivation::kRelu2>{}); break;
     case FfnActivation::kSilu:
     case FfnActivation::kSwiGlu: fn(Act<FfnActivation::kSilu>{}); break;
   }
@@ -242,7 +250,7 @@ void RoutedFfnForward(const RoutedFfnConfig& cfg, const RoutedFfnWeights& w, con
                       RoutedFfnState state, void* workspace, const Parallel& parallel) {
   const int64_t T = cfg.tokens, d = cfg.d_model, F = cfg.d_ff, nb = cfg.n_blocks, k = cfg.top_k;
   const int64_t bs = cfg.BlockSize(), pw = cfg.PreWidth(), r1 = cfg.rank1, r2 = cfg.rank2, r3 = cfg.rank3;
-  const bool swiglu = cfg.SwiGlu();
+  const bool gated = cfg.Gated();
   const ForwardBuffers buf = LayoutForward(cfg, state, workspace);
   if (T == 0) return;
 
@@ -278,7 +286,7 @@ void RoutedFfnForward(const RoutedFfnConfig& cfg, const RoutedFfnWeights& w, con
     }
     // u = x·W1_i (+ b1_i), u3 = x·W3_i: [n, d] x [d, bs] with W1's block columns read in place (ld = d_ff).
     Sgemm(false, false, n, bs, d, 1.0f, rows, d, w.w1 + b * bs, F, 0.0f, pre, pw);
-    if (swiglu) Sgemm(false, false, n, bs, d, 1.0f, rows, d, w.w3 + b * bs, F, 0.0f, pre + bs, pw);
+    if (gated) Sgemm(false, false, n, bs, d, 1.0f, rows, d, w.w3 + b * bs, F, 0.0f, pre + bs, pw);
     // l = (x·A1)·B1_i, l3 = (x·A3)·B3_i.
     if (r1 > 0) Sgemm(false, false, n, bs, r1, 1.0f, xa1g, r1, w.b1_lora + b * bs, F, 0.0f, hid, pw);
     if (r3 > 0) Sgemm(false, false, n, bs, r3, 1.0f, xa3g, r3, w.b3_lora + b * bs, F, 0.0f, hid + bs, pw);
@@ -298,7 +306,7 @@ void RoutedFfnForward(const RoutedFfnConfig& cfg, const RoutedFfnWeights& w, con
         float* h = hid + j * pw;
         if (bias)
           for (int64_t c = 0; c < bs; ++c) u[c] += bias[c];
-        if (swiglu) {
+        if (gated) {
           for (int64_t c = 0; c < bs; ++c) {
             const float ag = r1 > 0 ? gi * u[c] + h[c] : gi * u[c];
             const float au = r3 > 0 ? gi * u[bs + c] + h[bs + c] : gi * u[bs + c];
@@ -428,7 +436,7 @@ void RoutedFfnBackward(const RoutedFfnConfig& cfg, const RoutedFfnWeights& w, co
                        const Parallel& parallel) {
   const int64_t T = cfg.tokens, d = cfg.d_model, F = cfg.d_ff, nb = cfg.n_blocks, k = cfg.top_k;
   const int64_t bs = cfg.BlockSize(), pw = cfg.PreWidth(), r1 = cfg.rank1, r2 = cfg.rank2, r3 = cfg.rank3;
-  const bool swiglu = cfg.SwiGlu();
+  const bool gated = cfg.Gated();
   const FfnGate gate = cfg.gate;
   const BackwardBuffers buf = LayoutBackward(cfg, grads, workspace);
   const bool want_dx_rows = grads.dx != nullptr;
@@ -487,7 +495,7 @@ void RoutedFfnBackward(const RoutedFfnConfig& cfg, const RoutedFfnWeights& w, co
     // halves run back to back on each row (h is stored only when dW2 needs it); with it, the first
     // half runs on all rows (h stored for h·A2_i), then the two LoRA GEMMs, then the second half.
     const bool fused = r2 == 0;
-    const bool keep_h = swiglu || r2 > 0 || grads.dw2 != nullptr;
+    const bool keep_h = gated || r2 > 0 || grads.dw2 != nullptr;
     // dh scale applied in the second half: frozen_only scales the base term in the first half.
     auto dh_scale = [&](const Gates& g) { return gate == FfnGate::kFrozenOnly ? 1.0f : g.out_base; };
     WithActivation(cfg.activation, [&](auto act_op) {
@@ -499,7 +507,7 @@ void RoutedFfnBackward(const RoutedFfnConfig& cfg, const RoutedFfnWeights& w, co
         float* a = act + j * pw;
         float* h = hid + j * bs;
         float* dh = dpre + j * pw;
-        if (swiglu) {
+        if (gated) {
           for (int64_t c = 0; c < bs; ++c) {
             const float ag = r1 > 0 ? gi * u[c] + a[c] : gi * u[c];
             const float au = r3 > 0 ? gi * u[bs + c] + a[bs + c] : gi * u[bs + c];
@@ -528,7 +536,7 @@ void RoutedFfnBackward(const RoutedFfnConfig& cfg, const RoutedFfnWeights& w, co
         const float* u = pre + j * pw;
         float* da = dpre + j * pw;
         if (s != 1.0f) ScaleRow(da, bs, s);
-        if (swiglu) {
+        if (gated) {
           for (int64_t c = 0; c < bs; ++c) {
             const float dh = da[c];
             da[c] = dh * a[bs + c] * Op::D(a[c]);
@@ -590,7 +598,7 @@ void RoutedFfnBackward(const RoutedFfnConfig& cfg, const RoutedFfnWeights& w, co
     if (want_dx_rows) {
       float* dxr = buf.dxrows + j0 * d;
       Sgemm(false, true, n, d, bs, 1.0f, dpre, pw, w.w1 + b * bs, F, 0.0f, dxr, d);
-      if (swiglu) Sgemm(false, true, n, d, bs, 1.0f, dpre + bs, pw, w.w3 + b * bs, F, 1.0f, dxr, d);
+      if (gated) Sgemm(false, true, n, d, bs, 1.0f, dpre + bs, pw, w.w3 + b * bs, F, 1.0f, dxr, d);
     }
     if (r1 > 0) Sgemm(false, true, n, r1, bs, 1.0f, dpre, pw, w.b1_lora + b * bs, F, 0.0f, buf.q1 + j0 * r1, r1);
     if (r3 > 0) Sgemm(false, true, n, r3, bs, 1.0f, dpre + bs, pw, w.b3_lora + b * bs, F, 0.0f, buf.q3 + j0 * r3, r3);

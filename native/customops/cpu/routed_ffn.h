@@ -30,10 +30,13 @@
 
 namespace spt::cpu {
 
-enum class FfnActivation { kRelu, kGelu, kGeluTanh, kSilu, kSwiGlu };
+// Gated activations (swiglu, geglu, geglu_tanh, reglu) read a second, up projection W3: h = gate(a) ⊙ a3 with gate
+// silu, gelu (erf), gelu (tanh) or relu. relu2 is the squared ReLU, max(a, 0)².
+enum class FfnActivation { kRelu, kGelu, kGeluTanh, kSilu, kSwiGlu, kGeGlu, kGeGluTanh, kReGlu, kRelu2 };
 enum class FfnGate { kFrozenOnly, kAll, kNone };
 
-// Parses the ONNX attribute spellings ("relu", "gelu", "gelu_tanh", "silu", "swiglu" and
+// Parses the ONNX attribute spellings ("relu", "gelu", "gelu_tanh", "silu", "swiglu", "geglu", "geglu_tanh",
+// "reglu", "relu2" and
 // "2sigmoid_frozen_only", "2sigmoid_all", "none"); false when unknown.
 bool ParseFfnActivation(const std::string& name, FfnActivation* out);
 bool ParseFfnGate(const std::string& name, FfnGate* out);
@@ -56,9 +59,12 @@ struct RoutedFfnConfig {
 
   int64_t BlockSize() const { return d_ff / n_blocks; }
   int64_t Rows() const { return tokens * top_k; }
-  bool SwiGlu() const { return activation == FfnActivation::kSwiGlu; }
+  bool Gated() const {
+    return activation == FfnActivation::kSwiGlu || activation == FfnActivation::kGeGlu ||
+           activation == FfnActivation::kGeGluTanh || activation == FfnActivation::kReGlu;
+  }
   // Width of a saved pre-activation row: bs, or 2·bs for SwiGLU ([u | u3]).
-  int64_t PreWidth() const { return SwiGlu() ? 2 * BlockSize() : BlockSize(); }
+  int64_t PreWidth() const { return Gated() ? 2 * BlockSize() : BlockSize(); }
 };
 
 // Checks the config's own invariants (divisibility, top_k range, SwiGLU-only pair 3); returns an

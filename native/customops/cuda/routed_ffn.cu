@@ -132,7 +132,7 @@ __device__ __forceinline__ float ProbOf(const RowGate& rg, int64_t j) {
 // Forward per row of one block: u += b1_i (saved), h = act(gin u + l) (SwiGLU: silu(gin u + l) ⊙ (gin u3 + l3))
 // over l, and h *= gob when `scale_now`.
 template <typename T>
-__global__ void ForwardActivation(RowGate rg, int64_t n, int64_t bs, int64_t pw, bool swiglu, bool lora1, bool lora3,
+__global__ void ForwardActivation(RowGate rg, int64_t n, int64_t bs, int64_t pw, bool gated, bool lora1, bool lora3,
                                   FfnActivation act, bool scale_now, const T* __restrict__ bias, T* __restrict__ pre,
                                   T* __restrict__ hid) {
   const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -147,10 +147,10 @@ __global__ void ForwardActivation(RowGate rg, int64_t n, int64_t bs, int64_t pw,
     u[c] = FromF<T>(uc);
   }
   float out;
-  if (swiglu) {
+  if (gated) {
     const float ag = lora1 ? g.in * uc + ToF(h[c]) : g.in * uc;
     const float au = lora3 ? g.in * ToF(u[bs + c]) + ToF(h[bs + c]) : g.in * ToF(u[bs + c]);
-    out = Activate(FfnActivation::kSilu, ag) * au;
+    out = Activate(act, ag) * au;
   } else {
     out = Activate(act, lora1 ? g.in * uc + ToF(h[c]) : g.in * uc);
   }
@@ -212,7 +212,7 @@ __device__ float BlockSum(float v, float* red) {
 // Backward, first half of a row (one CTA per grouped row of block `rg.block`): a = gin u + l into `act`,
 // h into `hid`, dg = <dh, h>; frozen_only: dh *= g (the base term only; the LoRA term is added later).
 template <typename T>
-__global__ void __launch_bounds__(kRowThreads) BackwardFirstHalf(RowGate rg, int64_t bs, int64_t pw, bool swiglu,
+__global__ void __launch_bounds__(kRowThreads) BackwardFirstHalf(RowGate rg, int64_t bs, int64_t pw, bool gated,
                                                                  bool lora1, bool lora3, FfnActivation act_kind,
                                                                  const T* __restrict__ pre, T* __restrict__ act,
                                                                  T* __restrict__ hid, T* __restrict__ dpre,
@@ -227,12 +227,12 @@ __global__ void __launch_bounds__(kRowThreads) BackwardFirstHalf(RowGate rg, int
   float dot = 0.f;
   for (int64_t c = threadIdx.x; c < bs; c += blockDim.x) {
     float hv;
-    if (swiglu) {
+    if (gated) {
       const float ag = lora1 ? g.in * ToF(u[c]) + ToF(a[c]) : g.in * ToF(u[c]);
       const float au = lora3 ? g.in * ToF(u[bs + c]) + ToF(a[bs + c]) : g.in * ToF(u[bs + c]);
       a[c] = FromF<T>(ag);
       a[bs + c] = FromF<T>(au);
-      hv = Activate(FfnActivation::kSilu, ag) * au;
+      hv = Activate(act_kind, ag) * au;
     } else {
       const float av = lora1 ? g.in * ToF(u[c]) + ToF(a[c]) : g.in * ToF(u[c]);
       a[c] = FromF<T>(av);
@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(kRowThreads) LoraOutRows(RowGate rg, int64_t r
 // and e *= gob when dW2 is wanted.
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads) BackwardSecondHalf(RowGate rg, int64_t bs, int64_t pw, int64_t d,
-                                                                  bool swiglu, FfnActivation act_kind,
+                                                                  bool gated, FfnActivation act_kind,
                                                                   bool want_router, bool scale_e,
                                                                   const T* __restrict__ pre, const T* __restrict__ act,
                                                                   T* __restrict__ dpre, float* __restrict__ dg,
@@ -290,9 +290,9 @@ __global__ void __launch_bounds__(kRowThreads) BackwardSecondHalf(RowGate rg, in
   for (int64_t c = threadIdx.x; c < bs; c += blockDim.x) {
     const float dh = ToF(da[c]) * s;
     const float ac = ToF(a[c]);
-    if (swiglu) {
-      const float d1 = dh * ToF(a[bs + c]) * ActivateGrad(FfnActivation::kSilu, ac);
-      const float d3 = dh * Activate(FfnActivation::kSilu, ac);
+    if (gated) {
+      const float d1 = dh * ToF(a[bs + c]) * ActivateGrad(act_kind, ac);
+      const float d3 = dh * Activate(act_kind, ac);
       da[c] = FromF<T>(d1);
       da[bs + c] = FromF<T>(d3);
       du += d1 * ToF(u[c]) + d3 * ToF(u[bs + c]);
@@ -449,7 +449,7 @@ void RoutedFfnForward(const RoutedFfnConfig& cfg, DType dtype, const FfnWeights&
   CheckConfig(cfg);
   const int64_t T = cfg.tokens, d = cfg.d_model, F = cfg.d_ff, nb = cfg.n_blocks, k = cfg.top_k, R = cfg.Rows();
   const int64_t bs = cfg.BlockSize(), pw = cfg.PreWidth(), r1 = cfg.rank1, r2 = cfg.rank2, r3 = cfg.rank3;
-  const bool swiglu = cfg.SwiGlu();
+  const bool gated = cfg.Gated();
   const ForwardBuffers buf = LayoutForward(cfg, dtype, state, workspace);
   if (T == 0) return;
   const Gemm gemm{cublas, CublasType(dtype)};
@@ -476,10 +476,10 @@ void RoutedFfnForward(const RoutedFfnConfig& cfg, DType dtype, const FfnWeights&
       T_* hid = At<T_>(buf.hid, j0 * pw);
       const RowGate rg{perm, buf.probs, k, nb, b, j0, cfg.gate};
       gemm(false, false, n, bs, d, 1.f, rows, d, At<T_>(w.w1, b * bs), F, 0.f, pre, pw);
-      if (swiglu) gemm(false, false, n, bs, d, 1.f, rows, d, At<T_>(w.w3, b * bs), F, 0.f, pre + bs, pw);
+      if (gated) gemm(false, false, n, bs, d, 1.f, rows, d, At<T_>(w.w3, b * bs), F, 0.f, pre + bs, pw);
       if (r1 > 0) gemm(false, false, n, bs, r1, 1.f, At<T_>(buf.xa1g, j0 * r1), r1, At<T_>(w.b1_lora, b * bs), F, 0.f, hid, pw);
       if (r3 > 0) gemm(false, false, n, bs, r3, 1.f, At<T_>(buf.xa3g, j0 * r3), r3, At<T_>(w.b3_lora, b * bs), F, 0.f, hid + bs, pw);
-      ForwardActivation<T_><<<Blocks(n * bs, 256), 256, 0, stream>>>(rg, n, bs, pw, swiglu, r1 > 0, r3 > 0,
+      ForwardActivation<T_><<<Blocks(n * bs, 256), 256, 0, stream>>>(rg, n, bs, pw, gated, r1 > 0, r3 > 0,
                                                                      cfg.activation, scale_now, At<T_>(w.b1, b * bs),
                                                                      pre, hid);
       T_* ha2 = At<T_>(buf.ha2, j0 * r2);
@@ -504,7 +504,7 @@ void RoutedFfnBackward(const RoutedFfnConfig& cfg, DType dtype, const FfnWeights
   CheckConfig(cfg);
   const int64_t T = cfg.tokens, d = cfg.d_model, F = cfg.d_ff, nb = cfg.n_blocks, k = cfg.top_k, R = cfg.Rows();
   const int64_t bs = cfg.BlockSize(), pw = cfg.PreWidth(), r1 = cfg.rank1, r2 = cfg.rank2, r3 = cfg.rank3;
-  const bool swiglu = cfg.SwiGlu();
+  const bool gated = cfg.Gated();
   const FfnGate gate = cfg.gate;
   const BackwardBuffers buf = LayoutBackward(cfg, dtype, grads, workspace);
   const bool want_router = gate != FfnGate::kNone && (grads.dx || grads.dwr || grads.dbr);
@@ -560,7 +560,7 @@ void RoutedFfnBackward(const RoutedFfnConfig& cfg, DType dtype, const FfnWeights
       gemm(false, true, n, bs, d, 1.f, erows, d, At<T_>(w.w2, b * bs * d), d, 0.f, dpre, pw);
       if (r1 > 0) gemm(false, false, n, bs, r1, 1.f, At<T_>(buf.xa1g, j0 * r1), r1, At<T_>(w.b1_lora, b * bs), F, 0.f, act, pw);
       if (r3 > 0) gemm(false, false, n, bs, r3, 1.f, At<T_>(buf.xa3g, j0 * r3), r3, At<T_>(w.b3_lora, b * bs), F, 0.f, act + bs, pw);
-      BackwardFirstHalf<T_><<<static_cast<unsigned>(n), kRowThreads, 0, stream>>>(rg, bs, pw, swiglu, r1 > 0, r3 > 0,
+      BackwardFirstHalf<T_><<<static_cast<unsigned>(n), kRowThreads, 0, stream>>>(rg, bs, pw, gated, r1 > 0, r3 > 0,
                                                                                   cfg.activation, pre, act, hid, dpre, dg);
       if (r2 > 0) {
         // h·A2_i, and dh += (e·B2ᵀ)·A2_iᵀ.
@@ -569,7 +569,7 @@ void RoutedFfnBackward(const RoutedFfnConfig& cfg, DType dtype, const FfnWeights
         LoraOutRows<T_><<<static_cast<unsigned>(n), kRowThreads, 0, stream>>>(rg, r2, ebg, ha2, dg);
       }
       BackwardSecondHalf<T_><<<static_cast<unsigned>(n), kRowThreads, 0, stream>>>(
-          rg, bs, pw, d, swiglu, cfg.activation, want_router, grads.dw2 != nullptr, pre, act, dpre, dg, erows,
+          rg, bs, pw, d, gated, cfg.activation, want_router, grads.dw2 != nullptr, pre, act, dpre, dg, erows,
           At<T_>(buf.gin, 0), At<T_>(buf.dz, 0));
       if (buf.xrows) {
         GatherRows<T_><<<Blocks(n * d, 256), 256, 0, stream>>>(n, d, k, perm + j0, static_cast<const T_*>(x),
@@ -578,7 +578,7 @@ void RoutedFfnBackward(const RoutedFfnConfig& cfg, DType dtype, const FfnWeights
       if (grads.dx) {
         T_* dxr = At<T_>(buf.dxrows, j0 * d);
         gemm(false, true, n, d, bs, 1.f, dpre, pw, At<T_>(w.w1, b * bs), F, 0.f, dxr, d);
-        if (swiglu) gemm(false, true, n, d, bs, 1.f, dpre + bs, pw, At<T_>(w.w3, b * bs), F, 1.f, dxr, d);
+        if (gated) gemm(false, true, n, d, bs, 1.f, dpre + bs, pw, At<T_>(w.w3, b * bs), F, 1.f, dxr, d);
       }
       if (r1 > 0) gemm(false, true, n, r1, bs, 1.f, dpre, pw, At<T_>(w.b1_lora, b * bs), F, 0.f, At<T_>(buf.q1, j0 * r1), r1);
       if (r3 > 0) gemm(false, true, n, r3, bs, 1.f, dpre + bs, pw, At<T_>(w.b3_lora, b * bs), F, 0.f, At<T_>(buf.q3, j0 * r3), r3);

@@ -72,10 +72,12 @@ spt::cpu::RoutedFfnConfig FfnConfig(const int64_t* c) {
   cfg.rank3 = c[7];
   constexpr spt::cpu::FfnActivation acts[] = {spt::cpu::FfnActivation::kRelu, spt::cpu::FfnActivation::kGelu,
                                               spt::cpu::FfnActivation::kGeluTanh, spt::cpu::FfnActivation::kSilu,
-                                              spt::cpu::FfnActivation::kSwiGlu};
+                                              spt::cpu::FfnActivation::kSwiGlu, spt::cpu::FfnActivation::kGeGlu,
+                                              spt::cpu::FfnActivation::kGeGluTanh, spt::cpu::FfnActivation::kReGlu,
+                                              spt::cpu::FfnActivation::kRelu2};
   constexpr spt::cpu::FfnGate gates[] = {spt::cpu::FfnGate::kFrozenOnly, spt::cpu::FfnGate::kAll,
                                          spt::cpu::FfnGate::kNone};
-  if (c[8] < 0 || c[8] > 4 || c[9] < 0 || c[9] > 2) throw std::invalid_argument("ffn: activation or gate out of range");
+  if (c[8] < 0 || c[8] > 8 || c[9] < 0 || c[9] > 2) throw std::invalid_argument("ffn: activation or gate out of range");
   cfg.activation = acts[c[8]];
   cfg.gate = gates[c[9]];
   const std::string problem = spt::cpu::ValidateRoutedFfnConfig(cfg);

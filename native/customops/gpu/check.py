@@ -247,7 +247,7 @@ def ffn_weights(case, rng):
     """Random RoutedFFN inputs for a case (fp32 numpy): x and the 13 weight slots (None = absent)."""
     T, d, F, nb = case["tokens"], case["d_model"], case["d_ff"], case["n_blocks"]
     r1, r2, r3 = case["rank1"], case["rank2"], case["rank3"]
-    swiglu = case["activation"] == 4
+    swiglu = case["activation"] in (4, 5, 6, 7)
     n = lambda *s: (0.5 * rng.standard_normal(s)).astype(np.float32)  # noqa: E731
     w = [n(d, F), n(F) if case["biases"] else None, n(F, d), n(d) if case["biases"] else None,
          (2 * n(d, nb)), n(nb) if case["biases"] else None, n(d, F) if swiglu else None,
@@ -342,7 +342,7 @@ def cpu_ffn(lib, case, x, w, dy=None):
     """Forward (and backward when dy is given) of the CPU kernel: y, probs, sel, pre, grads (14, None = absent)."""
     T, d, nb, k = case["tokens"], case["d_model"], case["n_blocks"], case["top_k"]
     bs = case["d_ff"] // nb
-    pw = 2 * bs if case["activation"] == 4 else bs
+    pw = 2 * bs if case["activation"] in (4, 5, 6, 7) else bs
     y = np.zeros((T, d), np.float32)
     probs = np.zeros((T, nb), np.float32)
     sel = np.zeros((T, k), np.int32)

@@ -83,7 +83,7 @@ class GpuKernels:
         torch = self.torch
         T, d, nb, k = case["tokens"], case["d_model"], case["n_blocks"], case["top_k"]
         bs = case["d_ff"] // nb
-        pw = 2 * bs if case["activation"] == 4 else bs
+        pw = 2 * bs if case["activation"] in (4, 5, 6, 7) else bs
         cfg = i64(ffn_config(case))
         wp = (ctypes.c_void_p * 13)(*[None if a is None else a.data_ptr() for a in w])
         y = torch.empty((T, d), dtype=x.dtype, device="cuda")

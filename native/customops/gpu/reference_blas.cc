@@ -1,4 +1,4 @@
-// Plain-loop stand-ins for cpu/blas.cc, for machines without OpenBLAS (the GPU machine): the CPU kernels then
+// Plain-loop stand-ins for cpu/blas.cc, for machines without oneDNN (the GPU machine): the CPU kernels then
 // run as the GPU check's reference on its small cases. Same contract as cpu/blas.h (row-major, C = alpha op(A)
 // op(B) + beta C, beta == 0 overwrites C), accumulated in double.
 #include <cstring>
@@ -34,5 +34,7 @@ void SgemvTrans(int64_t m, int64_t n, float alpha, const float* a, int64_t lda, 
 int BlasThreads() { return 1; }
 
 void SetBlasThreads(int) {}
+
+const char* BlasName() { return "reference loops"; }
 
 }  // namespace spt::cpu

@@ -22,9 +22,13 @@ struct FfnProblem {
 
 inline double RefAct(cpu::FfnActivation act, double a) {
   switch (act) {
-    case cpu::FfnActivation::kRelu: return a > 0 ? a : 0;
-    case cpu::FfnActivation::kGelu: return 0.5 * a * (1 + std::erf(a / std::sqrt(2.0)));
+    case cpu::FfnActivation::kRelu:
+    case cpu::FfnActivation::kReGlu: return a > 0 ? a : 0;
+    case cpu::FfnActivation::kRelu2: return a > 0 ? a * a : 0;
+    case cpu::FfnActivation::kGelu:
+    case cpu::FfnActivation::kGeGlu: return 0.5 * a * (1 + std::erf(a / std::sqrt(2.0)));
     case cpu::FfnActivation::kGeluTanh:
+    case cpu::FfnActivation::kGeGluTanh:
       return 0.5 * a * (1 + std::tanh(std::sqrt(2.0 / M_PI) * (a + 0.044715 * a * a * a)));
     case cpu::FfnActivation::kSilu:
     case cpu::FfnActivation::kSwiGlu: return a / (1 + std::exp(-a));
@@ -85,11 +89,11 @@ inline Vec RefRoutedForward(const FfnProblem& pr, const std::vector<int32_t>& se
         for (int64_t q = 0; q < d; ++q) u += x[q] * pr.w1[q * F + col];
         for (int64_t r = 0; r < c.rank1; ++r) l += xa1[r] * pr.lb1[r * F + col];
         const double a = gin * u + l;
-        if (c.SwiGlu()) {
+        if (c.Gated()) {
           double u3 = 0, l3 = 0;
           for (int64_t q = 0; q < d; ++q) u3 += x[q] * pr.w3[q * F + col];
           for (int64_t r = 0; r < c.rank3; ++r) l3 += xa3[r] * pr.lb3[r * F + col];
-          h[cc] = RefAct(cpu::FfnActivation::kSilu, a) * (gin * u3 + l3);
+          h[cc] = RefAct(c.activation, a) * (gin * u3 + l3);
         } else {
           h[cc] = RefAct(c.activation, a);
         }
@@ -124,14 +128,14 @@ inline Vec RefDenseForward(const FfnProblem& pr) {
         for (int64_t q = 0; q < d; ++q) xa += x[q] * pr.a1[q * c.rank1 + r];
         a += xa * pr.lb1[r * F + f];
       }
-      if (c.SwiGlu()) {
+      if (c.Gated()) {
         for (int64_t q = 0; q < d; ++q) up += x[q] * pr.w3[q * F + f];
         for (int64_t r = 0; r < c.rank3; ++r) {
           double xa = 0;
           for (int64_t q = 0; q < d; ++q) xa += x[q] * pr.a3[q * c.rank3 + r];
           up += xa * pr.lb3[r * F + f];
         }
-        h[f] = RefAct(cpu::FfnActivation::kSilu, a) * up;
+        h[f] = RefAct(c.activation, a) * up;
       } else {
         h[f] = RefAct(c.activation, a);
       }
@@ -163,7 +167,7 @@ inline FfnProblem MakeProblem(const cpu::RoutedFfnConfig& cfg_in, const ProblemO
   pr.cfg = cfg_in;
   auto& c = pr.cfg;
   if (!opt.lora) c.rank1 = c.rank2 = c.rank3 = 0;
-  if (!c.SwiGlu()) c.rank3 = 0;
+  if (!c.Gated()) c.rank3 = 0;
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   // Values are rounded to float so that the fp32 kernel and the fp64 reference see the same inputs.
@@ -183,7 +187,7 @@ inline FfnProblem MakeProblem(const cpu::RoutedFfnConfig& cfg_in, const ProblemO
     pr.b2 = fill(d, s);
   }
   if (opt.router_bias) pr.br = fill(nb, 1.0);
-  if (c.SwiGlu()) pr.w3 = fill(d * F, s);
+  if (c.Gated()) pr.w3 = fill(d * F, s);
   if (c.rank1) {
     pr.a1 = fill(d * c.rank1, s);
     pr.lb1 = fill(c.rank1 * F, s);

@@ -33,8 +33,8 @@ struct PQCase {
 };
 inline constexpr PQCase kPQCases[] = {{1, 1, 1, 1}, {7, 2, 4, 3}, {64, 8, 16, 8}, {300, 4, 16, 8}, {33, 3, 5, 6}};
 
-// RoutedFFN(+Grad): activation 0..4 = relu, gelu, gelu_tanh, silu, swiglu; gate 0..2 = frozen_only, all,
-// none; ranks 0 = no LoRA pair (rank3 only with swiglu).
+// RoutedFFN(+Grad): activation 0..8 = relu, gelu, gelu_tanh, silu, swiglu, geglu, geglu_tanh, reglu, relu2 (4..7
+// gated, with W3); gate 0..2 = frozen_only, all, none; ranks 0 = no LoRA pair (rank3 only when gated).
 struct FfnCase {
   int64_t tokens, d_model, d_ff, n_blocks, top_k, rank1, rank2, rank3;
   int activation, gate;
@@ -44,6 +44,8 @@ inline constexpr FfnCase kFfnCases[] = {
     {6, 8, 16, 4, 2, 3, 2, 0, 0, 0, true},  {6, 8, 16, 4, 2, 0, 0, 0, 0, 0, false}, {6, 8, 16, 4, 2, 3, 2, 0, 1, 1, true},
     {6, 8, 16, 4, 2, 3, 2, 0, 2, 2, false}, {6, 8, 16, 4, 2, 3, 2, 0, 3, 0, true},  {6, 8, 16, 4, 2, 3, 2, 2, 4, 0, false},
     {6, 8, 16, 4, 2, 0, 0, 0, 4, 1, true},  {1, 8, 16, 4, 1, 3, 2, 0, 0, 0, true},  {40, 16, 64, 4, 2, 4, 4, 0, 0, 0, true},
+    {6, 8, 16, 4, 2, 3, 2, 2, 5, 0, false}, {6, 8, 16, 4, 2, 0, 0, 0, 6, 1, true},  {6, 8, 16, 4, 2, 3, 2, 2, 7, 2, false},
+    {6, 8, 16, 4, 2, 3, 2, 0, 8, 0, true},
 };
 
 }  // namespace spt::test

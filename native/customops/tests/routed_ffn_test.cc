@@ -25,6 +25,10 @@ const char* ActName(FfnActivation a) {
     case FfnActivation::kGeluTanh: return "gelu_tanh";
     case FfnActivation::kSilu: return "silu";
     case FfnActivation::kSwiGlu: return "swiglu";
+    case FfnActivation::kGeGlu: return "geglu";
+    case FfnActivation::kGeGluTanh: return "geglu_tanh";
+    case FfnActivation::kReGlu: return "reglu";
+    case FfnActivation::kRelu2: return "relu2";
   }
   return "?";
 }
@@ -38,7 +42,8 @@ const char* GateName(FfnGate g) {
 }
 
 constexpr FfnActivation kActs[] = {FfnActivation::kRelu, FfnActivation::kGelu, FfnActivation::kGeluTanh,
-                                   FfnActivation::kSilu, FfnActivation::kSwiGlu};
+                                   FfnActivation::kSilu, FfnActivation::kSwiGlu, FfnActivation::kGeGlu,
+                                   FfnActivation::kGeGluTanh, FfnActivation::kReGlu, FfnActivation::kRelu2};
 constexpr FfnGate kGates[] = {FfnGate::kFrozenOnly, FfnGate::kAll, FfnGate::kNone};
 
 cpu::RoutedFfnConfig SmallConfig(FfnActivation act, FfnGate gate, int64_t tokens = 6, int64_t top_k = 2) {
@@ -107,7 +112,7 @@ struct KernelRun {
     out.db1 = alloc(g.db1, F, !b1.empty());
     out.dw2 = alloc(g.dw2, F * d, true);
     out.db2 = alloc(g.db2, d, !b2.empty());
-    out.dw3 = alloc(g.dw3, d * F, cfg.SwiGlu());
+    out.dw3 = alloc(g.dw3, d * F, cfg.Gated());
     out.da1 = alloc(g.da1, a1.size(), cfg.rank1 > 0);
     out.db1_lora = alloc(g.dlb1, lb1.size(), cfg.rank1 > 0);
     out.da2 = alloc(g.da2, a2.size(), cfg.rank2 > 0);
@@ -183,7 +188,7 @@ TEST_P(PartialRouting, MatchesPerTokenReference) {
       if (j > offsets[b]) {
         EXPECT_LT(perm[j - 1] / c.top_k, t);
       }
-      for (int half = 0; half < (c.SwiGlu() ? 2 : 1); ++half)
+      for (int half = 0; half < (c.Gated() ? 2 : 1); ++half)
         for (int64_t cc = 0; cc < c.BlockSize(); ++cc) {
           const int64_t col = b * c.BlockSize() + cc;
           const Vec& W = half ? pr.w3 : pr.w1;

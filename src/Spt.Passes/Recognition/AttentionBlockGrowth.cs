@@ -38,9 +38,16 @@ public sealed class AttentionBlockGrowth : IPass
             };
             bool rotQ = false, rotK = false;
             info.QProjection = FindProjection(core.Inputs[AttentionCoreOp.Q]!, ref rotQ)?.Name;
-            info.KProjection = FindProjection(core.Inputs[AttentionCoreOp.K]!, ref rotK)?.Name;
+            // Grouped K/V: the projections lie behind the head repeat.
+            var (kSource, kvHeads) = HeadRepeat.Find(core.Inputs[AttentionCoreOp.K]!, shapes, out _);
+            var (vSource, vHeads) = HeadRepeat.Find(core.Inputs[AttentionCoreOp.V]!, shapes, out _);
+            info.KProjection = FindProjection(kSource ?? core.Inputs[AttentionCoreOp.K]!, ref rotK)?.Name;
             bool rotV = false;
-            info.VProjection = FindProjection(core.Inputs[AttentionCoreOp.V]!, ref rotV)?.Name;
+            info.VProjection = FindProjection(vSource ?? core.Inputs[AttentionCoreOp.V]!, ref rotV)?.Name;
+            if (kSource != null && vSource != null && kvHeads == vHeads)
+                info.KvHeads = kvHeads;
+            else if (kSource is null && vSource is null && shapes.ShapeOf(core.Inputs[AttentionCoreOp.K]!) is { Count: 4 } ks && ks[1] is { } kh)
+                info.KvHeads = kh;
             info.OutProjection = FindOutProjection(core.Outputs[0])?.Name;
             info.Rotary = rotQ && rotK;
             info.HeadDim = shapes.LastDim(core.Inputs[AttentionCoreOp.Q]!);
@@ -82,6 +89,10 @@ public sealed class AttentionBlockGrowth : IPass
             switch (n.OpType)
             {
                 case "Transpose" or "Reshape" or "Identity" or "Squeeze" or "Unsqueeze" or "Split" or "Slice" or "Cast":
+                    v = n.Inputs[0]!;
+                    continue;
+                case "Gather" when ConstantValue.Of(n.Inputs[1]) is not null:
+                    // q/k/v picked from a fused projection by index (BLOOM's [B, S, H, 3, E] view, index lists).
                     v = n.Inputs[0]!;
                     continue;
                 case "Mul" or "Div" when ConstantValue.Scalar(n.Inputs[1]) is not null:

@@ -61,7 +61,17 @@ internal sealed record AttentionCoreMatch(
     bool ScoresWhenTrue,
     bool Causal,
     Value? KeyPadding,
-    IReadOnlyList<Node> Region);
+    IReadOnlyList<Node> Region,
+    FoldedHeads? Folded = null);
+
+/// <summary>
+/// Heads folded into the batch ([B·H, S, E] operands, as bmm-based exporters write attention) around scores that are
+/// viewed as [B, H, Sq, Sk] for the mask or the softmax: the core is built unfolded, with <see cref="Heads"/> heads.
+/// </summary>
+/// <param name="Heads">H, read from the [B, H, Sq, Sk] view.</param>
+/// <param name="UnfoldV">V is [B·H, Sk, Ev] (bmm with V) rather than [B, H, Sk, Ev].</param>
+/// <param name="FoldOutput">The PV product is [B·H, Sq, Ev]: the core's [B, H, Sq, Ev] output is folded back.</param>
+internal sealed record FoldedHeads(long Heads, bool UnfoldV, bool FoldOutput);
 
 /// <summary>
 /// Stage one of attention recognition: <c>MatMul(Q, Kᵀ) [·scale] [+mask | Where(mask)] → Softmax(last axis)
@@ -124,11 +134,21 @@ public sealed class AttentionCoreFusion : IPass
                 return (null, "dropout after softmax has more than one use");
             consumer = dropout.Outputs[0].Uses[0].Node;
         }
+        // Probabilities viewed from [B, H, Sq, Sk] to [B·H, Sq, Sk] before a bmm with V (BLOOM).
+        Node? probsView = null;
+        if (consumer is { OpType: "Reshape" } pr && pr.IsDefaultDomain && pr.Outputs[0].Uses.Count == 1 && !pr.Outputs[0].IsGraphOutput)
+        {
+            probsView = pr;
+            consumer = pr.Outputs[0].Uses[0].Node;
+        }
         if (consumer.OpType != "MatMul" || !consumer.IsDefaultDomain)
             return (null, $"softmax output feeds {consumer.OpType} '{consumer.Name}', not a MatMul with V");
-        var pv = OutputPattern.Match(consumer);
-        if (!pv.Success || !ReferenceEquals(pv.Node("softmax"), softmax))
-            return (null, pv.Success ? "softmax is the V operand of the PV MatMul, not the probabilities" : pv.Reason);
+        var pvMatch = probsView is null ? OutputPattern.Match(consumer) : null;
+        if (pvMatch is { } pm && (!pm.Success || !ReferenceEquals(pm.Node("softmax"), softmax)))
+            return (null, pm.Success ? "softmax is the V operand of the PV MatMul, not the probabilities" : pm.Reason);
+        if (probsView is not null && !ReferenceEquals(consumer.Inputs[0], probsView.Outputs[0]))
+            return (null, $"the viewed probabilities of Reshape '{probsView.Name}' are the V operand of the PV MatMul");
+        var vOperand = probsView is null ? pvMatch!["v"] : consumer.Inputs[1]!;
         var axis = softmax.GetInt("axis", -1);
         var rankScores = shapes.RankOf(softmax.Inputs[0]!);
         if (axis != -1 && (rankScores is null || axis != rankScores - 1))
@@ -143,9 +163,13 @@ public sealed class AttentionCoreFusion : IPass
         var region = new List<Node> { softmax, consumer };
         if (dropout != null)
             region.Add(dropout);
+        if (probsView != null)
+            region.Add(probsView);
+        // Views of the scores between [B·H, Sq, Sk] and [B, H, Sq, Sk], walking down from the softmax.
+        var views = new List<Node>();
         var cur = softmax.Inputs[0]!;
         Node? qk = null;
-        for (int steps = 0; steps < 8 && qk is null; steps++)
+        for (int steps = 0; steps < 12 && qk is null; steps++)
         {
             if (cur.Producer is not { } n || !n.IsDefaultDomain)
                 return (null, $"scores {Quote(cur)} do not come from a MatMul");
@@ -165,6 +189,26 @@ public sealed class AttentionCoreFusion : IPass
                     scale *= n.OpType == "Mul" ? c : 1 / c;
                     region.Add(n);
                     cur = n.Inputs[1 - constIndex]!;
+                    break;
+                }
+                case "Reshape":
+                    views.Add(n);
+                    region.Add(n);
+                    cur = n.Inputs[0]!;
+                    break;
+                case "Max" when ConstantValue.Scalar(n.Inputs[1]) is { } floor && floor <= MaskAnalysis.LargeNegative && LeadsToScores(n.Inputs[0]!):
+                    // max(scores, finfo.min) after the mask (OPT) only lifts -inf to the lowest float: same softmax.
+                    region.Add(n);
+                    cur = n.Inputs[0]!;
+                    break;
+                case "Add" when IsZeros(n.Inputs[0]!) || IsZeros(n.Inputs[1]!):
+                {
+                    // baddbmm(zeros, q, kᵀ, beta, alpha) = beta·0 + alpha·q·kᵀ (GPT-NeoX): the zero term adds nothing.
+                    int zero = IsZeros(n.Inputs[0]!) ? 0 : 1;
+                    region.Add(n);
+                    if (n.Inputs[zero]!.Producer is { } zp && zp.OpType != "ConstantOfShape")
+                        region.Add(zp);
+                    cur = n.Inputs[1 - zero]!;
                     break;
                 }
                 case "Add":
@@ -202,8 +246,6 @@ public sealed class AttentionCoreFusion : IPass
         if (qk is null)
             return (null, "score chain too long");
         region.Add(qk);
-        if (Region.FindOutsideUse(region, new HashSet<Value>(consumer.Outputs)) is { } outside)
-            return (null, outside.Reason);
 
         // Q and Kᵀ: peel scalar scales (through single-use reshapes/transposes) into the scale.
         var (q, qScale, qBypass, qExtra) = PeelScalars(qk.Inputs[0]!);
@@ -213,6 +255,19 @@ public sealed class AttentionCoreFusion : IPass
             rank = shapes.RankOf(q) ?? 0;
         if (rank is not (3 or 4))
             return (null, rank == 0 ? "cannot tell the rank of Q·Kᵀ" : $"Q·Kᵀ has rank {rank}; expected 3 ([B*H, S, E]) or 4 ([B, H, S, E])");
+        // The value the masks apply to: the scores themselves, or their [B, H, Sq, Sk] view.
+        var maskScores = qk.Outputs[0];
+        FoldedHeads? folded = null;
+        if (views.Count > 0 || probsView != null)
+        {
+            var f = ReadFoldedHeads(qk, views, probsView, softmax, consumer, vOperand, rank, region, shapes, symbolic, cond, bias, out var unfoldedScores);
+            if (f.Folded is null)
+                return (null, f.Reason);
+            folded = f.Folded;
+            maskScores = unfoldedScores!;
+        }
+        if (Region.FindOutsideUse(region, new HashSet<Value>(consumer.Outputs)) is { } outside)
+            return (null, outside.Reason);
         // Mask meaning: causal and/or key padding; anything else keeps the block dense. What the mask computes is
         // read by evaluating it at probe sizes; masks the evaluator cannot run are read from their structure.
         bool causal = false;
@@ -220,7 +275,7 @@ public sealed class AttentionCoreFusion : IPass
         if (cond != null || bias != null)
         {
             string? notEvaluated = "no symbolic shapes";
-            var probed = symbolic is null ? null : MaskProbing.Classify(bias, cond, scoresWhenTrue, qk.Outputs[0], rank, symbolic, opset, out notEvaluated);
+            var probed = symbolic is null ? null : MaskProbing.Classify(bias, cond, scoresWhenTrue, maskScores, folded is null ? rank : 4, symbolic, opset, out notEvaluated);
             if (probed is { Window: > 0 } windowed)
                 return (null, $"the mask is a causal sliding window of {windowed.Window} keys{(windowed.KeyPadding is null ? "" : " with key padding")}; " +
                               "the sparse attention kernels have no window attribute, so the block stays dense");
@@ -243,8 +298,8 @@ public sealed class AttentionCoreFusion : IPass
 
         double total = scale * qScale * kScale;
         double effective = total * qExtra * kExtra;
-        return (new AttentionCoreMatch(softmax, qk, consumer, dropout, q, kt, pv["v"], rank, total, effective, qBypass, kBypass,
-            bias, cond, fill, scoresWhenTrue, causal, keyPadding, region), null);
+        return (new AttentionCoreMatch(softmax, qk, consumer, dropout, q, kt, vOperand, rank, total, effective, qBypass, kBypass,
+            bias, cond, fill, scoresWhenTrue, causal, keyPadding, region, folded), null);
 
         bool LeadsToScores(Value v)
         {
@@ -259,12 +314,143 @@ public sealed class AttentionCoreFusion : IPass
                     v = p.Inputs[0]!;
                     continue;
                 }
-                if (p.OpType is not ("Mul" or "Div" or "Add" or "Where"))
+                if (p.OpType is not ("Mul" or "Div" or "Add" or "Where" or "Max"))
                     return false;
                 v = p.OpType == "Where" ? (LeadsToScores(p.Inputs[1]!) ? p.Inputs[1]! : p.Inputs[2]!) : p.Inputs[0]!;
             }
             return false;
         }
+    }
+
+    /// <summary>
+    /// Reads the views around scores computed with heads folded into the batch: <paramref name="views"/> (walking down
+    /// from the softmax) must alternate between [B·H, Sq, Sk] and [B, H, Sq, Sk], each only splitting or merging the
+    /// leading dim, ending in the [B·H, ..] product of the QK MatMul; a view of the probabilities goes back to
+    /// [B·H, Sq, Sk] before a bmm with V. Masks may only apply to the [B, H, Sq, Sk] view.
+    /// </summary>
+    private static (FoldedHeads? Folded, string? Reason) ReadFoldedHeads(Node qk, List<Node> views, Node? probsView, Node softmax, Node pv,
+        Value v, int rank, IReadOnlyCollection<Node> regionNodes, StaticShapes shapes, ShapeAnalysis? symbolic, Value? cond, Value? bias, out Value? unfoldedScores)
+    {
+        unfoldedScores = null;
+        if (rank != 3)
+            return (null, $"scores of rank {rank} pass through Reshape '{(views.Count > 0 ? views[0] : probsView!).Name}'; only [B·H, Sq, Sk] scores viewed as [B, H, Sq, Sk] are modelled");
+        if (views.Count is 0 or > 2)
+            return (null, views.Count == 0
+                ? $"the probabilities are viewed by Reshape '{probsView!.Name}' but the scores never are: nothing to fold back"
+                : $"the scores pass through {views.Count} Reshapes; expected one view to [B, H, Sq, Sk] and at most one back");
+        // Innermost view: [B·H, Sq, Sk] -> [B, H, Sq, Sk].
+        var inner = views[^1];
+        if (!SplitsLeading(inner, shapes, symbolic, out long heads, out string? why))
+            return (null, why);
+        var outer = views.Count == 2 ? views[0] : null;
+        if (outer != null && !MergesLeading(outer, shapes, symbolic, out why))
+            return (null, why);
+        if (probsView != null && (outer != null || !MergesLeading(probsView, shapes, symbolic, out why)))
+            return (null, outer != null ? $"the scores are viewed back to [B·H, Sq, Sk] by '{outer.Name}' and the probabilities again by '{probsView.Name}'" : why);
+        // The softmax runs on [B, H, ..] unless the scores were viewed back; the PV product is [B·H, ..] when the
+        // probabilities it reads are.
+        bool softmaxFolded = outer != null;
+        bool pvFolded = softmaxFolded || probsView != null;
+        int? vRank = shapes.RankOf(v);
+        if (vRank != (pvFolded ? 3 : 4))
+            return (null, $"V '{v.Name}' has rank {(vRank is { } vr ? vr.ToString(System.Globalization.CultureInfo.InvariantCulture) : "unknown")}; the {(pvFolded ? "[B·H, Sq, Sk]" : "[B, H, Sq, Sk]")} probabilities need {(pvFolded ? 3 : 4)}");
+        // Every mask term must sit on the [B, H, Sq, Sk] view (between the views), where its meaning is read.
+        foreach (var term in new[] { bias, cond })
+        {
+            if (term is not null && term.Uses.Select(u => u.Node).FirstOrDefault(u => regionNodes.Contains(u)) is { } user && !IsBetween(user, inner, outer ?? softmax))
+                return (null, $"mask term '{term.Name}' applies to the folded [B·H, Sq, Sk] scores; only a mask on the [B, H, Sq, Sk] view is modelled");
+        }
+        unfoldedScores = inner.Outputs[0];
+        return (new FoldedHeads(heads, UnfoldV: pvFolded, FoldOutput: shapes.RankOf(pv.Outputs[0]) == 3), null);
+
+        // Whether `node` lies on the score chain between the inner view and `top` (exclusive of the inner view).
+        static bool IsBetween(Node node, Node innerView, Node top)
+        {
+            var cur = top;
+            for (int i = 0; i < 16 && cur != null; i++)
+            {
+                if (ReferenceEquals(cur, node))
+                    return true;
+                if (ReferenceEquals(cur, innerView))
+                    return false;
+                cur = cur.Inputs.Select(x => x?.Producer).FirstOrDefault(p => p != null && p.IsDefaultDomain && IsChainOp(p));
+            }
+            return false;
+        }
+
+        static bool IsChainOp(Node p) => p.OpType is "Reshape" or "Add" or "Where" or "Max" or "Mul" or "Div" or "MatMul" or "Softmax" or "Dropout";
+    }
+
+    // Reshape [X, Sq, Sk] -> [B, H, Sq, Sk] with X = B·H: the last two dims kept, H a known number.
+    private static bool SplitsLeading(Node view, StaticShapes shapes, ShapeAnalysis? symbolic, out long heads, out string? why)
+    {
+        heads = 0;
+        why = null;
+        var target = shapes.IntsOf(view.Inputs[1]!);
+        var outShape = shapes.ShapeOf(view.Outputs[0]);
+        long? h = outShape is { Count: 4 } os ? os[1] : null;
+        h ??= target is { Count: 4 } t && t[1] is > 0 ? t[1] : null;
+        if (outShape?.Count is not (null or 4) || (target is not null && target.Count != 4))
+        {
+            why = $"Reshape '{view.Name}' of the [B·H, Sq, Sk] scores does not view them as [B, H, Sq, Sk]";
+            return false;
+        }
+        if (h is not { } hh || hh < 1)
+        {
+            why = $"the number of heads in the [B, H, Sq, Sk] view '{view.Name}' is not statically known";
+            return false;
+        }
+        if (!KeepsLastTwo(view.Inputs[0]!, view.Outputs[0], shapes, symbolic))
+        {
+            why = $"Reshape '{view.Name}' does not keep the scores' last two dims (Sq, Sk)";
+            return false;
+        }
+        heads = hh;
+        return true;
+    }
+
+    // Reshape [B, H, Sq, Sk] -> [B·H, Sq, Sk]: rank 3, the last two dims kept.
+    private static bool MergesLeading(Node view, StaticShapes shapes, ShapeAnalysis? symbolic, out string? why)
+    {
+        why = null;
+        if (shapes.RankOf(view.Outputs[0]) is not 3 || shapes.RankOf(view.Inputs[0]!) is not (null or 4) || !KeepsLastTwo(view.Inputs[0]!, view.Outputs[0], shapes, symbolic))
+        {
+            why = $"Reshape '{view.Name}' does not merge [B, H, Sq, Sk] back to [B·H, Sq, Sk]";
+            return false;
+        }
+        return true;
+    }
+
+    // Whether b's last two dims may be a's: no two known sizes or two named symbols differ (the symbolic analysis
+    // names dims it cannot relate with fresh "?" symbols, which prove nothing either way).
+    private static bool KeepsLastTwo(Value a, Value b, StaticShapes shapes, ShapeAnalysis? symbolic)
+    {
+        var sa = symbolic?.ShapeOf(a);
+        var sb = symbolic?.ShapeOf(b);
+        if (sa is { Count: >= 2 } && sb is { Count: >= 2 } && (Differ(sa[^1], sb[^1]) || Differ(sa[^2], sb[^2])))
+            return false;
+        var fa = shapes.ShapeOf(a);
+        var fb = shapes.ShapeOf(b);
+        return !(fa is { Count: >= 2 } && fb is { Count: >= 2 } && ((fa[^1] is { } x && fb[^1] is { } y && x != y) || (fa[^2] is { } p && fb[^2] is { } r && p != r)));
+    }
+
+    private static bool Differ(Dim a, Dim b) =>
+        (a.Value is { } x && b.Value is { } y && x != y)
+        || (a.Value is null && b.Value is null && Named(a) && Named(b) && a.Param != b.Param)
+        || (a.Value is not null && Named(b)) || (b.Value is not null && Named(a));
+
+    private static bool Named(Dim d) => !string.IsNullOrEmpty(d.Param) && !d.Param.StartsWith('?');
+
+    // A tensor of zeros: ConstantOfShape with a zero (or absent) value, possibly scaled by a constant (baddbmm's beta).
+    private static bool IsZeros(Value v)
+    {
+        if (v.Producer is { OpType: "Mul" } m && m.IsDefaultDomain && (ConstantValue.Scalar(m.Inputs[1]) is not null || ConstantValue.Scalar(m.Inputs[0]) is not null))
+            v = ConstantValue.Scalar(m.Inputs[1]) is not null ? m.Inputs[0]! : m.Inputs[1]!;
+        if (ConstantValue.Of(v) is { } c)
+            return c.ElementType != ElementType.String && c.ToDoubleArray().All(x => x == 0);
+        if (v.Producer is { OpType: "ConstantOfShape" } z && z.IsDefaultDomain)
+            return z.GetAttribute("value") is not { Kind: Ir.AttributeKind.Tensor } a || a.AsTensor().ToDoubleArray().All(x => x == 0);
+        return false;
     }
 
     // The mask read from its structure: tril/triu buffers and Trilu as Where conditions, (1 - mask) * large negative
@@ -306,7 +492,7 @@ public sealed class AttentionCoreFusion : IPass
                 continue;
             }
             if (p.OpType is "Mul" or "Div" or "Add" or "Sub" or "Where" or "Reshape" or "Transpose" or "Cast" or "Identity" or "Squeeze"
-                or "Unsqueeze" or "Expand" or "Slice" or "Clip" or "Tanh" or "Dropout")
+                or "Unsqueeze" or "Expand" or "Slice" or "Clip" or "Tanh" or "Dropout" or "Max" or "Min")
             {
                 foreach (var input in p.Inputs)
                 {
@@ -390,10 +576,21 @@ public sealed class AttentionCoreFusion : IPass
 
         // K = transpose of Kᵀ over the last two axes: fold into Kᵀ's own Transpose when it has one.
         var k = TransposeLastTwo(editor, m.ScoresMatMul, m.KTransposed, m.Rank);
+        Value q = m.Q, v = m.V;
+        int rank = m.Rank;
+        if (m.Folded is { } f)
+        {
+            // [B·H, S, E] -> [B, H, S, E]: the core runs on the unfolded heads.
+            q = Unfold(editor, m.OutputMatMul, q, f.Heads);
+            k = Unfold(editor, m.OutputMatMul, k, f.Heads);
+            if (f.UnfoldV)
+                v = Unfold(editor, m.OutputMatMul, v, f.Heads);
+            rank = 4;
+        }
         var inputs = new Value?[AttentionCoreOp.InputCount];
-        inputs[AttentionCoreOp.Q] = m.Q;
+        inputs[AttentionCoreOp.Q] = q;
         inputs[AttentionCoreOp.K] = k;
-        inputs[AttentionCoreOp.V] = m.V;
+        inputs[AttentionCoreOp.V] = v;
         inputs[AttentionCoreOp.Bias] = m.Bias;
         inputs[AttentionCoreOp.Cond] = m.Cond;
         inputs[AttentionCoreOp.KeyPadding] = m.KeyPadding;
@@ -409,16 +606,53 @@ public sealed class AttentionCoreFusion : IPass
             Ir.Attribute.FromInt("causal", m.Causal ? 1 : 0),
             Ir.Attribute.FromFloat("fill", (float)Math.Max(m.Fill, float.MinValue)),
             Ir.Attribute.FromInt("scores_when_true", m.ScoresWhenTrue ? 1 : 0),
-            Ir.Attribute.FromInt("rank", m.Rank),
+            Ir.Attribute.FromInt("rank", rank),
             Ir.Attribute.FromInt("dropout", m.Dropout != null ? 1 : 0),
             Ir.Attribute.FromString("source", "decomposed"),
             Ir.Attribute.FromString("region", string.Join(",", m.Region.Select(n => n.Name))),
         };
+        if (m.Folded is { } heads)
+            attrs.Add(Ir.Attribute.FromInt("heads", heads.Heads));
         var core = editor.CreateNode(AttentionCoreOp.OpType, inputs, 1, attrs, AttentionCoreOp.Domain,
             name: $"{(m.Softmax.Name.Length > 0 ? m.Softmax.Name : "attention")}/AttentionCore_{coreIndex}");
         editor.InsertBefore(m.OutputMatMul, core);
-        editor.ReplaceAllUsesWith(m.OutputMatMul.Outputs[0], core.Outputs[0], replaceGraphOutputs: true);
+        var y = core.Outputs[0];
+        if (m.Folded is { FoldOutput: true })
+            y = Fold(editor, m.OutputMatMul, y);
+        editor.ReplaceAllUsesWith(m.OutputMatMul.Outputs[0], y, replaceGraphOutputs: true);
         DeadCode.RemoveDeadFrom(editor, m.Region);
+    }
+
+    // x [B·H, S, E] -> Reshape(x, [-1, H, S, E]) with S, E read from x's shape.
+    private static Value Unfold(GraphEditor editor, Node anchor, Value x, long heads)
+    {
+        var graph = editor.Graph;
+        var lead = editor.AddInitializer(Tensor.Create(graph.UniqueName(x.Name + "/unfold_lead"), new long[] { -1, heads }, 2));
+        var shape = EmitBefore(editor, anchor, "Shape", [x]);
+        var tail = EmitBefore(editor, anchor, "Slice", [shape, I64(editor, x.Name + "/one", 1), I64(editor, x.Name + "/three", 3)]);
+        var target = EmitBefore(editor, anchor, "Concat", [lead, tail], Ir.Attribute.FromInt("axis", 0));
+        return EmitBefore(editor, anchor, "Reshape", [x, target]);
+    }
+
+    // y [B, H, S, E] -> Reshape(y, [-1, S, E]).
+    private static Value Fold(GraphEditor editor, Node anchor, Value y)
+    {
+        var graph = editor.Graph;
+        var lead = editor.AddInitializer(Tensor.Create(graph.UniqueName(y.Name + "/fold_lead"), new long[] { -1 }, 1));
+        var shape = EmitBefore(editor, anchor, "Shape", [y]);
+        var tail = EmitBefore(editor, anchor, "Slice", [shape, I64(editor, y.Name + "/two", 2), I64(editor, y.Name + "/four", 4)]);
+        var target = EmitBefore(editor, anchor, "Concat", [lead, tail], Ir.Attribute.FromInt("axis", 0));
+        return EmitBefore(editor, anchor, "Reshape", [y, target]);
+    }
+
+    private static Value I64(GraphEditor editor, string name, long value) =>
+        editor.AddInitializer(Tensor.Create(editor.Graph.UniqueName(name), new[] { value }, 1));
+
+    private static Value EmitBefore(GraphEditor editor, Node anchor, string op, Value?[] inputs, params Ir.Attribute[] attrs)
+    {
+        var node = editor.CreateNode(op, inputs, 1, attrs);
+        editor.InsertBefore(anchor, node);
+        return node.Outputs[0];
     }
 
     /// <summary>K [.., Sk, E] from Kᵀ [.., E, Sk]: a new Transpose (folded with Kᵀ's own Transpose when it has one).</summary>

@@ -67,10 +67,29 @@ internal sealed record Linear(Node Node, Value Output, Value Input, Value Weight
     }
 }
 
-/// <summary>A recognized FFN: Linear → activation → Linear, or SwiGLU (gate, up, down).</summary>
-internal sealed record FfnMatch(Linear Fc1, Linear? Up, Linear Fc2, string Activation, Value? Fc1Bias, IReadOnlyList<Node> Region)
+/// <summary>Output columns [Start, Start + Count) of a linear layer: one half of a fused gate/up projection.</summary>
+internal readonly record struct Columns(long Start, long Count);
+
+/// <summary>
+/// A recognized FFN: Linear → activation → Linear, or a gated FFN (gate, up, down; the gate and up projections may be
+/// the two column halves of one fused projection, <see cref="Fc1Cols"/> and <see cref="UpCols"/>).
+/// </summary>
+internal sealed record FfnMatch(Linear Fc1, Linear? Up, Linear Fc2, string Activation, Value? Fc1Bias, IReadOnlyList<Node> Region,
+    Columns? Fc1Cols = null, Columns? UpCols = null)
 {
     public Value X => Fc1.Input;
+
+    /// <summary>[d, d_ff] of the gate/fc1 projection (its column half when fused).</summary>
+    public (long In, long Out) Fc1Dims => Fc1Cols is { } c ? (Fc1.Dims.In, c.Count) : Fc1.Dims;
+
+    /// <summary>[d, d_ff] of the up projection (its column half when fused).</summary>
+    public (long In, long Out)? UpDims => Up is null ? null : UpCols is { } c ? (Up.Dims.In, c.Count) : Up.Dims;
+
+    /// <summary>Gated activations and the gate function each applies to its first projection.</summary>
+    public static readonly IReadOnlyDictionary<string, string> GatedByGate = new Dictionary<string, string>
+    {
+        ["silu"] = "swiglu", ["gelu"] = "geglu", ["gelu_tanh"] = "geglu_tanh", ["relu"] = "reglu",
+    };
 }
 
 /// <summary>
@@ -78,7 +97,10 @@ internal sealed record FfnMatch(Linear Fc1, Linear? Up, Linear Fc2, string Activ
 /// token-flattening Reshapes): <c>fc2(act(fc1(x)))</c>. The activation subgraph between fc1 and fc2 is classified
 /// by evaluating it on probe points against ReLU, GELU (erf), GELU (tanh) and SiLU, so every exporter spelling of
 /// the same function matches; <c>Relu</c>, <c>Gelu</c> and <c>com.microsoft::FastGelu</c> nodes are read directly.
-/// SwiGLU is <c>down(silu(gate(x)) ⊙ up(x))</c>. The hidden activations must have no outside uses.
+/// A gated FFN is <c>down(act(gate(x)) ⊙ up(x))</c> with act identified the same way (SiLU: SwiGLU, GELU: GEGLU,
+/// tanh GELU: T5's gated-gelu, ReLU: ReGLU); gate and up may be two projections or the two halves of one fused
+/// projection (<c>chunk</c>/<c>split</c> or two slices of its last axis). The squared ReLU is classified too.
+/// The hidden activations must have no outside uses.
 /// </summary>
 internal static class FfnRecognition
 {
@@ -144,28 +166,42 @@ internal static class FfnRecognition
         region.AddRange(passFc2);
         var act = afterAct.Producer!;
 
-        // SwiGLU: Mul(silu(gate), up), either order.
+        // Gated: Mul(act(gate(x)), up(x)), either order; gate and up are linears or halves of one fused linear.
         if (act.OpType == "Mul" && act.IsDefaultDomain)
         {
+            string? gatedWhy = null;
             foreach (var (gSide, uSide) in new[] { (0, 1), (1, 0) })
             {
-                var up = Linear.At(SkipReshapes(act.Inputs[uSide]!, shapes, out var passUp));
-                var siluInput = SiluInput(act.Inputs[gSide]!, out var siluNodes);
-                if (up is null || siluInput is null)
+                var upValue = SkipReshapes(act.Inputs[uSide]!, shapes, out var passUp);
+                var up = Projection(upValue, shapes, out var upCols, out var upNodes);
+                if (up is null)
                     continue;
-                var gate = Linear.At(SkipReshapes(siluInput, shapes, out var passGate));
+                var gateSub = ActivationSubgraph(act.Inputs[gSide]!, out var gateIn, out _);
+                if (gateSub is not { Count: > 0 } || gateIn is null)
+                    continue;
+                var gate = Projection(SkipReshapes(gateIn, shapes, out var passGate), shapes, out var gateCols, out var gateNodes);
                 if (gate is null)
                     continue;
+                if (ReferenceEquals(gate.Node, up.Node) && gateCols is null)
+                    continue; // act(u) · u of one projection (SiLU written as u · sigmoid(u)): not gated
+                var gateKind = ActivationProbe.Classify(gateSub, gateIn, act.Inputs[gSide]!);
+                if (gateKind is null || !FfnMatch.GatedByGate.TryGetValue(gateKind, out var gated))
+                {
+                    gatedWhy = $"the gate of Mul '{act.Name}' ({string.Join(", ", gateSub.Select(n => n.OpType).Distinct())}) is not SiLU, GELU (erf or tanh) or ReLU";
+                    continue;
+                }
                 if (!SameInput(gate.Input, up.Input))
-                    return (null, $"SwiGLU gate '{gate.Node.Name}' and up '{up.Node.Name}' read different inputs");
+                    return (null, $"gate '{gate.Node.Name}' and up '{up.Node.Name}' of the gated FFN read different inputs");
                 region.Add(act);
-                region.AddRange(siluNodes);
+                region.AddRange(gateSub);
                 region.AddRange(passUp);
                 region.AddRange(passGate);
-                region.AddRange(gate.Nodes);
-                region.AddRange(up.Nodes);
-                return Finish(new FfnMatch(gate, up, fc2, "swiglu", null, region), shapes);
+                region.AddRange(gateNodes);
+                region.AddRange(upNodes);
+                return Finish(new FfnMatch(gate, up, fc2, gated, null, region, gateCols, upCols), shapes);
             }
+            if (gatedWhy != null)
+                return (null, gatedWhy);
         }
 
         // FastGelu(x·W1, b1) from the contrib domain: the tanh GELU with the fc1 bias inside.
@@ -196,7 +232,7 @@ internal static class FfnRecognition
             return (null, $"the activation's input '{u!.Name}' is not a linear layer with a constant weight");
         var kind = ActivationProbe.Classify(sub, u!, afterAct);
         if (kind is null)
-            return (null, $"activation subgraph ({string.Join(", ", sub.Select(n => n.OpType).Distinct())}) is not ReLU, GELU (erf or tanh) or SiLU");
+            return (null, $"activation subgraph ({string.Join(", ", sub.Select(n => n.OpType).Distinct())}) is not ReLU, GELU (erf or tanh), SiLU or squared ReLU");
         region.AddRange(sub);
         region.AddRange(passFc1);
         region.AddRange(fc1.Nodes);
@@ -224,16 +260,80 @@ internal static class FfnRecognition
                     return (null, $"hidden value '{o.Name}' of {n.OpType} '{n.Name}' is also used by {user.OpType} '{user.Name}' outside the FFN");
             }
         }
-        var (d, dff) = m.Fc1.Dims;
+        if (m.Up?.Bias is not null && !(m.UpCols is not null && m.Fc1Cols is not null && m.Up.Bias is { } ub && ConstantValue.Of(ub) is { } bt && bt.ToDoubleArray().Skip((int)m.UpCols.Value.Start).Take((int)m.UpCols.Value.Count).All(x => x == 0)))
+            return (null, $"the up projection '{m.Up.Node.Name}' of the gated FFN has a bias; RoutedFFN has none for it");
+        var (d, dff) = m.Fc1Dims;
         var (dff2, d2) = m.Fc2.Dims;
         if (dff != dff2 || d != d2)
             return (null, $"fc1 [{d}, {dff}] and fc2 [{dff2}, {d2}] do not fit together");
-        if (m.Up is { } up && up.Dims != (d, dff))
-            return (null, $"up projection [{up.Dims.In}, {up.Dims.Out}] does not match gate [{d}, {dff}]");
+        if (m.UpDims is { } up && up != (d, dff))
+            return (null, $"up projection [{up.In}, {up.Out}] does not match gate [{d}, {dff}]");
         return (m, null);
     }
 
     private static bool SameInput(Value a, Value b) => ReferenceEquals(a, b);
+
+    /// <summary>
+    /// The linear layer behind <paramref name="v"/>: the linear itself, or one column range of it taken by a Slice of the
+    /// last axis or an output of a Split of the last axis (a fused gate/up projection). <paramref name="nodes"/> are the
+    /// linear's nodes and the Slice/Split.
+    /// </summary>
+    private static Linear? Projection(Value v, StaticShapes shapes, out Columns? cols, out List<Node> nodes)
+    {
+        cols = null;
+        nodes = [];
+        if (Linear.At(v) is { } direct)
+        {
+            nodes.AddRange(direct.Nodes);
+            return direct;
+        }
+        if (v.Producer is not { } p || !p.IsDefaultDomain || p.OpType is not ("Slice" or "Split") || p.Inputs[0] is not { } whole
+            || Linear.At(whole) is not { } fused)
+            return null;
+        long width = fused.Dims.Out;
+        int rank = shapes.RankOf(whole) ?? 0;
+        bool LastAxis(long axis) => axis == -1 || (rank > 0 && axis == rank - 1);
+        if (p.OpType == "Slice")
+        {
+            // Slice(u, [start], [end], [axis], [1?]) over the last axis.
+            var starts = p.Inputs.Count > 1 && p.Inputs[1] is { } st ? shapes.IntsOf(st) : null;
+            var ends = p.Inputs.Count > 2 && p.Inputs[2] is { } en ? shapes.IntsOf(en) : null;
+            var axes = p.Inputs.Count > 3 && p.Inputs[3] is { } ax ? shapes.IntsOf(ax) : null;
+            var steps = p.Inputs.Count > 4 && p.Inputs[4] is { } sp ? shapes.IntsOf(sp) : null;
+            if (starts is not [{ } s0] || ends is not [{ } e0] || axes is not [{ } a0] || !LastAxis(a0) || (steps is not null && steps is not [1]))
+                return null;
+            long b = Math.Clamp(s0 < 0 ? s0 + width : s0, 0, width), e = Math.Clamp(e0 < 0 ? e0 + width : e0, 0, width);
+            if (e <= b)
+                return null;
+            cols = new Columns(b, e - b);
+        }
+        else
+        {
+            if (!LastAxis(p.GetInt("axis", 0)))
+                return null;
+            int index = Enumerable.Range(0, p.Outputs.Count).First(i => ReferenceEquals(p.Outputs[i], v));
+            IReadOnlyList<long?>? split = p.Inputs.Count > 1 && p.Inputs[1] is { } sv ? shapes.IntsOf(sv) : p.GetInts("split")?.Select(x => (long?)x).ToList();
+            long[] sizes;
+            if (split is null)
+            {
+                if (width % p.Outputs.Count != 0)
+                    return null;
+                sizes = [.. Enumerable.Repeat(width / p.Outputs.Count, p.Outputs.Count)];
+            }
+            else if (split.All(x => x is not null) && split.Count == p.Outputs.Count && split.Sum(x => x!.Value) == width)
+            {
+                sizes = [.. split.Select(x => x!.Value)];
+            }
+            else
+            {
+                return null;
+            }
+            cols = new Columns(sizes.Take(index).Sum(), sizes[index]);
+        }
+        nodes.AddRange(fused.Nodes);
+        nodes.Add(p);
+        return fused;
+    }
 
     private static Value SkipReshapes(Value v, StaticShapes shapes, out List<Node> skipped)
     {
@@ -251,24 +351,6 @@ internal static class FfnRecognition
         var inDim = shapes.LastDim(reshape.Inputs[0]!);
         var outDim = shapes.LastDim(reshape.Outputs[0]);
         return inDim is not null && inDim == outDim;
-    }
-
-    // silu(g) = g · sigmoid(g) (either order) or Silu-like ops; returns g.
-    private static Value? SiluInput(Value v, out List<Node> nodes)
-    {
-        nodes = [];
-        if (v.Producer is { OpType: "Mul" } m && m.IsDefaultDomain)
-        {
-            for (int i = 0; i < 2; i++)
-            {
-                if (m.Inputs[i]?.Producer is { OpType: "Sigmoid" } s && ReferenceEquals(s.Inputs[0], m.Inputs[1 - i]))
-                {
-                    nodes = [m, s];
-                    return m.Inputs[1 - i];
-                }
-            }
-        }
-        return null;
     }
 
     // The elementwise subgraph between u and the activation output: all nodes reachable backwards from `output`
@@ -331,7 +413,7 @@ internal static class ActivationProbe
 
     private static readonly double[] Points = [.. Enumerable.Range(-24, 49).Select(i => i / 4.0)];
 
-    /// <summary>relu, gelu, gelu_tanh or silu when the subgraph computes it on every probe point (to 2e-5), else null.</summary>
+    /// <summary>relu, gelu, gelu_tanh, silu or relu2 (squared ReLU) when the subgraph computes it on every probe point (to 2e-5), else null.</summary>
     public static string? Classify(IReadOnlyList<Node> nodes, Value input, Value output)
     {
         var candidates = new (string Name, Func<double, double> F)[]
@@ -340,6 +422,7 @@ internal static class ActivationProbe
             ("gelu", x => 0.5 * x * (1 + Erf(x / Math.Sqrt(2)))),
             ("gelu_tanh", x => 0.5 * x * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)))),
             ("silu", x => x / (1 + Math.Exp(-x))),
+            ("relu2", x => x > 0 ? x * x : 0),
         };
         var values = new double[Points.Length];
         for (int i = 0; i < Points.Length; i++)

@@ -50,6 +50,9 @@ public sealed class AttentionBlockInfo
     /// <summary>Number of heads, when known.</summary>
     public long? Heads { get; set; }
 
+    /// <summary>K/V heads (fewer than <see cref="Heads"/> for grouped-query and multi-query attention), when known.</summary>
+    public long? KvHeads { get; set; }
+
     /// <summary>Whether heads are folded into the batch ([B·H, S, E]).</summary>
     public bool HeadsFolded { get; set; }
 
@@ -75,7 +78,7 @@ public sealed class FfnBlockInfo
     /// <summary>FFN layer index (graph order).</summary>
     public int Layer { get; set; }
 
-    /// <summary>relu, gelu, gelu_tanh, silu or swiglu.</summary>
+    /// <summary>relu, gelu, gelu_tanh, silu, relu2, or the gated swiglu, geglu, geglu_tanh, reglu.</summary>
     public string Activation { get; set; } = "";
 
     /// <summary>First linear (gate for SwiGLU), up projection (SwiGLU only), second linear.</summary>

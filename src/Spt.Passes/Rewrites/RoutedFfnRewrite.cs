@@ -8,8 +8,9 @@ namespace Spt.Passes.Rewrites;
 /// <summary>
 /// Recognizes FFN blocks (see <c>FfnRecognition</c>) and rewrites the selected ones to SPT's routed FFN:
 /// <code>
-/// y = RoutedFFN(x, W1 [d, d_ff], b1?, W2 [d_ff, d], b2?, Wr [d, n_b], br [n_b], W3? (SwiGLU up), LoRA factors?)
+/// y = RoutedFFN(x, W1 [d, d_ff], b1?, W2 [d_ff, d], b2?, Wr [d, n_b], br [n_b], W3? (gated: up), LoRA factors?)
 /// </code>
+/// The two halves of a fused gate/up projection become W1 and W3 (new initializers holding its column ranges).
 /// The router Wr, br ~ U(±1/√d) (seeded). Unselected blocks, or all with <c>--ffn keep</c>, stay dense and are
 /// reported.
 /// </summary>
@@ -55,7 +56,7 @@ public sealed class RoutedFfnRewrite(SptOptions options) : IPass
         for (int layer = 0; layer < matches.Count; layer++)
         {
             var m = matches[layer];
-            var (d, dff) = m.Fc1.Dims;
+            var (d, dff) = m.Fc1Dims;
             var info = new FfnBlockInfo
             {
                 Layer = layer,
@@ -85,6 +86,30 @@ public sealed class RoutedFfnRewrite(SptOptions options) : IPass
         return changed;
     }
 
+    // A linear's weight as a row-major [in, out] matrix.
+    private static float[] InOutMatrix(Linear lin)
+    {
+        var t = ConstantValue.Of(lin.Weight);
+        bool transposed = lin.WeightIsOutIn;
+        if (t is null)
+        {
+            // Transpose(W) of a constant W [b, a]: the value read is Wᵀ.
+            t = ConstantValue.Of(lin.Weight.Producer!.Inputs[0])!;
+            transposed = !transposed;
+        }
+        var data = t.ToFloatArray();
+        if (!transposed)
+            return data;
+        long rows = t.Dims[0], cols = t.Dims[1];
+        var r = new float[data.Length];
+        for (long i = 0; i < rows; i++)
+        {
+            for (long j = 0; j < cols; j++)
+                r[j * rows + i] = data[i * cols + j];
+        }
+        return r;
+    }
+
     private void Rewrite(Graph graph, FfnMatch m, FfnBlockInfo info)
     {
         var editor = graph.Edit();
@@ -108,18 +133,48 @@ public sealed class RoutedFfnRewrite(SptOptions options) : IPass
             return editor.AddInitializer(Tensor.Create(graph.UniqueName($"{prefix}/{name}"), data, dims));
         }
 
+        // One column range of a fused projection as its own [in, count] weight (and [count] bias).
+        (Value Weight, Value? Bias) Half(Linear lin, Columns cols, string what)
+        {
+            var (din, dout) = lin.Dims;
+            float[] full = InOutMatrix(lin);
+            var w = new float[din * cols.Count];
+            for (long i = 0; i < din; i++)
+                Array.Copy(full, i * dout + cols.Start, w, i * cols.Count, cols.Count);
+            var weight = editor.AddInitializer(Tensor.Create(graph.UniqueName($"{lin.Weight.Name}/{what}"), w, din, cols.Count));
+            Value? bias = null;
+            if (lin.Bias is { } b && ConstantValue.Of(b) is { } bt)
+                bias = editor.AddInitializer(Tensor.Create(graph.UniqueName($"{b.Name}/{what}"), bt.ToFloatArray().AsSpan((int)cols.Start, (int)cols.Count).ToArray(), cols.Count));
+            return (weight, bias);
+        }
+
         var schema = RoutedFfnOps.RoutedFfn;
         var inputs = new Value?[RoutedFfnOps.ForwardInputCount];
         inputs[RoutedFfnOps.X] = m.X;
-        inputs[RoutedFfnOps.W1] = InOut(m.Fc1);
-        inputs[RoutedFfnOps.B1] = m.Fc1Bias ?? m.Fc1.Bias;
+        if (m.Fc1Cols is { } gateCols)
+            (inputs[RoutedFfnOps.W1], inputs[RoutedFfnOps.B1]) = Half(m.Fc1, gateCols, "gate");
+        else
+        {
+            inputs[RoutedFfnOps.W1] = InOut(m.Fc1);
+            inputs[RoutedFfnOps.B1] = m.Fc1Bias ?? m.Fc1.Bias;
+        }
         inputs[RoutedFfnOps.W2] = InOut(m.Fc2);
         inputs[RoutedFfnOps.B2] = m.Fc2.Bias;
         double bound = 1 / Math.Sqrt(d);
         inputs[RoutedFfnOps.Wr] = Param("router_weight", Init.Uniform(d * nb, bound, Init.SeedFor(options.Seed, "router_weight", info.Layer)), d, nb);
         inputs[RoutedFfnOps.Br] = Param("router_bias", Init.Uniform(nb, bound, Init.SeedFor(options.Seed, "router_bias", info.Layer)), nb);
         if (m.Up != null)
-            inputs[RoutedFfnOps.W3] = InOut(m.Up);
+        {
+            if (m.UpCols is { } upCols)
+            {
+                // The match refuses an up half with a nonzero bias, so its bias (if any) is dropped as zero.
+                inputs[RoutedFfnOps.W3] = Half(m.Up, upCols, "up").Weight;
+            }
+            else
+            {
+                inputs[RoutedFfnOps.W3] = InOut(m.Up);
+            }
+        }
         if (r > 0)
         {
             // LoRA: A ~ N(0, 1), B = 0, no scaling (SPT §3.3).

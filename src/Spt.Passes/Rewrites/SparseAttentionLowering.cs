@@ -80,6 +80,18 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         }
 
         Value q = core.Inputs[AttentionCoreOp.Q]!, k = core.Inputs[AttentionCoreOp.K]!, v = core.Inputs[AttentionCoreOp.V]!;
+        // Grouped-query / multi-query attention: the ops read K and V at their own head count, never the repeats.
+        var (kSource, kHeads) = HeadRepeat.Find(k, shapes, out var kRefusal);
+        var (vSource, vHeads) = HeadRepeat.Find(v, shapes, out var vRefusal);
+        if ((kRefusal ?? vRefusal) is { } refusal)
+            return refusal;
+        if ((kSource is null) != (vSource is null) || kHeads != vHeads)
+            return $"K and V of '{core.Name}' are repeated differently (K from {(kSource is null ? "no repeat" : kHeads + " heads")}, V from {(vSource is null ? "no repeat" : vHeads + " heads")})";
+        if (kSource != null && !folded)
+        {
+            k = kSource;
+            v = vSource!;
+        }
         if (folded)
         {
             // [B·H, S, E] -> [B·H, 1, S, E]
