@@ -8,10 +8,13 @@ exact model sptc trains rather than on a hand-written twin. Full fine-tuning tra
 LoRA (rank R, A ~ N(0, 1) and B = 0 like sptc's) adds factors to every MatMul/Gemm with a 2-D weight and
 freezes the rest. Both use AdamW (lr 1e-4, weight decay 0.01) with gradient clipping at 1, batch 1 of random
 tokens, the causal-LM loss on the next token. Each (variant, sequence length) runs in its own process, so
-peak RSS values do not mix.
+peak RSS values do not mix. Beside the wall-clock step time it reports the process CPU time per step: on a
+loaded machine the wall time mostly measures the scheduler (PyTorch's OpenMP threads wait at every op's
+barrier for a descheduled peer, which costs the variant with more, smaller ops the most: LoRA), while the
+CPU time of a --threads 1 run stays close to the idle machine's step time.
 
     /usr/bin/python3 scripts/benchmarks/pytorch_compare.py MODEL.onnx [--seq 512,2048] [--steps 3] [--warmup 1]
-        [--lora 16] [--sptc-json bench.json | --sptc "dotnet src/Spt.Cli/bin/Release/net10.0/sptc.dll"] [--json out.json]
+        [--lora 16] [--threads N] [--sptc-json bench.json | --sptc "dotnet src/Spt.Cli/bin/Release/net10.0/sptc.dll"] [--json out.json]
 
 Without --sptc-json it runs `sptc bench MODEL --seq ... --lora R --variants dense,dense-lora,spt-lora,spt`
 first (the --sptc command, default the Release build in this checkout). Needs Debian's python3-torch and
@@ -196,18 +199,20 @@ def build_program(model_path, lora_rank):
     return run, inputs, trainable, vocab
 
 
-def worker(model, variant, seq, steps, warmup, lora_rank, batch):
+def worker(model, variant, seq, steps, warmup, lora_rank, batch, threads):
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     torch.manual_seed(1)
     start = time.perf_counter()
     run, inputs, trainable, vocab = build_program(model, lora_rank if variant == "lora" else 0)
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.01)
+    # foreach: one multi-tensor update per step instead of a loop of small ops per parameter, in both variants
+    # (LoRA has two small factors per weight, so the per-parameter loop would cost it more than full).
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.01, foreach=True)
     startup = time.perf_counter() - start
-    times = []
+    times, cpu_times = [], []
     for step in range(steps + warmup):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ids = torch.randint(0, vocab, (batch, seq), dtype=torch.int64)
         logits = run({inputs[0]: ids})
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
@@ -217,8 +222,10 @@ def worker(model, variant, seq, steps, warmup, lora_rank, batch):
         optimizer.step()
         if step >= warmup:
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
     print(json.dumps({
         "median_step_s": statistics.median(times), "min_step_s": min(times), "max_step_s": max(times),
+        "median_step_cpu_s": statistics.median(cpu_times), "threads": threads,
         "startup_s": startup, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "trainable": sum(p.numel() for p in trainable), "last_loss": float(loss),
     }))
@@ -229,7 +236,7 @@ def worker(model, variant, seq, steps, warmup, lora_rank, batch):
 def measure(model, variant, seq, args):
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", variant, model, "--seq", str(seq),
                           "--steps", str(args.steps), "--warmup", str(args.warmup), "--lora", str(args.lora),
-                          "--batch", str(args.batch)], capture_output=True, text=True)
+                          "--batch", str(args.batch), "--threads", str(args.threads)], capture_output=True, text=True)
     if out.returncode != 0:
         fail(f"the PyTorch {variant} run at S={seq} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -259,6 +266,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--lora", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="PyTorch intra-op threads (default: every core, as sptc's sessions use)")
     parser.add_argument("--sptc-json", help="results of an earlier `sptc bench --json` run with the same settings")
     parser.add_argument("--sptc", help="the sptc command line (default: dotnet with this checkout's Release build)")
     parser.add_argument("--json", help="also write the combined results here")
@@ -271,22 +280,26 @@ def main():
     if not os.path.isfile(args.model):
         fail(f"{args.model}: no such file")
     if args.worker:
-        worker(args.model, args.worker, lengths[0], args.steps, args.warmup, args.lora, args.batch)
+        if args.threads < 1:
+            fail("--threads must be at least 1")
+        worker(args.model, args.worker, lengths[0], args.steps, args.warmup, args.lora, args.batch, args.threads)
         return
     if args.lora < 1:
         fail("--lora must be at least 1 (the LoRA baseline is part of the comparison)")
+    if args.threads < 1:
+        fail("--threads must be at least 1")
 
     sptc = sptc_results(args, lengths)
     rows = {r["seq"]: r for r in sptc["results"]}
     combined = []
-    header = ("S", "PyTorch full ms", "PyTorch LoRA ms", "sptc dense ms", "sptc dense-LoRA ms", "sptc SPT+LoRA ms",
+    header = ("S", "PyTorch full ms", "PyTorch LoRA ms", "PyTorch full CPU ms", "PyTorch LoRA CPU ms", "sptc dense ms", "sptc dense-LoRA ms", "sptc SPT+LoRA ms",
               "SPT+LoRA vs PyTorch LoRA", "sptc dense vs PyTorch full", "PyTorch full RSS", "sptc dense RSS",
               "RSS dense/PyTorch", "sptc SPT+LoRA RSS")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
 
-    def ms(m):
-        return f"{m['median_step_s'] * 1000:.0f}" if m else "n/a"
+    def ms(m, key="median_step_s"):
+        return f"{m[key] * 1000:.0f}" if m and m.get(key) is not None else "n/a"
 
     def gib(m):
         return f"{m['peak_rss_bytes'] / 2**30:.2f} GiB" if m and m.get("peak_rss_bytes") else "n/a"
@@ -299,7 +312,7 @@ def main():
         lora = measure(args.model, "lora", seq, args)
         row = rows.get(seq, {})
         dense, dense_lora, spt_lora = row.get("dense"), row.get("dense-lora"), row.get("spt-lora")
-        print("| " + " | ".join([str(seq), ms(full), ms(lora), ms(dense), ms(dense_lora), ms(spt_lora),
+        print("| " + " | ".join([str(seq), ms(full), ms(lora), ms(full, "median_step_cpu_s"), ms(lora, "median_step_cpu_s"), ms(dense), ms(dense_lora), ms(spt_lora),
                                    ratio(spt_lora, lora), ratio(dense, full), gib(full), gib(dense),
                                    ratio(dense, full, "peak_rss_bytes"), gib(spt_lora)]) + " |", flush=True)
         combined.append({"seq": seq, "pytorch_full": full, "pytorch_lora": lora, "sptc": row})
