@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -33,6 +34,34 @@ template <typename T>
 [[gnu::always_inline]] inline void Axpy(T alpha, const T* x, T* y, int64_t n) {
   for (int64_t d = 0; d < n; ++d) y[d] += alpha * x[d];
 }
+
+// Running sum y += alpha * x over many x for one output row of n = kN values: with kN a multiple of 8 the row
+// lives in registers (eight-lane values) and is written by Store, otherwise the sum goes to y in place (y must
+// start zeroed; Store is then a no-op). Each element sees the same operations in the same order as Axpy.
+template <typename T, int64_t kN>
+struct RowSum {
+  static constexpr bool kInRegisters = kN > 0 && kN % 8 == 0;
+  typedef T Lanes __attribute__((vector_size(8 * sizeof(T))));
+  T* y;
+  int64_t n;
+  Lanes v[kInRegisters ? kN / 8 : 1] = {};
+
+  RowSum(T* y_, int64_t n_) : y(y_), n(n_) {}
+  [[gnu::always_inline]] inline void Add(T alpha, const T* x) {
+    if constexpr (kInRegisters) {
+      for (int64_t b = 0; b < kN / 8; ++b) {
+        Lanes xv;
+        std::memcpy(&xv, x + 8 * b, sizeof xv);
+        v[b] += alpha * xv;
+      }
+    } else {
+      Axpy(alpha, x, y, n);
+    }
+  }
+  [[gnu::always_inline]] inline void Store() {
+    if constexpr (kInRegisters) std::memcpy(y, v, sizeof v);
+  }
+};
 
 // Last key (inclusive) a query row may see under the causal rule and the sliding window, aligned to the end when
 // Sq != Sk.
@@ -163,11 +192,13 @@ template <typename T, int64_t kE = 0, int64_t kEv = 0>
       sum += e;
     }
     const T inv = static_cast<T>(1.0 / sum);
+    RowSum<T, kEv> ysum(yr, Ev);
     for (int64_t t = 0; t < d.L; ++t) {
       if (pr[t] == T(0)) continue;
       pr[t] *= inv;
-      Axpy(pr[t], vb + static_cast<int64_t>(idx[t]) * Ev, yr, Ev);
+      ysum.Add(pr[t], vb + static_cast<int64_t>(idx[t]) * Ev);
     }
+    ysum.Store();
   }
 }
 
@@ -213,6 +244,7 @@ template <typename T, int64_t kE = 0, int64_t kEv = 0>
     }
     // Second pass: ds_t = p_t (dp_t - c_i) * scale where the clamp passes; dQ_i = sum_t ds_t k_j.
     std::fill(dqi, dqi + E, T(0));
+    RowSum<T, kE> dqsum(dqi, E);
     for (int64_t t = 0; t < d.L; ++t) {
       if (!pass[t]) {
         dsr[t] = T(0);
@@ -220,8 +252,9 @@ template <typename T, int64_t kE = 0, int64_t kEv = 0>
       }
       const T g = pr[t] * static_cast<T>(dsr[t] - c) * w.scale;
       dsr[t] = g;
-      Axpy(g, kb + static_cast<int64_t>(idx[t]) * E, dqi, E);
+      dqsum.Add(g, kb + static_cast<int64_t>(idx[t]) * E);
     }
+    dqsum.Store();
   }
 }
 
@@ -244,11 +277,15 @@ template <typename T, int64_t kE = 0, int64_t kEv = 0>
     T* dvj = w.dv + (kvh * d.Sk + j) * Ev;
     std::fill(dkj, dkj + E, T(0));
     std::fill(dvj, dvj + Ev, T(0));
+    RowSum<T, kE> dksum(dkj, E);
+    RowSum<T, kEv> dvsum(dvj, Ev);
     for (int64_t e = off[j]; e < off[j + 1]; ++e) {
       const int64_t slot = ent[e], i = slot / d.L;
-      if (dsb[slot] != T(0)) Axpy(dsb[slot], qb + i * E, dkj, E);
-      if (pb[slot] != T(0)) Axpy(pb[slot], dyb + i * Ev, dvj, Ev);
+      if (dsb[slot] != T(0)) dksum.Add(dsb[slot], qb + i * E);
+      if (pb[slot] != T(0)) dvsum.Add(pb[slot], dyb + i * Ev);
     }
+    dksum.Store();
+    dvsum.Store();
   }
 }
 

@@ -448,6 +448,51 @@ TEST(SparseAttentionGrad, IsDeterministicAcrossWorkerCounts) {
   for (int x = 0; x < 3; ++x) EXPECT_EQ(a[x], b[x]);
 }
 
+// Head dim 64 takes the unrolled fp32 loops (row sums held in registers); the double instantiation runs the
+// generic loops, which the finite-difference tests above check. Both must agree on Y, P, dQ, dK and dV, with
+// sentinels, duplicates, a key padding mask and the clamp active on some logits.
+TEST(SparseAttentionGrad, HeadDim64UnrolledPathMatchesTheGenericPathInDouble) {
+  const int64_t B = 2, H = 4, Hkv = 2, S = 37, E = 64, L = 11;
+  const Shape mshape{B, S};
+  const auto d = CheckSparseAttentionInputs("SparseAttentionGrad", {B, H, S, E}, {B, Hkv, S, E}, {B, Hkv, S, E},
+                                            {B, H, S, L}, &mshape);
+  const auto p = ResolveSparseAttentionParams("SparseAttentionGrad", 0.25, 2.0, true, E);
+  const auto idx = RandomIndices(d, 60);
+  const auto q = RandomNormal(B * H * S * E, 61), k = RandomNormal(B * Hkv * S * E, 62);
+  const auto v = RandomNormal(B * Hkv * S * E, 63), dy = RandomNormal(B * H * S * E, 64);
+  const auto bias = RandomBias(B, S, 65);
+  int clamped = 0;
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    for (int64_t i = 0; i < S; ++i) {
+      for (int64_t t = 0; t < L; ++t) {
+        const int32_t j = idx[(bh * S + i) * L + t];
+        if (j < 0) continue;
+        double s = 0;
+        for (int64_t e = 0; e < E; ++e) s += q[(bh * S + i) * E + e] * k[(KvHeadOf(bh, H, Hkv) * S + j) * E + e];
+        clamped += std::fabs(0.25 * s) > 2.0;
+      }
+    }
+  }
+  ASSERT_GT(clamped, 0);
+
+  std::vector<float> y(q.size()), probs(B * H * S * L), dq(q.size()), dk(k.size()), dv(v.size());
+  SparseAttentionForward<float>(d, p, q.data(), k.data(), v.data(), idx.data(), bias.data(), y.data(), probs.data(),
+                                ThreadParallel(2));
+  SparseAttentionBackward<float>(d, p, dy.data(), q.data(), k.data(), v.data(), idx.data(), probs.data(), dq.data(),
+                                 dk.data(), dv.data(), ThreadParallel(2));
+  const auto qd = ToDouble(q), kd = ToDouble(k), vd = ToDouble(v), dyd = ToDouble(dy), biasd = ToDouble(bias);
+  std::vector<double> yr(q.size()), pr(probs.size()), dqr(q.size()), dkr(k.size()), dvr(v.size());
+  SparseAttentionForward<double>(d, p, qd.data(), kd.data(), vd.data(), idx.data(), biasd.data(), yr.data(), pr.data(),
+                                 Serial());
+  SparseAttentionBackward<double>(d, p, dyd.data(), qd.data(), kd.data(), vd.data(), idx.data(), pr.data(), dqr.data(),
+                                  dkr.data(), dvr.data(), Serial());
+  EXPECT_LT(RelMaxError(y, yr), 1e-5);
+  EXPECT_LT(RelMaxError(probs, pr), 1e-5);
+  EXPECT_LT(RelMaxError(dq, dqr), 1e-4);
+  EXPECT_LT(RelMaxError(dk, dkr), 1e-4);
+  EXPECT_LT(RelMaxError(dv, dvr), 1e-4);
+}
+
 // ---------------------------------------------------------------- grouped K/V heads (GQA, MQA)
 
 // K or V [B, Hkv, Sk, X] repeated to [B, H, Sk, X] (query head h gets kv head h / (H / Hkv)).
