@@ -266,13 +266,6 @@ internal static class TrainCommand
             result = RunWithProgress(context, trainer, options);
         }
 
-        if (plotFormat is not null && options.MetricsPath is { } metricsPath && File.Exists(metricsPath))
-        {
-            var plotPath = MetricsPlot.PathFor(metricsPath, plotFormat);
-            var drawn = MetricsPlot.Write(metricsPath, plotPath, plotFormat, $"sptc train {modelName}".TrimEnd());
-            context.Out.WriteLine($"plot: {plotPath} ({string.Join(", ", drawn.Select(s => s.Name))})");
-        }
-
         if (Interrupts.Received is { } signal)
         {
             context.Error.WriteLine($"sptc: {signal} received: stopped after step {result.LastStep}" + (result.LastCheckpoint is { } at
@@ -288,6 +281,13 @@ internal static class TrainCommand
         if (result.LastCheckpoint is { } checkpoint)
         {
             context.Out.WriteLine($"checkpoint: {checkpoint}");
+        }
+
+        if (plotFormat is not null && options.MetricsPath is { } metricsPath && File.Exists(metricsPath))
+        {
+            var plotPath = MetricsPlot.PathFor(metricsPath, plotFormat);
+            var drawn = MetricsPlot.Write(metricsPath, plotPath, plotFormat, $"sptc train {modelName}".TrimEnd());
+            context.Out.WriteLine($"plot: {plotPath} ({string.Join(", ", drawn.Select(s => s.Name))})");
         }
 
         if (result.Best is { } best)
