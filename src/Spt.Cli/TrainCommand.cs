@@ -178,6 +178,16 @@ internal static class TrainCommand
                     throw new CliUsageException("--optimize applies to a model file, not to an artifact directory");
                 }
 
+                if (parse.GetResult(decoderStart) is not null)
+                {
+                    throw new CliUsageException("--decoder-start-id is compiled into the artifact: give it to 'sptc compile-training' (or train the model file)");
+                }
+
+                if (seq2seq && TrainingManifest.Load(modelPath).Input(DataRole.DecoderInputIds) is null)
+                {
+                    throw new CliUsageException($"--task seq2seq needs an encoder-decoder: the artifact '{modelPath}' has no decoder input (decoder_input_ids)");
+                }
+
                 artifact = modelPath;
             }
             else
