@@ -233,7 +233,9 @@ TEST(PQTopK, SlidingWindowMatchesBruteForceRanking) {
         for (int64_t i = 0; i < d.Sq; ++i) {
           for (int64_t t = 0; t < d.L; ++t) {
             const int32_t j = bucketed[(bh * d.Sq + i) * d.L + t];
-            if (j >= 0) EXPECT_TRUE(Eligible(d, tc.causal, mask, bh / d.H, i, j, window)) << "window=" << window;
+            if (j >= 0) {
+              EXPECT_TRUE(Eligible(d, tc.causal, mask, bh / d.H, i, j, window)) << "window=" << window;
+            }
           }
         }
       }
