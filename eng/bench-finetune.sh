@@ -3,7 +3,8 @@
 # package, restored by the test build) on a text-classification task built from this machine's Debian package
 # index (`apt-cache dumpavail`: short Description labelled by Section; the 4 most frequent sections, balanced,
 # seeded shuffle; the last 20% held out). Four arms: full fine-tuning, dense LoRA 16, SPT + LoRA 16 (default
-# sparsity), SPT without LoRA. Prints a markdown table of eval accuracy, macro-F1, mean step time and peak ORT memory.
+# sparsity), SPT without LoRA. Prints a markdown table of eval accuracy, macro-F1, mean step time and peak ORT memory;
+# each arm's loss and metric curves go to OUT_DIR/ARM.png.
 #
 #   eng/bench-finetune.sh [OUT_DIR]      env: STEPS (60), BATCH (16), SEQ (64), PER_CLASS (250), THREADS (0)
 set -euo pipefail
@@ -82,7 +83,7 @@ run() { # name lr flags...
   local name="$1" lr="$2"; shift 2
   "${sptc[@]}" train "$out/model.onnx" --data "$out/debian.csv" --tokenizer "$out/vocab.txt" --task classify \
     --steps "$steps" --batch "$batch" --seq "$seq" --lr "$lr" --warmup $((steps / 10)) --eval-fraction 0.2 --seed 1 \
-    --threads "$threads" --metrics "$out/$name.jsonl" "$@" > "$out/$name.log" 2>&1 || { echo "$name failed:"; tail -3 "$out/$name.log"; }
+    --threads "$threads" --metrics "$out/$name.jsonl" --plot "$@" > "$out/$name.log" 2>&1 || { echo "$name failed:"; tail -3 "$out/$name.log"; }
 }
 run full 5e-5
 run dense-lora16 1e-3 --optimize --attention keep --ffn keep --lora 16

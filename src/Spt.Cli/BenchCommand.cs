@@ -5,6 +5,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Spectre.Console;
 using Spt.Ir;
+using Spt.Passes;
 using Spt.Passes.Training;
 using Spt.Runtime.Data;
 using Spt.Runtime.Memory;
@@ -13,14 +14,19 @@ using Spt.Runtime.Training;
 namespace Spt.Cli;
 
 /// <summary>
-/// <c>sptc bench MODEL.onnx [--seq 512,1024,2048] [--batch B] [--steps N] [--json FILE]</c>: training-step time
-/// and peak memory of the dense model and of its SPT rewrite. Each (model, sequence length) is measured in a child
-/// process (<c>sptc bench-worker</c>) so that peak RSS and allocator peaks do not mix: the median step time over N
-/// steps after warm-up, ORT's allocator <c>MaxInUse</c> (resident parameters, optimizer state, gradients and
-/// activations; C API <c>AllocatorGetStats</c>) and the process's peak RSS (<c>VmHWM</c>).
+/// <c>sptc bench MODEL.onnx [--seq 512,1024,2048] [--batch B] [--steps N] [--lora R] [--variants ...] [--profile DIR] [--json FILE]</c>:
+/// training-step time, peak memory and start-up time of the baselines a user picks between: dense full fine-tuning,
+/// dense LoRA (rank R, every Linear), the SPT rewrite with LoRA R and the SPT rewrite without LoRA. Each (variant,
+/// sequence length) is measured in a child process (<c>sptc bench-worker</c>) so that peak RSS and allocator peaks do
+/// not mix: the median step time (with min and max) over N steps after warm-up, ORT's allocator <c>MaxInUse</c>
+/// (resident parameters, optimizer state, gradients and activations; C API <c>AllocatorGetStats</c>), the process's
+/// peak RSS (<c>VmHWM</c>) and the start-up: compiling the training graphs plus creating the sessions.
 /// </summary>
 internal static class BenchCommand
 {
+    /// <summary>The variants, in the order they are measured and printed.</summary>
+    internal static readonly string[] AllVariants = ["dense", "dense-lora", "spt-lora", "spt"];
+
     public static Command Create(CliContext context)
     {
         var model = new Argument<FileInfo>("MODEL") { Description = "The ONNX model to benchmark" };
@@ -30,14 +36,20 @@ internal static class BenchCommand
         var warmup = new Option<int>("--warmup") { Description = "Untimed steps first", DefaultValueFactory = _ => 1 };
         var json = new Option<string?>("--json") { Description = "Also write the results as JSON to this file" };
         var task = new Option<string>("--task") { Description = "lm or classify", DefaultValueFactory = _ => "lm" };
-        var dense = new Option<bool>("--dense-only") { Description = "Measure only the dense model" };
+        var dense = new Option<bool>("--dense-only") { Description = "Measure only the dense model (same as --variants dense)" };
+        var variantsOption = new Option<string?>("--variants")
+        {
+            Description = "Comma-separated variants: dense (full fine-tuning), dense-lora (LoRA --lora on every Linear), " +
+                "spt-lora (the SPT rewrite with LoRA --lora), spt (the SPT rewrite without LoRA); default: all that apply",
+        };
+        var profile = new Option<string?>("--profile") { Description = "Write ONNX Runtime's per-node profile of each measurement into this directory and print time by op type" };
         var threads = new Option<int>("--threads") { Description = "ORT intra-op threads (0: ORT's default)", DefaultValueFactory = _ => 0 };
         var device = new Option<string>("--device") { Description = "auto, cpu or cuda", DefaultValueFactory = _ => "auto" };
         var ranks = new Option<string?>("--ranks") { Description = "Also time data-parallel steps on this host with these rank counts (e.g. 2,4; mpirun -np N; --batch is the global batch; --threads applies per rank)" };
         var optimize = OptimizeFlags.Create();
-        var command = new Command("bench", "Time training steps and measure peak memory, dense vs SPT")
+        var command = new Command("bench", "Time training steps, start-up and peak memory: dense full, dense LoRA, SPT + LoRA, SPT")
         {
-            model, seqs, batch, steps, warmup, json, task, dense, threads, device, ranks,
+            model, seqs, batch, steps, warmup, json, task, dense, variantsOption, profile, threads, device, ranks,
         };
         optimize.AddTo(command, includeSwitch: false);
         command.SetAction(parse => context.Guard(parse, () =>
@@ -50,6 +62,19 @@ internal static class BenchCommand
                 throw new CliUsageException("--batch and --steps must be at least 1, --warmup at least 0");
             }
 
+            var sptOptions = optimize.Options(parse);
+            var wanted = ChooseVariants(parse.GetValue(variantsOption), parse.GetValue(dense), sptOptions);
+            var profileDir = parse.GetValue(profile) is { } pd ? Path.GetFullPath(pd) : null;
+            if (profileDir is not null)
+            {
+                if (File.Exists(profileDir))
+                {
+                    throw new CliUsageException($"--profile: '{profileDir}' is a file, not a directory");
+                }
+
+                Directory.CreateDirectory(profileDir);
+            }
+
             // Resolved before anything is compiled, so that a missing CUDA provider is one line, at once.
             var onDevice = Trainer.ResolveDevice(TrainingSetup.Device(parse.GetValue(device)!)).ToString().ToLowerInvariant();
             var modelFile = parse.GetRequiredValue(model);
@@ -58,45 +83,81 @@ internal static class BenchCommand
             try
             {
                 var variants = new List<(string Name, string Artifact)>();
-                using (var source = ModelFiles.Load(modelFile))
+                var compileSeconds = new Dictionary<string, double>();
+                foreach (var name in wanted)
                 {
-                    var denseDir = Path.Combine(work, "dense");
-                    TrainingSetup.Compile(source, denseDir, new TrainingOptions { Loss = loss, SourceName = modelFile.Name });
-                    variants.Add(("dense", denseDir));
-                }
-
-                if (!parse.GetValue(dense))
-                {
+                    var clock = Stopwatch.StartNew();
                     using var source = ModelFiles.Load(modelFile);
-                    context.Out.WriteLine(optimize.Rewrite(parse, source));
-                    var sptDir = Path.Combine(work, "spt");
-                    TrainingSetup.Compile(source, sptDir, new TrainingOptions { Loss = loss, SourceName = modelFile.Name });
-                    variants.Add(("spt", sptDir));
+                    var rewrite = name switch
+                    {
+                        "dense" => null,
+                        "dense-lora" => sptOptions with { Attention = AttentionMode.Keep, Ffn = FfnMode.Keep },
+                        "spt-lora" => sptOptions,
+                        _ => sptOptions with { LoraRank = 0 },
+                    };
+                    if (rewrite is not null)
+                    {
+                        context.Out.WriteLine($"{name}: {OptimizeFlags.Rewrite(source, rewrite)}");
+                    }
+
+                    var dir = Path.Combine(work, name);
+                    TrainingSetup.Compile(source, dir, new TrainingOptions { Loss = loss, SourceName = modelFile.Name });
+                    compileSeconds[name] = clock.Elapsed.TotalSeconds;
+                    variants.Add((name, dir));
                 }
 
                 var results = new JsonArray();
-                var table = new Table().AddColumns("seq", "model", "step (ms)", "MaxInUse", "peak RSS", "time ratio", "MaxInUse ratio", "RSS ratio");
+                var hasLora = variants.Any(v => v.Name == "dense-lora");
+                var table = new Table().AddColumns("seq", "model", "step ms (min-max)", "MaxInUse", "peak RSS", "start-up s (compile+sessions)", "time vs dense");
+                if (hasLora)
+                {
+                    table.AddColumn("time vs dense LoRA");
+                }
+
+                table.AddColumns("MaxInUse vs dense", "RSS vs dense");
                 foreach (var seq in lengths)
                 {
                     var row = new JsonObject { ["seq"] = seq };
-                    JsonObject? baseline = null;
                     foreach (var (name, artifact) in variants)
                     {
-                        var m = RunWorker(artifact, seq, parse.GetValue(batch), parse.GetValue(steps), parse.GetValue(warmup), parse.GetValue(threads), onDevice);
-                        row[name] = m;
-                        baseline ??= m;
-                        var ratios = name == "dense" ? null : Ratios(baseline, m);
-                        if (ratios is not null)
+                        var profilePrefix = profileDir is null ? null : Path.Combine(profileDir, $"{name}-seq{Str(seq)}");
+                        var m = RunWorker(artifact, seq, parse.GetValue(batch), parse.GetValue(steps), parse.GetValue(warmup), parse.GetValue(threads), onDevice,
+                            profilePrefix: profilePrefix);
+                        m["compile_s"] = compileSeconds[name];
+                        m["startup_s"] = compileSeconds[name] + (m["session_s"]?.GetValue<double>() ?? 0);
+                        if (row["dense"] is JsonObject denseRow)
                         {
-                            row["ratios"] = ratios;
+                            m["vs_dense"] = Ratios(denseRow, m);
                         }
 
-                        table.AddRow(
-                            seq.ToString(CultureInfo.InvariantCulture), name,
-                            (m["median_step_s"]!.GetValue<double>() * 1000).ToString("0.0", CultureInfo.InvariantCulture),
+                        if (name != "dense-lora" && row["dense-lora"] is JsonObject loraRow)
+                        {
+                            m["vs_dense_lora"] = Ratios(loraRow, m);
+                        }
+
+                        row[name] = m;
+                        var vsDense = m["vs_dense"] as JsonObject;
+                        var cells = new List<string>
+                        {
+                            Str(seq), name,
+                            FormattableString.Invariant($"{Ms(m, "median_step_s")} ({Ms(m, "min_step_s")}-{Ms(m, "max_step_s")})"),
                             TrainingSetup.Bytes(m["max_in_use_bytes"]?.GetValue<long>()),
                             TrainingSetup.Bytes(m["peak_rss_bytes"]?.GetValue<long>()),
-                            Ratio(ratios, "time"), Ratio(ratios, "max_in_use"), Ratio(ratios, "peak_rss"));
+                            FormattableString.Invariant($"{m["startup_s"]!.GetValue<double>():0.0} ({compileSeconds[name]:0.0}+{m["session_s"]?.GetValue<double>() ?? 0:0.0})"),
+                            Ratio(vsDense, "time"),
+                        };
+                        if (hasLora)
+                        {
+                            cells.Add(Ratio(m["vs_dense_lora"] as JsonObject, "time"));
+                        }
+
+                        cells.AddRange([Ratio(vsDense, "max_in_use"), Ratio(vsDense, "peak_rss")]);
+                        table.AddRow([.. cells]);
+                        if (profilePrefix is not null)
+                        {
+                            m["profile"] = ProfileSummary.Summarize(profilePrefix, parse.GetValue(steps) + parse.GetValue(warmup));
+                        }
+
                         context.Out.Flush();
                     }
 
@@ -104,6 +165,19 @@ internal static class BenchCommand
                 }
 
                 context.Console.Write(table);
+                if (profileDir is not null)
+                {
+                    foreach (var row in results.Select(r => r!.AsObject()))
+                    {
+                        foreach (var (name, _) in variants)
+                        {
+                            ProfileSummary.Print(context, $"{name} at --seq {row["seq"]}", row[name]!["profile"]!.AsObject());
+                        }
+                    }
+
+                    context.Out.WriteLine($"profiles in {profileDir}");
+                }
+
                 var scaling = rankCounts.Length == 0 ? null : DataParallelBench.Run(context, results, variants, rankCounts,
                     (artifact, seq, n) => RunWorker(artifact, seq, parse.GetValue(batch), parse.GetValue(steps), parse.GetValue(warmup), parse.GetValue(threads), onDevice, n));
                 if (parse.GetValue(json) is { } jsonPath)
@@ -115,6 +189,8 @@ internal static class BenchCommand
                         ["steps"] = parse.GetValue(steps),
                         ["warmup"] = parse.GetValue(warmup),
                         ["task"] = parse.GetValue(task),
+                        ["lora"] = sptOptions.LoraRank,
+                        ["variants"] = new JsonArray([.. variants.Select(v => (JsonNode)v.Name)]),
                         ["results"] = results,
                     };
                     if (scaling is not null)
@@ -139,6 +215,54 @@ internal static class BenchCommand
         return command;
     }
 
+    /// <summary>
+    /// The variants to measure: those named by --variants, or by default dense, dense LoRA and SPT + LoRA when a LoRA
+    /// rank is given, and SPT without LoRA (skipped when the flags keep both attention and FFN dense).
+    /// </summary>
+    internal static IReadOnlyList<string> ChooseVariants(string? list, bool denseOnly, SptOptions options)
+    {
+        var sptRewrites = options.Attention == AttentionMode.Sparse || options.Ffn == FfnMode.Routed;
+        if (denseOnly)
+        {
+            if (list is not null)
+            {
+                throw new CliUsageException("give --dense-only or --variants, not both");
+            }
+
+            return ["dense"];
+        }
+
+        if (list is null)
+        {
+            return [.. AllVariants.Where(v => v switch
+            {
+                "dense-lora" => options.LoraRank > 0,
+                "spt-lora" => options.LoraRank > 0 && sptRewrites,
+                "spt" => sptRewrites,
+                _ => true,
+            })];
+        }
+
+        var names = list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(n => n.ToLowerInvariant()).ToList();
+        var unknown = names.Count == 0 ? list : names.FirstOrDefault(n => !AllVariants.Contains(n));
+        if (unknown is not null)
+        {
+            throw new CliUsageException($"--variants: '{unknown}' is not one of {string.Join(", ", AllVariants)}");
+        }
+
+        if (options.LoraRank == 0 && names.FirstOrDefault(n => n is "dense-lora" or "spt-lora") is { } lora)
+        {
+            throw new CliUsageException($"--variants {lora} needs a LoRA rank: give --lora R");
+        }
+
+        if (!sptRewrites && names.FirstOrDefault(n => n is "spt" or "spt-lora") is { } spt)
+        {
+            throw new CliUsageException($"--variants {spt}: --attention keep --ffn keep leaves nothing for the SPT rewrite to do");
+        }
+
+        return [.. AllVariants.Where(names.Contains)];
+    }
+
     /// <summary>The hidden worker: measures one artifact at one sequence length and prints one JSON line.</summary>
     public static Command CreateWorker(CliContext context)
     {
@@ -149,7 +273,8 @@ internal static class BenchCommand
         var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 1 };
         var threads = new Option<int>("--threads") { DefaultValueFactory = _ => 0 };
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "auto" };
-        var command = new Command("bench-worker", "Measure one training artifact (used by sptc bench)") { artifact, seq, batch, steps, warmup, threads, device };
+        var profile = new Option<string?>("--profile");
+        var command = new Command("bench-worker", "Measure one training artifact (used by sptc bench)") { artifact, seq, batch, steps, warmup, threads, device, profile };
         command.Hidden = true;
         command.SetAction(parse => RankLaunch.Guard(context, parse, (ranks, output) =>
         {
@@ -171,14 +296,19 @@ internal static class BenchCommand
                 Schedule = LrScheduleKind.Constant,
                 Device = TrainingSetup.Device(parse.GetValue(device)!),
                 IntraOpThreads = parse.GetValue(threads),
+                ProfilePrefix = parse.GetValue(profile),
             };
+            var sessions = Stopwatch.StartNew();
             using var trainer = new Trainer(dir, data, null, ranks?.Configure(output, options) ?? options);
+            var sessionSeconds = sessions.Elapsed.TotalSeconds;
             var times = new List<double>();
             var loss = 0.0;
+            double? firstStep = null;
             for (var i = 0; i < total; i++)
             {
                 var report = trainer.TrainStep();
                 loss = report.Loss;
+                firstStep ??= report.Seconds;
                 if (i >= parse.GetValue(warmup))
                 {
                     times.Add(report.Seconds);
@@ -191,6 +321,9 @@ internal static class BenchCommand
             {
                 ["median_step_s"] = median,
                 ["min_step_s"] = times[0],
+                ["max_step_s"] = times[^1],
+                ["session_s"] = sessionSeconds,
+                ["first_step_s"] = firstStep,
                 ["max_in_use_bytes"] = trainer.MaxInUseBytes(),
                 ["peak_rss_bytes"] = AllocatorStats.PeakRssBytes(),
                 ["device"] = trainer.Device.ToString().ToLowerInvariant(),
@@ -203,7 +336,7 @@ internal static class BenchCommand
         return command;
     }
 
-    private static JsonObject RunWorker(string artifact, int seq, int batch, int steps, int warmup, int threads, string device, int ranks = 1)
+    private static JsonObject RunWorker(string artifact, int seq, int batch, int steps, int warmup, int threads, string device, int ranks = 1, string? profilePrefix = null)
     {
         var (file, prefix) = SelfInvocation();
         if (ranks > 1)
@@ -221,6 +354,12 @@ internal static class BenchCommand
         foreach (var a in prefix.Concat(["bench-worker", artifact, "--seq", Str(seq), "--batch", Str(batch), "--steps", Str(steps), "--warmup", Str(warmup), "--threads", Str(threads), "--device", device]))
         {
             start.ArgumentList.Add(a);
+        }
+
+        if (profilePrefix is not null)
+        {
+            start.ArgumentList.Add("--profile");
+            start.ArgumentList.Add(profilePrefix);
         }
 
         using var process = Process.Start(start) ?? throw new InvalidOperationException($"cannot start {file}");
@@ -250,6 +389,8 @@ internal static class BenchCommand
 
         return (host, ["exec", assembly]);
     }
+
+    private static string Ms(JsonObject m, string key) => (m[key]!.GetValue<double>() * 1000).ToString("0", CultureInfo.InvariantCulture);
 
     private static JsonObject Ratios(JsonObject dense, JsonObject spt)
     {

@@ -235,6 +235,7 @@ public sealed class DataParallelTests : IDisposable
             }
 
             Assert.False(job.HasExited, "the run ended before it could be killed");
+            using var survivor = Process.GetProcessById(job.RankPid(0));
             Process.GetProcessById(job.RankPid(1)).Kill();
             var stopped = Stopwatch.StartNew();
             var (killedCode, stdout, stderr) = job.Wait(TimeSpan.FromSeconds(60));
@@ -242,6 +243,10 @@ public sealed class DataParallelTests : IDisposable
             Assert.NotEqual(0, killedCode);
             Assert.Contains("sptc: error: rank 0 of 2: stopped by SIGTERM", stderr);
             Assert.DoesNotContain("done:", stdout);
+
+            // mpirun can return while the surviving rank is still writing its last checkpoint and holds the
+            // directory's lock; the copy and the resume below need it gone.
+            Assert.True(survivor.WaitForExit(TimeSpan.FromSeconds(60)), "rank 0 did not exit after mpirun");
         }
 
         var latest = Directory.GetDirectories(checkpoints, "step-*").Select(Path.GetFileName).Max()!;

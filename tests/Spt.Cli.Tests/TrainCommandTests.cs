@@ -227,13 +227,83 @@ public sealed class TrainSptCommandTests : IDisposable
         var (code, stdout, stderr) = CliRunner.Run("bench", Sample(), "--seq", "16,32", "--steps", "2", "--json", json);
         Assert.True(code == 0, stderr);
         Assert.Contains("spt", stdout);
-        foreach (var r in JsonNode.Parse(File.ReadAllText(json))!["results"]!.AsArray())
+        var doc = JsonNode.Parse(File.ReadAllText(json))!;
+        Assert.Equal(["dense", "spt"], doc["variants"]!.AsArray().Select(v => v!.GetValue<string>()));
+        foreach (var r in doc["results"]!.AsArray())
         {
             Assert.True(r!["spt"]!["median_step_s"]!.GetValue<double>() > 0);
-            var ratios = r["ratios"]!;
+            Assert.Null(r["dense-lora"]);
+            var ratios = r["spt"]!["vs_dense"]!;
             var expected = r["spt"]!["max_in_use_bytes"]!.GetValue<double>() / r["dense"]!["max_in_use_bytes"]!.GetValue<double>();
             Assert.Equal(expected, ratios["max_in_use"]!.GetValue<double>(), 9);
         }
+    }
+
+    [Fact]
+    public void Bench_with_lora_measures_dense_full_dense_lora_spt_lora_and_spt()
+    {
+        var json = _dir.File("bench.json");
+        var (code, stdout, stderr) = CliRunner.Run("bench", Sample(), "--seq", "16", "--steps", "3", "--lora", "4", "--json", json);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("dense-lora: SPT rewrite: 0 of 1 attention blocks, 0 of 1 FFN blocks, LoRA rank 4", stdout);
+        Assert.Contains("time vs dense LoRA", stdout);
+        var doc = JsonNode.Parse(File.ReadAllText(json))!;
+        string[] all = ["dense", "dense-lora", "spt-lora", "spt"];
+        Assert.Equal(all, doc["variants"]!.AsArray().Select(v => v!.GetValue<string>()));
+        var row = doc["results"]![0]!;
+        foreach (var name in all)
+        {
+            var m = row[name]!;
+            var (min, median, max) = (m["min_step_s"]!.GetValue<double>(), m["median_step_s"]!.GetValue<double>(), m["max_step_s"]!.GetValue<double>());
+            Assert.True(min > 0 && min <= median && median <= max, $"{name}: {min} {median} {max}");
+            Assert.True(m["compile_s"]!.GetValue<double>() > 0 && m["session_s"]!.GetValue<double>() > 0, name);
+            Assert.Equal(m["compile_s"]!.GetValue<double>() + m["session_s"]!.GetValue<double>(), m["startup_s"]!.GetValue<double>(), 9);
+            Assert.Equal(name == "dense", m["vs_dense"] is null);
+            Assert.Equal(name is "spt-lora" or "spt", m["vs_dense_lora"] is not null);
+        }
+
+        // LoRA trains fewer values than full fine-tuning: less optimizer state and fewer gradients are resident.
+        Assert.True(row["dense-lora"]!["max_in_use_bytes"]!.GetValue<long>() < row["dense"]!["max_in_use_bytes"]!.GetValue<long>());
+    }
+
+    [Fact]
+    public void Bench_measures_dense_lora_when_both_rewrites_are_kept()
+    {
+        var json = _dir.File("bench.json");
+        var (code, _, stderr) = CliRunner.Run("bench", Sample(), "--seq", "16", "--steps", "1", "--attention", "keep", "--ffn", "keep", "--lora", "4", "--json", json);
+        Assert.True(code == 0, stderr);
+        var doc = JsonNode.Parse(File.ReadAllText(json))!;
+        Assert.Equal(["dense", "dense-lora"], doc["variants"]!.AsArray().Select(v => v!.GetValue<string>()));
+
+        var (badCode, _, badErr) = CliRunner.Run("bench", Sample(), "--seq", "16", "--variants", "dense,sparse");
+        Assert.Equal(ExitCodes.BadInput, badCode);
+        Assert.Contains("--variants: 'sparse' is not one of dense, dense-lora, spt-lora, spt", badErr);
+        (badCode, _, badErr) = CliRunner.Run("bench", Sample(), "--seq", "16", "--variants", "dense-lora");
+        Assert.Equal(ExitCodes.BadInput, badCode);
+        Assert.Contains("--variants dense-lora needs a LoRA rank", badErr);
+        (badCode, _, badErr) = CliRunner.Run("bench", Sample(), "--seq", "16", "--variants", "spt", "--attention", "keep", "--ffn", "keep");
+        Assert.Equal(ExitCodes.BadInput, badCode);
+        Assert.Contains("leaves nothing for the SPT rewrite to do", badErr);
+    }
+
+    [Fact]
+    public void Bench_profile_writes_ort_profiles_and_prints_time_by_op_type()
+    {
+        var profiles = Path.Combine(_dir.Path, "profiles");
+        var json = _dir.File("bench.json");
+        var (code, stdout, stderr) = CliRunner.Run("bench", Sample(), "--seq", "16", "--steps", "1", "--variants", "spt", "--profile", profiles, "--json", json);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("spt at --seq 16: kernel time", stdout);
+        Assert.Contains("RoutedFFN", stdout);
+        var summary = JsonNode.Parse(File.ReadAllText(json))!["results"]![0]!["spt"]!["profile"]!;
+        var files = summary["files"]!.AsArray().Select(f => f!.GetValue<string>()).ToList();
+        Assert.Contains(files, f => Path.GetFileName(f).StartsWith("spt-seq16-grad", StringComparison.Ordinal));
+        Assert.All(files, f => Assert.True(File.Exists(f), f));
+        var ops = summary["by_op"]!.AsArray().Select(o => o!["op"]!.GetValue<string>()).ToList();
+        Assert.Contains("RoutedFFN", ops);
+        Assert.Contains("RoutedFFNGrad", ops);
+        Assert.Contains("SparseAttention", ops);
+        Assert.Equal(1.0, summary["by_op"]!.AsArray().Sum(o => o!["share"]!.GetValue<double>()), 6);
     }
 
     [Fact]

@@ -251,7 +251,8 @@ struct PQTopKKernel {
         causal_(ReadFlag("PQTopK", attrs, attr::kCausal, defaults::kCausal)),
         top_k_(ReadAtLeast("PQTopK", attrs, attr::kKeysPerQuery, defaults::kKeysPerQuery, 0, "0 = use keys_ratio")),
         ratio_(ReadFloat("PQTopK", attrs, attr::kKeysRatio, defaults::kKeysRatio)),
-        window_(ReadAtLeast("PQTopK", attrs, attr::kWindow, defaults::kWindow, 0, "0 = off")) {
+        window_(ReadAtLeast("PQTopK", attrs, attr::kWindow, defaults::kWindow, 0, "0 = off")),
+        min_keys_(ReadAtLeast("PQTopK", attrs, attr::kMinKeysPerQuery, defaults::kMinKeysPerQuery, 0, "0 = no floor")) {
     // The ratio is checked even when keys_per_query overrides it, as the schema does.
     if (!(ratio_ > 0.f && ratio_ <= 1.f)) FailAttr("PQTopK", attr::kKeysRatio, "must be in (0, 1]; got " + std::to_string(ratio_));
   }
@@ -265,7 +266,7 @@ struct PQTopKKernel {
         FailMaskType("PQTopK", "bool/int8/uint8/int32/int64/float32 (nonzero = keep, 0 = padded)", mask.type);
       }
       cpu::PQTopKDims d = cpu::CheckPQTopKInputs(q.shape, k.shape, mask.present() ? &mask.shape : nullptr);
-      d.L = cpu::ResolveTopK(top_k_, ratio_, d.Sk);
+      d.L = cpu::ResolveTopK(top_k_, ratio_, d.Sk, min_keys_);
       std::vector<uint8_t> keep;
       if (mask.present()) {
         keep.resize(static_cast<std::size_t>(d.B * d.Sk));
@@ -282,6 +283,7 @@ struct PQTopKKernel {
   int64_t top_k() const { return top_k_; }
   float ratio() const { return ratio_; }
   int64_t window() const { return window_; }
+  int64_t min_keys() const { return min_keys_; }
 
  private:
   cpu::TopKMode mode_;
@@ -289,6 +291,7 @@ struct PQTopKKernel {
   int64_t top_k_;
   float ratio_;
   int64_t window_;
+  int64_t min_keys_;
 };
 
 struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
@@ -305,7 +308,7 @@ struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
     if (k.size() != 4) return;
     InferHeadGroups("PQTopK", "codes_k", q[1], k[1]);
     InferExpect("PQTopK", "key_padding_mask", m, {&q[0], &k[2]}, "[B, Sk]");
-    Dim l = Known(k[2]) ? Dim(cpu::ResolveTopK(parsed.top_k(), parsed.ratio(), k[2].AsInt())) : Dim(int64_t{-1});
+    Dim l = Known(k[2]) ? Dim(cpu::ResolveTopK(parsed.top_k(), parsed.ratio(), k[2].AsInt(), parsed.min_keys())) : Dim(int64_t{-1});
     SetShape(ctx, 0, {q[0], q[1], q[2], l}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
   }
 };
@@ -619,7 +622,7 @@ struct PQTopKCudaKernel : PQTopKKernel {
       const Input k = RequireDeviceInput(ctx, 1, "PQTopK", "codes_k", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
       const Input mask = GetInput(ctx, 2);
       cpu::PQTopKDims d = cpu::CheckPQTopKInputs(q.shape, k.shape, mask.present() ? &mask.shape : nullptr);
-      d.L = cpu::ResolveTopK(top_k(), ratio(), d.Sk);
+      d.L = cpu::ResolveTopK(top_k(), ratio(), d.Sk, min_keys());
       CudaScratch scratch(ctx);
       const uint8_t* keep = nullptr;
       if (mask.present()) {

@@ -83,14 +83,18 @@ TopKMode ParseTopKMode(const std::string& mode) {
   FailAttribute("PQTopK", "mode", "must be \"exact\" or \"bucketed\"; got \"" + mode + "\"");
 }
 
-int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk) {
+int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk, int64_t min_keys) {
   if (top_k < 0) FailAttribute("PQTopK", "keys_per_query", "must be >= 0 (0 = use keys_ratio); got " + std::to_string(top_k));
+  if (min_keys < 0) {
+    FailAttribute("PQTopK", "min_keys_per_query", "must be >= 0 (0 = no floor); got " + std::to_string(min_keys));
+  }
   int64_t l = top_k;
   if (l == 0) {
     if (!(ratio > 0.f && ratio <= 1.f)) {
       FailAttribute("PQTopK", "keys_ratio", "must be in (0, 1]; got " + std::to_string(ratio));
     }
-    l = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(static_cast<double>(ratio) * static_cast<double>(sk))));
+    l = std::max<int64_t>(std::max<int64_t>(1, min_keys),
+                          static_cast<int64_t>(std::ceil(static_cast<double>(ratio) * static_cast<double>(sk))));
   }
   return std::max<int64_t>(std::min(l, sk), sk > 0 ? 1 : 0);
 }
@@ -159,14 +163,57 @@ struct TopKProblem {
   int32_t* indices;
   const int16_t* level_of_count;  // [M + 1]: match count -> level (itself, or its bucket)
   int64_t max_level;
+  int64_t field_bits;  // 4 or 8: codes packed this many bits each into 32-bit words; 0: not packed
 };
 
+// Codes packed into 32-bit words, `bits` per code (all codes below 2^bits), code m of a row in word m / per_word
+// at field m % per_word; unused fields are 0 in both query and key words, so they always "match" and are
+// subtracted. The match count of a query word q and a key word k is the number of zero fields of q ^ k.
+struct CodePacking {
+  int64_t bits, per_word, words;
+  CodePacking(int64_t field_bits, int64_t m) : bits(field_bits), per_word(32 / field_bits), words((m + per_word - 1) / per_word) {}
+  void Pack(const int32_t* codes, int64_t m, uint32_t* out) const {
+    for (int64_t w = 0; w < words; ++w) out[w] = 0;
+    for (int64_t i = 0; i < m; ++i) out[i / per_word] |= static_cast<uint32_t>(codes[i]) << ((i % per_word) * bits);
+  }
+};
+
+// Fields of x that are nonzero: fold each field's bits into its lowest bit, then sum the low bits with one
+// multiply (the sum of at most 8 fields fits the top field).
+template <int kBits>
+inline uint32_t NonzeroFields(uint32_t x) {
+  if constexpr (kBits == 4) {
+    x |= x >> 1;
+    x |= x >> 2;
+    x &= 0x11111111u;
+    return (x * 0x11111111u) >> 28;
+  } else {
+    x |= x >> 1;
+    x |= x >> 2;
+    x |= x >> 4;
+    x &= 0x01010101u;
+    return (x * 0x01010101u) >> 24;
+  }
+}
+
+// counts[j] = matching codes of query row (packed words qw) and key j, for j < limit; kw is [words, Sk].
+template <int kBits>
+inline void CountMatchesPacked(const uint32_t* qw, const uint32_t* kw, int64_t words, int64_t sk, int64_t fields,
+                               int64_t limit, int32_t* counts) {
+  for (int64_t j = 0; j < limit; ++j) counts[j] = static_cast<int32_t>(fields);
+  for (int64_t w = 0; w < words; ++w) {
+    const uint32_t q = qw[w];
+    const uint32_t* col = kw + w * sk;
+    for (int64_t j = 0; j < limit; ++j) counts[j] -= static_cast<int32_t>(NonzeroFields<kBits>(q ^ col[j]));
+  }
+}
+
 struct TopKScratch {
-  int32_t* key_codes;  // [M, Sk] this head's key codes, subspace-major
+  int32_t* key_codes;  // [M, Sk] this head's key codes, subspace-major (packed: [words, Sk] uint32)
   int32_t* counts;     // [Sk]
   int16_t* levels;     // [Sk]
   uint8_t* marked;     // [Sk]
-  int64_t* histogram;  // [max_level + 1]
+  int64_t* histogram;  // [4, max_level + 1]
 };
 
 // Query rows [i0, i1) of head bh.
@@ -181,37 +228,113 @@ struct TopKScratch {
   };
   auto first_of = [&](int64_t i) { return w.window > 0 ? std::clamp<int64_t>(i + d.Sk - d.Sq - w.window + 1, 0, d.Sk) : 0; };
   const int64_t key_end = limit_of(i1 - 1);
-  // Subspace-major copy of the visible keys' codes so the match count vectorizes over keys.
+  // Subspace-major copy of the visible keys' codes so the match count vectorizes over keys; packed when the
+  // codes are small (a few bits each), which reads 8 (or 4) codes with one 32-bit compare.
   const int32_t* kc = w.codes_k + KvHeadOf(bh, d.H, d.Hkv) * d.Sk * d.M;
-  for (int64_t j = 0; j < key_end; ++j) {
-    for (int64_t m = 0; m < d.M; ++m) s.key_codes[m * d.Sk + j] = kc[j * d.M + m];
+  const CodePacking pack(w.field_bits > 0 ? w.field_bits : 4, d.M);
+  auto* packed = reinterpret_cast<uint32_t*>(s.key_codes);
+  if (w.field_bits > 0) {
+    uint32_t words[32];
+    for (int64_t j = 0; j < key_end; ++j) {
+      pack.Pack(kc + j * d.M, d.M, words);
+      for (int64_t q = 0; q < pack.words; ++q) packed[q * d.Sk + j] = words[q];
+    }
+  } else {
+    for (int64_t j = 0; j < key_end; ++j) {
+      for (int64_t m = 0; m < d.M; ++m) s.key_codes[m * d.Sk + j] = kc[j * d.M + m];
+    }
   }
   const uint8_t* keep = w.key_keep ? w.key_keep + (bh / d.H) * d.Sk : nullptr;
   for (int64_t i = i0; i < i1; ++i) {
     const int32_t* qc = w.codes_q + (bh * d.Sq + i) * d.M;
     const int64_t limit = limit_of(i);
-    const int64_t first = first_of(i);
-    std::fill(s.counts, s.counts + limit, 0);
-    for (int64_t m = 0; m < d.M; ++m) {
-      const int32_t code = qc[m];
-      const int32_t* col = s.key_codes + m * d.Sk;
-      for (int64_t j = 0; j < limit; ++j) s.counts[j] += col[j] == code;
+    const int64_t first = first_of(i);  // a sliding window's first key (0 without one)
+    if (w.field_bits > 0) {
+      uint32_t qw[32];
+      pack.Pack(qc, d.M, qw);
+      const int64_t fields = pack.words * pack.per_word;
+      if (w.field_bits == 4) {
+        CountMatchesPacked<4>(qw, packed, pack.words, d.Sk, fields, limit, s.counts);
+      } else {
+        CountMatchesPacked<8>(qw, packed, pack.words, d.Sk, fields, limit, s.counts);
+      }
+      // The padding fields matched in every word: take them off.
+      const int32_t pad = static_cast<int32_t>(fields - d.M);
+      if (pad) {
+        for (int64_t j = 0; j < limit; ++j) s.counts[j] -= pad;
+      }
+    } else {
+      std::fill(s.counts, s.counts + limit, 0);
+      for (int64_t m = 0; m < d.M; ++m) {
+        const int32_t code = qc[m];
+        const int32_t* col = s.key_codes + m * d.Sk;
+        for (int64_t j = 0; j < limit; ++j) s.counts[j] += col[j] == code;
+      }
     }
     int32_t* out = w.indices + (bh * d.Sq + i) * d.L;
     if (w.mode == TopKMode::kExact) {
       // One pass for the count histogram, one to emit: every key above the threshold count and the earliest
       // ones at it, in ascending key order.
-      std::fill(s.histogram, s.histogram + d.M + 1, 0);
-      for (int64_t j = first; j < limit; ++j) {
-        if (!keep || keep[j]) ++s.histogram[s.counts[j]];
+      // The histogram is kept per key class j % 4 (summed after) so that consecutive increments rarely hit the
+      // same counter; the emission is branch-free (a key's slot is written, and kept only when it is taken).
+      std::fill(s.histogram, s.histogram + 4 * (d.M + 1), 0);
+      for (int64_t j = 0; j < limit; ++j) {
+        if (j >= first && (!keep || keep[j])) ++s.histogram[(j & 3) * (d.M + 1) + s.counts[j]];
+      }
+      for (int64_t n = 0; n <= d.M; ++n) {
+        s.histogram[n] += s.histogram[(d.M + 1) + n] + s.histogram[2 * (d.M + 1) + n] + s.histogram[3 * (d.M + 1) + n];
       }
       int64_t above = 0, threshold = d.M;
       for (; threshold > 0 && above + s.histogram[threshold] < d.L; --threshold) above += s.histogram[threshold];
       int64_t at_threshold = d.L - above, t = 0;
-      for (int64_t j = first; j < limit && t < d.L; ++j) {
-        if (keep && !keep[j]) continue;
+      for (int64_t j = 0; j < limit && t < d.L; ++j) {
         const int32_t n = s.counts[j];
-        if (n > threshold || (n == threshold && at_threshold-- > 0)) out[t++] = static_cast<int32_t>(j);
+        const bool ok = j >= first && (!keep || keep[j]);
+        const bool tie = ok && n == threshold && at_threshold > 0;
+        const bool take = (ok && n > threshold) || tie;
+        at_threshold -= tie;
+        out[t] = static_cast<int32_t>(j);
+        t += take;
+      }
+      for (; t < d.L; ++t) out[t] = -1;
+      continue;
+    }
+    // Bucketed: slot p < L belongs to class p % 4, filled from the keys j with j % 4 == that class. One pass
+    // counts each class's keys per level; when every class has keys for all its slots, one more pass marks and
+    // emits them in ascending key order (per class: every key above the class's threshold level and the earliest
+    // ones at it). Otherwise (early rows, masked keys) the general path below also hands the slots a class
+    // cannot fill to the best remaining keys of any class.
+    constexpr int64_t kMaxLevels = 4;
+    int64_t hist[4][kMaxLevels] = {};
+    for (int64_t j = 0; j < limit; ++j) {
+      if (j >= first && (!keep || keep[j])) ++hist[j & 3][w.level_of_count[s.counts[j]]];
+    }
+    int64_t threshold[4], at_threshold[4];
+    bool fits = w.max_level < kMaxLevels;
+    for (int64_t c = 0; c < 4 && fits; ++c) {
+      const int64_t quota = c < d.L ? (d.L - c + 3) / 4 : 0;  // slots p < L with p % 4 == c
+      int64_t above = 0, t = w.max_level;
+      for (; t >= 0 && above + hist[c][t] < quota; --t) above += hist[c][t];
+      if (quota == 0) {
+        threshold[c] = kMaxLevels;  // takes nothing
+        at_threshold[c] = 0;
+      } else if (t < 0) {
+        fits = false;  // fewer keys in this class than slots
+      } else {
+        threshold[c] = t;
+        at_threshold[c] = quota - above;
+      }
+    }
+    if (fits) {
+      int64_t t = 0;
+      for (int64_t j = 0; j < limit && t < d.L; ++j) {
+        const int64_t c = j & 3, lv = w.level_of_count[s.counts[j]];
+        const bool ok = j >= first && (!keep || keep[j]);
+        const bool tie = ok && lv == threshold[c] && at_threshold[c] > 0;
+        const bool take = (ok && lv > threshold[c]) || tie;
+        at_threshold[c] -= tie;
+        out[t] = static_cast<int32_t>(j);
+        t += take;
       }
       for (; t < d.L; ++t) out[t] = -1;
       continue;
@@ -258,14 +381,24 @@ void PQTopK(const PQTopKDims& d, TopKMode mode, bool causal, int64_t window, con
   for (int64_t n = 0; n <= d.M; ++n) {
     level_of_count[n] = static_cast<int16_t>(mode == TopKMode::kExact ? n : std::min<int64_t>(3, n / bucket_width));
   }
-  const TopKProblem w{d, mode, causal, window, codes_q, codes_k, key_keep, indices, level_of_count.data(), max_level};
+  // Packed match counting when every code fits 4 (or 8) bits and a row's words fit the scratch (M <= 256).
+  int32_t lo = 0, hi = 0;
+  for (const int32_t* codes : {codes_q, codes_k}) {
+    const int64_t n = codes == codes_q ? d.B * d.H * d.Sq * d.M : d.B * d.Hkv * d.Sk * d.M;
+    for (int64_t i = 0; i < n; ++i) {
+      lo = std::min(lo, codes[i]);
+      hi = std::max(hi, codes[i]);
+    }
+  }
+  const int64_t field_bits = lo < 0 || d.M > 128 ? 0 : hi < 16 ? 4 : hi < 256 ? 8 : 0;
+  const TopKProblem w{d, mode, causal, window, codes_q, codes_k, key_keep, indices, level_of_count.data(), max_level, field_bits};
   par.For(static_cast<std::size_t>(d.B * d.H * blocks), [&](std::size_t task) {
     const int64_t bh = static_cast<int64_t>(task) / blocks, block = static_cast<int64_t>(task) % blocks;
     // Per-task scratch, reused by the task's rows.
     std::vector<int32_t> ints(static_cast<std::size_t>((d.M + 1) * d.Sk));
     std::vector<int16_t> levels(static_cast<std::size_t>(d.Sk));
     std::vector<uint8_t> marked(static_cast<std::size_t>(d.Sk));
-    std::vector<int64_t> histogram(static_cast<std::size_t>(max_level + 1));
+    std::vector<int64_t> histogram(static_cast<std::size_t>(4 * (max_level + 1)));
     const TopKScratch s{ints.data(), ints.data() + d.M * d.Sk, levels.data(), marked.data(), histogram.data()};
     TopKRows(w, bh, block * kRowsPerTask, std::min(d.Sq, (block + 1) * kRowsPerTask), s);
   });

@@ -40,9 +40,10 @@ enum class TopKMode {
 // Parses the `mode` attribute ("exact" | "bucketed").
 TopKMode ParseTopKMode(const std::string& mode);
 
-// Keys per query (attributes keys_per_query and keys_ratio): top_k when > 0, else max(1, ceil(ratio * Sk));
-// clamped to Sk (and at least 1 when Sk > 0). Rejects top_k < 0 and ratio outside (0, 1].
-int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk);
+// Keys per query (attributes keys_per_query, keys_ratio and min_keys_per_query): top_k when > 0, else
+// max(1, min_keys, ceil(ratio * Sk)); clamped to Sk (and at least 1 when Sk > 0). min_keys keeps a ratio from
+// leaving a short sequence a key or two. Rejects top_k < 0, min_keys < 0 and ratio outside (0, 1].
+int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk, int64_t min_keys = 0);
 
 struct PQTopKDims {
   int64_t B = 0, H = 0, Sq = 0, Sk = 0, M = 0;

@@ -138,25 +138,30 @@ struct Problem {
   T *y, *probs, *ds, *dq, *dk, *dv;
   const int64_t* offsets;  // [B * Hkv, Sk + 1] key-major pattern
   const int32_t* entries;  // [B * Hkv, G * Sq * L]
+  const T* key_norm;       // [B * Hkv, Sk] |k_j|_2 (backward with a clamp), else null
 };
 
+// The row and key loops take the head dims as template arguments when they are common sizes (kE, kEv > 0), so
+// that the dot products and axpys over E unroll completely; 0 reads them from the dims.
+
 // Forward for rows [i0, i1) of head bh: SDDMM, clamp, mask, softmax, SpMM.
-template <typename T>
+template <typename T, int64_t kE = 0, int64_t kEv = 0>
 [[gnu::always_inline]] inline void ForwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1) {
   const SparseAttentionDims& d = w.d;
+  const int64_t E = kE > 0 ? kE : d.E, Ev = kEv > 0 ? kEv : d.Ev;
   const T neg_inf = -std::numeric_limits<T>::infinity();
   const int64_t kvh = KvHeadOf(bh, d.H, d.Hkv);
-  const T* kb = w.k + kvh * d.Sk * d.E;
-  const T* vb = w.v + kvh * d.Sk * d.Ev;
+  const T* kb = w.k + kvh * d.Sk * E;
+  const T* vb = w.v + kvh * d.Sk * Ev;
   const T* bias = w.key_bias ? w.key_bias + (bh / d.H) * d.Sk : nullptr;
   const T* attn = w.attn.data ? w.attn.data + (bh / d.H) * w.attn.stride_b + (bh % d.H) * w.attn.stride_h : nullptr;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t row = bh * d.Sq + i;
     const T* ar = attn ? attn + i * w.attn.stride_i : nullptr;
-    const T* qi = w.q + row * d.E;
+    const T* qi = w.q + row * E;
     const int32_t* idx = w.indices + row * d.L;
     T* pr = w.probs + row * d.L;  // [L]: logits first (-inf = skipped slot), then probabilities
-    T* yr = w.y + row * d.Ev;
+    T* yr = w.y + row * Ev;
     const int64_t limit = CausalLimit(d, w.causal, w.window, i);
     const int64_t first = WindowStart(d, w.window, i);
     T mx = neg_inf;
@@ -166,14 +171,14 @@ template <typename T>
         pr[t] = neg_inf;
         continue;
       }
-      T a = w.scale * Dot(qi, kb + j * d.E, d.E);
+      T a = w.scale * Dot(qi, kb + j * E, E);
       if (w.clamp > 0) a = std::min(std::max(a, -w.clamp), w.clamp);
       if (bias) a += bias[j];
       if (ar) a += ar[j];
       pr[t] = a;
       mx = std::max(mx, a);
     }
-    std::fill(yr, yr + d.Ev, T(0));
+    std::fill(yr, yr + Ev, T(0));
     if (mx == neg_inf) {  // nothing kept: y = 0, P = 0
       std::fill(pr, pr + d.L, T(0));
       continue;
@@ -188,27 +193,31 @@ template <typename T>
     for (int64_t t = 0; t < d.L; ++t) {
       if (pr[t] == T(0)) continue;
       pr[t] *= inv;
-      Axpy(pr[t], vb + static_cast<int64_t>(idx[t]) * d.Ev, yr, d.Ev);
+      Axpy(pr[t], vb + static_cast<int64_t>(idx[t]) * Ev, yr, Ev);
     }
   }
 }
 
 // Backward for rows [i0, i1) of head bh: ds (kept for dK) and dQ. `pass` is scratch for L flags.
-template <typename T>
+template <typename T, int64_t kE = 0, int64_t kEv = 0>
 [[gnu::always_inline]] inline void BackwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1,
                                                 uint8_t* pass) {
   const SparseAttentionDims& d = w.d;
+  const int64_t E = kE > 0 ? kE : d.E, Ev = kEv > 0 ? kEv : d.Ev;
   const int64_t kvh = KvHeadOf(bh, d.H, d.Hkv);
-  const T* kb = w.k + kvh * d.Sk * d.E;
-  const T* vb = w.v + kvh * d.Sk * d.Ev;
+  const T* kb = w.k + kvh * d.Sk * E;
+  const T* vb = w.v + kvh * d.Sk * Ev;
+  const T* kn = w.key_norm ? w.key_norm + kvh * d.Sk : nullptr;
+  const T safe_clamp = w.clamp * T(1 - 1e-3);
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t row = bh * d.Sq + i;
-    const T* qi = w.q + row * d.E;
-    const T* dyi = w.dy + row * d.Ev;
+    const T* qi = w.q + row * E;
+    const T* dyi = w.dy + row * Ev;
     const T* pr = w.p + row * d.L;
     const int32_t* idx = w.indices + row * d.L;
     T* dsr = w.ds + row * d.L;
-    T* dqi = w.dq + row * d.E;
+    const T bound_scale = w.clamp > 0 ? std::fabs(w.scale) * std::sqrt(Dot(qi, qi, E)) : T(0);
+    T* dqi = w.dq + row * E;
     // First pass: dp_t = <dy_i, v_j> (into dsr), c_i = sum_t p_t dp_t (plain sum, no floor), and the clamp mask
     // rebuilt from the recomputed scaled logit (the gradient passes on the boundary, like torch.clamp).
     double c = 0.0;
@@ -218,17 +227,19 @@ template <typename T>
         pass[t] = 0;
         continue;
       }
-      dsr[t] = Dot(dyi, vb + j * d.Ev, d.Ev);
+      dsr[t] = Dot(dyi, vb + j * Ev, Ev);
       c += static_cast<double>(pr[t]) * dsr[t];
-      if (w.clamp > 0) {
-        const T a = w.scale * Dot(qi, kb + j * d.E, d.E);
+      // |scale <q, k>| <= |scale| |q| |k| (Cauchy-Schwarz): a logit whose bound is clearly inside the clamp
+      // passes without recomputing it (the margin covers the rounding of the norms and of the dot product).
+      if (w.clamp > 0 && !(bound_scale * kn[j] < safe_clamp)) {
+        const T a = w.scale * Dot(qi, kb + j * E, E);
         pass[t] = !(a < -w.clamp || a > w.clamp);
       } else {
         pass[t] = 1;
       }
     }
     // Second pass: ds_t = p_t (dp_t - c_i) * scale where the clamp passes; dQ_i = sum_t ds_t k_j.
-    std::fill(dqi, dqi + d.E, T(0));
+    std::fill(dqi, dqi + E, T(0));
     for (int64_t t = 0; t < d.L; ++t) {
       if (!pass[t]) {
         dsr[t] = T(0);
@@ -236,7 +247,7 @@ template <typename T>
       }
       const T g = pr[t] * static_cast<T>(dsr[t] - c) * w.scale;
       dsr[t] = g;
-      Axpy(g, kb + static_cast<int64_t>(idx[t]) * d.E, dqi, d.E);
+      Axpy(g, kb + static_cast<int64_t>(idx[t]) * E, dqi, E);
     }
   }
 }
@@ -244,38 +255,40 @@ template <typename T>
 // dK_j = sum ds q_i and dV_j = sum p dy_i over the entries that point at key j, for keys [j0, j1) of kv head
 // kvh. The kv head's G query heads are contiguous in Q, dY, P and ds (heads kvh*G .. kvh*G + G - 1 of the same
 // batch), so an entry e = g * Sq * L + i * L + t addresses slot e of the group and row e / L of its Q and dY.
-template <typename T>
+template <typename T, int64_t kE = 0, int64_t kEv = 0>
 [[gnu::always_inline]] inline void BackwardKeys(const Problem<T>& w, int64_t kvh, int64_t j0, int64_t j1) {
   const SparseAttentionDims& d = w.d;
+  const int64_t E = kE > 0 ? kE : d.E, Ev = kEv > 0 ? kEv : d.Ev;
   const int64_t nnz = d.Group() * d.Sq * d.L;
   const int64_t* off = w.offsets + kvh * (d.Sk + 1);
   const int32_t* ent = w.entries + kvh * nnz;
   const T* dsb = w.ds + kvh * nnz;
   const T* pb = w.p + kvh * nnz;
-  const T* qb = w.q + kvh * d.Group() * d.Sq * d.E;
-  const T* dyb = w.dy + kvh * d.Group() * d.Sq * d.Ev;
+  const T* qb = w.q + kvh * d.Group() * d.Sq * E;
+  const T* dyb = w.dy + kvh * d.Group() * d.Sq * Ev;
   for (int64_t j = j0; j < j1; ++j) {
-    T* dkj = w.dk + (kvh * d.Sk + j) * d.E;
-    T* dvj = w.dv + (kvh * d.Sk + j) * d.Ev;
-    std::fill(dkj, dkj + d.E, T(0));
-    std::fill(dvj, dvj + d.Ev, T(0));
+    T* dkj = w.dk + (kvh * d.Sk + j) * E;
+    T* dvj = w.dv + (kvh * d.Sk + j) * Ev;
+    std::fill(dkj, dkj + E, T(0));
+    std::fill(dvj, dvj + Ev, T(0));
     for (int64_t e = off[j]; e < off[j + 1]; ++e) {
       const int64_t slot = ent[e], i = slot / d.L;
-      if (dsb[slot] != T(0)) Axpy(dsb[slot], qb + i * d.E, dkj, d.E);
-      if (pb[slot] != T(0)) Axpy(pb[slot], dyb + i * d.Ev, dvj, d.Ev);
+      if (dsb[slot] != T(0)) Axpy(dsb[slot], qb + i * E, dkj, E);
+      if (pb[slot] != T(0)) Axpy(pb[slot], dyb + i * Ev, dvj, Ev);
     }
   }
 }
 
 // fp32 entry points, compiled twice where SPT_CPU_CLONES allows (see sparse_attention_common.h).
+// Head dim 64 (BERT, GPT-2, OPT, LLaMA) gets the unrolled loops.
 SPT_CPU_CLONES void ForwardRowsF32(const Problem<float>& w, int64_t bh, int64_t i0, int64_t i1) {
-  ForwardRows(w, bh, i0, i1);
+  if (w.d.E == 64 && w.d.Ev == 64) ForwardRows<float, 64, 64>(w, bh, i0, i1); else ForwardRows(w, bh, i0, i1);
 }
 SPT_CPU_CLONES void BackwardRowsF32(const Problem<float>& w, int64_t bh, int64_t i0, int64_t i1, uint8_t* pass) {
-  BackwardRows(w, bh, i0, i1, pass);
+  if (w.d.E == 64 && w.d.Ev == 64) BackwardRows<float, 64, 64>(w, bh, i0, i1, pass); else BackwardRows(w, bh, i0, i1, pass);
 }
 SPT_CPU_CLONES void BackwardKeysF32(const Problem<float>& w, int64_t bh, int64_t j0, int64_t j1) {
-  BackwardKeys(w, bh, j0, j1);
+  if (w.d.E == 64 && w.d.Ev == 64) BackwardKeys<float, 64, 64>(w, bh, j0, j1); else BackwardKeys(w, bh, j0, j1);
 }
 
 template <typename T>
@@ -298,7 +311,8 @@ void SparseAttentionForward(const SparseAttentionDims& d, const SparseAttentionP
                             const T* k, const T* v, const int32_t* indices, const T* key_bias, T* y, T* p,
                             const Parallel& par, const AttentionBias<T>& attn_bias) {
   const Problem<T> w{d,       static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, params.window, q, k, v,
-                     nullptr, nullptr, key_bias, attn_bias, indices, y, p, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+                     nullptr, nullptr, key_bias, attn_bias, indices, y, p, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                     nullptr};
   const int64_t blocks = CeilDiv(d.Sq, kRowsPerTask);
   par.For(static_cast<std::size_t>(d.B * d.H * blocks), [&](std::size_t task) {
     const int64_t bh = static_cast<int64_t>(task) / blocks, block = static_cast<int64_t>(task) % blocks;
@@ -335,9 +349,21 @@ void SparseAttentionBackward(const SparseAttentionDims& d, const SparseAttention
     off[0] = 0;
   });
 
+  // |k_j| per kv head, for the clamp's bound in BackwardRows.
+  std::vector<T> key_norm(params.clamp > 0 ? static_cast<std::size_t>(kv_count * d.Sk) : 0);
+  if (params.clamp > 0) {
+    par.For(static_cast<std::size_t>(kv_count), [&](std::size_t kvh) {
+      for (int64_t j = 0; j < d.Sk; ++j) {
+        const T* kj = k + (static_cast<int64_t>(kvh) * d.Sk + j) * d.E;
+        key_norm[kvh * d.Sk + j] = std::sqrt(Dot(kj, kj, d.E));
+      }
+    });
+  }
+
   std::vector<T> ds(static_cast<std::size_t>(bh_count * d.Sq * d.L));  // [BH, Sq, L]
   const Problem<T> w{d,  static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, params.window, q, k, v, dy, p,
-                     nullptr, {}, indices, nullptr, nullptr, ds.data(), dq, dk, dv, offsets.data(), entries.data()};
+                     nullptr, {}, indices, nullptr, nullptr, ds.data(), dq, dk, dv, offsets.data(), entries.data(),
+                     params.clamp > 0 ? key_norm.data() : nullptr};
   const int64_t row_blocks = CeilDiv(d.Sq, kRowsPerTask);
   par.For(static_cast<std::size_t>(bh_count * row_blocks), [&](std::size_t task) {
     const int64_t bh = static_cast<int64_t>(task) / row_blocks, block = static_cast<int64_t>(task) % row_blocks;

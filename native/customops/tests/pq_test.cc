@@ -172,8 +172,71 @@ TEST(PQTopK, SlidingWindowMatchesBruteForceRanking) {
         for (int64_t i = 0; i < d.Sq; ++i) {
           for (int64_t t = 0; t < d.L; ++t) {
             const int32_t j = bucketed[(bh * d.Sq + i) * d.L + t];
-            if (j >= 0) EXPECT_TRUE(Eligible(d, tc.causal, mask, bh / d.H, i, j, window)) << "window=" << window;
+            if (j >= 0) {
+              EXPECT_TRUE(Eligible(d, tc.causal, mask, bh / d.H, i, j, window)) << "window=" << window;
+            }
           }
+        }
+      }
+    }
+  }
+}
+
+// Brute force of the bucketed rule: slot class p % 4 takes the keys j % 4 == p % 4 ranked by (level desc, key
+// asc), the slots a class cannot fill go to the best remaining keys of any class, emitted ascending.
+std::vector<int32_t> BruteForceBucketed(const PQTopKDims& d, bool causal, const std::vector<int32_t>& cq,
+                                        const std::vector<int32_t>& ck, const std::vector<uint8_t>* keep) {
+  const int64_t width = std::max<int64_t>(1, d.M / 4);
+  std::vector<int32_t> out(d.B * d.H * d.Sq * d.L, -1);
+  for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
+    for (int64_t i = 0; i < d.Sq; ++i) {
+      std::vector<std::pair<int64_t, int64_t>> ranked[4], rest;  // (-level, j)
+      for (int64_t j = 0; j < d.Sk; ++j) {
+        if (Eligible(d, causal, keep, bh / d.H, i, j)) {
+          ranked[j % 4].push_back({-std::min<int64_t>(3, Matches(d, cq, ck, bh, i, j) / width), j});
+        }
+      }
+      std::vector<int32_t> keys;
+      for (int64_t c = 0; c < 4; ++c) {
+        std::sort(ranked[c].begin(), ranked[c].end());
+        const std::size_t quota = c < d.L ? static_cast<std::size_t>((d.L - c + 3) / 4) : 0;
+        for (std::size_t r = 0; r < ranked[c].size(); ++r) {
+          if (r < quota) keys.push_back(static_cast<int32_t>(ranked[c][r].second));
+          else rest.push_back(ranked[c][r]);
+        }
+      }
+      std::sort(rest.begin(), rest.end());
+      for (std::size_t r = 0; r < rest.size() && keys.size() < static_cast<std::size_t>(d.L); ++r) {
+        keys.push_back(static_cast<int32_t>(rest[r].second));
+      }
+      std::sort(keys.begin(), keys.end());
+      std::copy(keys.begin(), keys.end(), out.begin() + (bh * d.Sq + i) * d.L);
+    }
+  }
+  return out;
+}
+
+// The match count reads the codes packed 4 or 8 bits each when they are small, unpacked otherwise: relabeling
+// the codes (an injective map, so the match counts stay) into each range, and M values that leave padding
+// fields in the last word, must give the brute-force selection in both modes.
+TEST(PQTopK, PackedAndUnpackedCodesGiveTheBruteForceSelection) {
+  const ThreadParallel par(2);
+  for (int64_t m : {3, 8, 9, 13}) {
+    for (int32_t scale : {1, 37, 300}) {  // codes < 16 (4-bit fields), < 256 (8-bit fields), larger (unpacked)
+      PQTopKDims d = CheckPQTopKInputs({1, 3, 70, m}, {1, 3, 70, m}, nullptr);
+      d.L = 9;
+      auto cq = RandomCodes(3 * 70, m, 3, 51), ck = RandomCodes(3 * 70, m, 3, 52);
+      for (auto* codes : {&cq, &ck}) {
+        for (auto& c : *codes) c = c * scale + (scale > 1 ? 5 : 0);
+      }
+      const auto keep = RandomKeep(1, 70, 53);
+      for (bool causal : {true, false}) {
+        for (const std::vector<uint8_t>* mask : {static_cast<const std::vector<uint8_t>*>(nullptr), &keep}) {
+          std::vector<int32_t> exact(3 * 70 * d.L, 7), bucketed(3 * 70 * d.L, 7);
+          PQTopK(d, TopKMode::kExact, causal, cq.data(), ck.data(), mask ? keep.data() : nullptr, exact.data(), par);
+          PQTopK(d, TopKMode::kBucketed, causal, cq.data(), ck.data(), mask ? keep.data() : nullptr, bucketed.data(), par);
+          EXPECT_EQ(exact, BruteForceTopK(d, causal, cq, ck, mask)) << "M=" << m << " scale=" << scale;
+          EXPECT_EQ(bucketed, BruteForceBucketed(d, causal, cq, ck, mask)) << "M=" << m << " scale=" << scale;
         }
       }
     }
@@ -335,6 +398,11 @@ TEST(PQTopK, ResolvesAndValidatesAttributes) {
   EXPECT_EQ(ResolveTopK(0, 0.01f, 3), 1);
   EXPECT_EQ(ResolveTopK(7, 0.5f, 4), 4);  // clamped to Sk
   EXPECT_EQ(ResolveTopK(3, 0.5f, 100), 3);
+  EXPECT_EQ(ResolveTopK(0, 0.125f, 20, 16), 16);   // the floor beats ceil(2.5)
+  EXPECT_EQ(ResolveTopK(0, 0.125f, 12, 16), 12);   // ... and is clamped to Sk
+  EXPECT_EQ(ResolveTopK(0, 0.125f, 512, 16), 64);  // long sequences keep S/8
+  EXPECT_EQ(ResolveTopK(5, 0.125f, 512, 16), 5);   // an explicit top_k is not floored
+  EXPECT_THROW(ResolveTopK(0, 0.125f, 8, -1), std::invalid_argument);
   EXPECT_THROW(ResolveTopK(-1, 0.125f, 8), std::invalid_argument);
   EXPECT_THROW(ResolveTopK(0, 0.f, 8), std::invalid_argument);
   EXPECT_THROW(ResolveTopK(0, 1.5f, 8), std::invalid_argument);

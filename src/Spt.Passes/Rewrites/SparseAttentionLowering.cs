@@ -109,13 +109,15 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         // A sliding window (masks read as one) limits the selection and the attention alike.
         (string, object)[] windowAttr = window > 0 ? [(AttentionOps.WindowAttr, window)] : [];
         var topk = AttentionOps.PQTopK;
-        var selection = options.Exact ? (AttentionOps.KeysRatioAttr, (object)1f)
-            : options.TopK is { } count ? (AttentionOps.KeysPerQueryAttr, (object)(long)count)
-            : (AttentionOps.KeysRatioAttr, (object)(float)options.TopKRatio);
+        // Exact: every key; a count; or the ratio with its floor (0: none).
+        (string, object)[] selection = options.Exact ? [(AttentionOps.KeysRatioAttr, 1f)]
+            : options.TopK is { } count ? [(AttentionOps.KeysPerQueryAttr, (long)count)]
+            : options.MinTopK > 0 ? [(AttentionOps.KeysRatioAttr, (float)options.TopKRatio), (AttentionOps.MinKeysPerQueryAttr, (long)options.MinTopK)]
+            : [(AttentionOps.KeysRatioAttr, (float)options.TopKRatio)];
         var indices = Emit(topk.Name,
             Positioned(topk, (AttentionOps.CodesQ, codesQ), (AttentionOps.CodesK, codesK), (AttentionOps.TopKKeyPadding, keyPadding)),
             "PQTopK", 1, topk.Domain,
-            [.. topk.NodeAttributes([(AttentionOps.ModeAttr, "exact"), (AttentionOps.CausalAttr, causal ? 1L : 0L), selection, .. windowAttr])]);
+            [.. topk.NodeAttributes([(AttentionOps.ModeAttr, "exact"), (AttentionOps.CausalAttr, causal ? 1L : 0L), .. selection, .. windowAttr])]);
         // A score bias (relative position, ALiBi: an additive term that is no mask) is read at the selected keys.
         Value? attnBias = core.GetInt("score_bias", 0) != 0 ? core.Inputs[AttentionCoreOp.Bias] : null;
         if (attnBias != null && folded && shapes.RankOf(attnBias) == 3)

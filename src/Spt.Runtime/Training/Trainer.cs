@@ -74,7 +74,7 @@ public sealed class Trainer : IDisposable
         CheckDataFitsLoss(train);
 
         Device = TrainingSessions.ResolveDevice(options.Device);
-        _sessions = new TrainingSessions(ArtifactDirectory, Manifest, Device, options.IntraOpThreads, needsCustomOps);
+        _sessions = new TrainingSessions(ArtifactDirectory, Manifest, Device, options.IntraOpThreads, needsCustomOps, options.ProfilePrefix);
         _lr = HostScalar();
         _stepValue = HostScalar();
         _gradScale = HostScalar();

@@ -63,6 +63,13 @@ public sealed record TrainerOptions
     /// <summary>ORT intra-op threads (0: ORT's default).</summary>
     public int IntraOpThreads { get; init; }
 
+    /// <summary>
+    /// Turn on ONNX Runtime's per-node profiler: each session writes its Chrome-trace JSON to a file whose name starts
+    /// with this path and the session's role (<c>-grad</c>, <c>-optimizer</c>, <c>-eval</c>) when the trainer is
+    /// disposed. Null: no profiling.
+    /// </summary>
+    public string? ProfilePrefix { get; init; }
+
     /// <summary>Keep the best evaluation by this metric (<see cref="EvalResult.MetricNames"/>); null: none.</summary>
     public string? BestMetric { get; init; }
 
