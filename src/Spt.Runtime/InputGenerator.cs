@@ -1,4 +1,5 @@
 using Spt.Ir;
+using Spt.Passes.Analysis;
 
 namespace Spt.Runtime;
 
@@ -128,7 +129,7 @@ public static class InputGenerator
     // mask -> [Unsqueeze/Cast]* -> Sub(1, .)
     private static bool FeedsOneMinus(Value input) => FirstUse(input, ["Cast", "Unsqueeze", "Reshape", "Expand"],
         use => use.Node.OpType == "Sub" && use.InputIndex == 1 && use.Node.Inputs[0] is { } one
-            && Passes.Patterns.ConstPattern.TensorOf(one) is { } t && Passes.Patterns.Pat.Scalar(1.0)(t) ? 1L : null) is not null;
+            && Passes.Analysis.ConstantValue.Of(one) is { } t && Passes.Patterns.Pat.Scalar(1.0)(t) ? 1L : null) is not null;
 
     // The first non-null answer of `probe` over the uses of `input`, following the outputs of `passThrough` ops
     // (taking the value as their first input) up to four steps away.

@@ -1,4 +1,5 @@
 using Spt.Ir;
+using Spt.Passes.Analysis;
 using Spt.Passes.Canonicalization;
 using Xunit.Abstractions;
 
@@ -51,7 +52,7 @@ public class CanonicalizationFixtureTests(ITestOutputHelper output)
         // Where(target == -1, 1, target): its dims are not folded, so its target stays computed.
         bool MergesExpand(Node n) => n.Inputs[0]!.Producer is { OpType: "Expand" };
         Assert.All(result.Graph.Nodes.Where(n => n.OpType == "Reshape" && shapes.ShapeOf(n.Outputs[0])?.Count == 4 && !UnitAxesInFront(n) && !TwoFreeDims(n) && !MergesExpand(n)),
-            n => Assert.True(Patterns.ConstPattern.TensorOf(n.Inputs[1]!) is not null, $"{file}: {n} has a computed target"));
+            n => Assert.True(Analysis.ConstantValue.Of(n.Inputs[1]!) is not null, $"{file}: {n} has a computed target"));
         Assert.Equal(training ? TestSupport.Count(model, "Dropout") : 0, TestSupport.Count(result, "Dropout"));
     }
 }

@@ -251,8 +251,8 @@ struct PQTopKKernel {
         causal_(ReadFlag("PQTopK", attrs, attr::kCausal, defaults::kCausal)),
         top_k_(ReadAtLeast("PQTopK", attrs, attr::kKeysPerQuery, defaults::kKeysPerQuery, 0, "0 = use keys_ratio")),
         ratio_(ReadFloat("PQTopK", attrs, attr::kKeysRatio, defaults::kKeysRatio)),
-        window_(ReadAtLeast("PQTopK", attrs, attr::kWindow, defaults::kWindow, 0, "0 = off")),
-        min_keys_(ReadAtLeast("PQTopK", attrs, attr::kMinKeysPerQuery, defaults::kMinKeysPerQuery, 0, "0 = no floor")) {
+        min_keys_(ReadAtLeast("PQTopK", attrs, attr::kMinKeysPerQuery, defaults::kMinKeysPerQuery, 0, "0 = no floor")),
+        window_(ReadAtLeast("PQTopK", attrs, attr::kWindow, defaults::kWindow, 0, "0 = off")) {
     // The ratio is checked even when keys_per_query overrides it, as the schema does.
     if (!(ratio_ > 0.f && ratio_ <= 1.f)) FailAttr("PQTopK", attr::kKeysRatio, "must be in (0, 1]; got " + std::to_string(ratio_));
   }
@@ -282,16 +282,16 @@ struct PQTopKKernel {
   bool causal() const { return causal_; }
   int64_t top_k() const { return top_k_; }
   float ratio() const { return ratio_; }
-  int64_t window() const { return window_; }
   int64_t min_keys() const { return min_keys_; }
+  int64_t window() const { return window_; }
 
  private:
   cpu::TopKMode mode_;
   bool causal_;
   int64_t top_k_;
   float ratio_;
-  int64_t window_;
   int64_t min_keys_;
+  int64_t window_;
 };
 
 struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {

@@ -248,7 +248,7 @@ struct TopKScratch {
   for (int64_t i = i0; i < i1; ++i) {
     const int32_t* qc = w.codes_q + (bh * d.Sq + i) * d.M;
     const int64_t limit = limit_of(i);
-    const int64_t first = first_of(i);  // a sliding window's first key (0 without one)
+    const int64_t first = first_of(i);
     if (w.field_bits > 0) {
       uint32_t qw[32];
       pack.Pack(qc, d.M, qw);
@@ -278,8 +278,8 @@ struct TopKScratch {
       // The histogram is kept per key class j % 4 (summed after) so that consecutive increments rarely hit the
       // same counter; the emission is branch-free (a key's slot is written, and kept only when it is taken).
       std::fill(s.histogram, s.histogram + 4 * (d.M + 1), 0);
-      for (int64_t j = 0; j < limit; ++j) {
-        if (j >= first && (!keep || keep[j])) ++s.histogram[(j & 3) * (d.M + 1) + s.counts[j]];
+      for (int64_t j = first; j < limit; ++j) {
+        if (!keep || keep[j]) ++s.histogram[(j & 3) * (d.M + 1) + s.counts[j]];
       }
       for (int64_t n = 0; n <= d.M; ++n) {
         s.histogram[n] += s.histogram[(d.M + 1) + n] + s.histogram[2 * (d.M + 1) + n] + s.histogram[3 * (d.M + 1) + n];
@@ -287,9 +287,9 @@ struct TopKScratch {
       int64_t above = 0, threshold = d.M;
       for (; threshold > 0 && above + s.histogram[threshold] < d.L; --threshold) above += s.histogram[threshold];
       int64_t at_threshold = d.L - above, t = 0;
-      for (int64_t j = 0; j < limit && t < d.L; ++j) {
+      for (int64_t j = first; j < limit && t < d.L; ++j) {
         const int32_t n = s.counts[j];
-        const bool ok = j >= first && (!keep || keep[j]);
+        const bool ok = !keep || keep[j];
         const bool tie = ok && n == threshold && at_threshold > 0;
         const bool take = (ok && n > threshold) || tie;
         at_threshold -= tie;
@@ -306,8 +306,8 @@ struct TopKScratch {
     // cannot fill to the best remaining keys of any class.
     constexpr int64_t kMaxLevels = 4;
     int64_t hist[4][kMaxLevels] = {};
-    for (int64_t j = 0; j < limit; ++j) {
-      if (j >= first && (!keep || keep[j])) ++hist[j & 3][w.level_of_count[s.counts[j]]];
+    for (int64_t j = first; j < limit; ++j) {
+      if (!keep || keep[j]) ++hist[j & 3][w.level_of_count[s.counts[j]]];
     }
     int64_t threshold[4], at_threshold[4];
     bool fits = w.max_level < kMaxLevels;
@@ -327,9 +327,9 @@ struct TopKScratch {
     }
     if (fits) {
       int64_t t = 0;
-      for (int64_t j = 0; j < limit && t < d.L; ++j) {
+      for (int64_t j = first; j < limit && t < d.L; ++j) {
         const int64_t c = j & 3, lv = w.level_of_count[s.counts[j]];
-        const bool ok = j >= first && (!keep || keep[j]);
+        const bool ok = !keep || keep[j];
         const bool tie = ok && lv == threshold[c] && at_threshold[c] > 0;
         const bool take = (ok && lv > threshold[c]) || tie;
         at_threshold[c] -= tie;

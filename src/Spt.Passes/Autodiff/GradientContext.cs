@@ -1,5 +1,6 @@
 using Spt.CustomOps;
 using Spt.Ir;
+using Spt.Passes.Analysis;
 
 namespace Spt.Passes.Autodiff;
 
@@ -165,7 +166,7 @@ public sealed class GradientContext : IGradientContext
         {
             if (X(1) is not { } a)
                 return null;
-            return ShapeFacts.ConstantInts(a) ?? throw Fail("the reduction axes are computed at run time; only constant axes are supported");
+            return ConstantValue.Ints(a) ?? throw Fail("the reduction axes are computed at run time; only constant axes are supported");
         }
         return Node.GetInts("axes")?.ToArray();
     }

@@ -1,4 +1,5 @@
 using Spt.Ir;
+using Spt.Passes.Analysis;
 
 namespace Spt.Passes.Autodiff;
 
@@ -68,7 +69,7 @@ public static class StandardGradients
             ("Where", Where), ("Cast", Cast), ("Dropout", Dropout), ("Clip", Clip),
             ("Trilu", g => g.Grad(0, () => g.EmitNode("", "Trilu", [g.DY, g.X(1)], [true], g.Node.Attributes.ToList())[0])),
             ("CumSum", CumSum),
-            ("MatMul", MatMul), ("Gemm", Gemm),
+            ("MatMul", MatMul), ("Gemm", Gemm), ("Conv", ConvGradient.Rule),
         };
         foreach (var (op, rule) in rules)
             r.Register("", op, rule);
@@ -111,7 +112,7 @@ public static class StandardGradients
         var exponent = b.ElementType is { } t && t != ElementType.Float ? g.Emit.Cast(b, ElementType.Float) : b;
         g.Grad(0, () =>
         {
-            var constant = ShapeFacts.ConstantFloats(b);
+            var constant = ConstantValue.Floats(b);
             var local = constant is [2f]
                 ? g.Op("Mul", g.In(0), g.C(2f))
                 : g.Op("Mul", exponent, g.Op("Pow", g.In(0), g.Op("Sub", exponent, g.C(1f))));
@@ -413,7 +414,7 @@ public static class StandardGradients
         var trainingMode = g.Opset >= 12 ? g.X(2) : null;
         if (trainingMode == null)
             return g.DY;
-        var constant = trainingMode.Initializer ?? ShapeFacts.ConstantTensor(trainingMode);
+        var constant = trainingMode.Initializer ?? ConstantValue.Of(trainingMode);
         bool? training = constant?.ElementType == ElementType.Bool ? constant.ToArray<byte>()[0] != 0 : null;
         if (training == false)
             return g.DY;

@@ -1,4 +1,5 @@
 using Spt.Ir;
+using Spt.Passes.Analysis;
 using Spt.Passes.Patterns;
 
 namespace Spt.Passes.Canonicalization;
@@ -72,7 +73,7 @@ public sealed class ConstantFolding : IPass
                 inputs.Add(null);
                 continue;
             }
-            var t = ConstPattern.TensorOf(input);
+            var t = ConstantValue.Of(input);
             if (t is null || !ConstArray.IsSupported(t.ElementType) || t.IsExternal && t.ElementCount > MaxElements)
                 return false;
             inputs.Add(ConstArray.From(t));
@@ -124,7 +125,7 @@ public sealed class ConstantFolding : IPass
     {
         if (node.Inputs.Count < 2 || node.Inputs[1] is not { } targetValue || node.Inputs[0] is not { } data)
             return false;
-        if (ConstPattern.TensorOf(targetValue) is not null || shapes.ElementsOf(targetValue) is not { } target)
+        if (ConstantValue.Of(targetValue) is not null || shapes.ElementsOf(targetValue) is not { } target)
             return false;
         bool allowZero = node.GetInt("allowzero", 0) != 0;
         var input = shapes.ShapeOf(data);

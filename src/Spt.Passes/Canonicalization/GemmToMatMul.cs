@@ -1,4 +1,5 @@
 using Spt.Ir;
+using Spt.Passes.Analysis;
 using Spt.Passes.Patterns;
 using Attribute = Spt.Ir.Attribute;
 
@@ -46,7 +47,7 @@ public sealed class GemmToMatMul : IPass
             a = Insert("Transpose", [a], Attribute.FromInts("perm", [1, 0])).Outputs[0];
         if (gemm.GetInt("transB", 0) != 0)
         {
-            if (ConstPattern.TensorOf(b) is { Dims.Count: 2 } w && b.Initializer is not null && ConstArray.IsSupported(w.ElementType))
+            if (ConstantValue.Of(b) is { Dims.Count: 2 } w && b.Initializer is not null && ConstArray.IsSupported(w.ElementType))
             {
                 string name = editor.Graph.UniqueName(b.Name + "_T");
                 var transposed = editor.AddInitializer(Rewriting.Transpose2D(w, name));

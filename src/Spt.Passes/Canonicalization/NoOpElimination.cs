@@ -1,4 +1,5 @@
 using Spt.Ir;
+using Spt.Passes.Analysis;
 using Spt.Passes.Patterns;
 
 namespace Spt.Passes.Canonicalization;
@@ -70,12 +71,12 @@ public sealed class NoOpElimination : IPass
         long opset = node.Graph?.Model?.GetOpsetVersion("") ?? 17;
         if (opset < 12)
             return opset >= 7 || node.GetInt("is_test", 0) != 0; // opsets 7 to 11 have no training flag in the graph
-        var ratio = node.Inputs.Count > 1 && node.Inputs[1] is { } r ? ConstPattern.TensorOf(r) : null;
+        var ratio = node.Inputs.Count > 1 && node.Inputs[1] is { } r ? ConstantValue.Of(r) : null;
         if (ratio is not null && Pat.ScalarValue(ratio) == 0.0)
             return true;
         if (node.Inputs.Count < 3 || node.Inputs[2] is null)
             return true;
-        var training = ConstPattern.TensorOf(node.Inputs[2]!);
+        var training = ConstantValue.Of(node.Inputs[2]!);
         return training is not null && Pat.ScalarValue(training) == 0.0;
     }
 
@@ -92,7 +93,7 @@ public sealed class NoOpElimination : IPass
         bool commutes = node.OpType is "Mul" or "Add";
         foreach (var (value, constant) in commutes ? [(a, b), (b, a)] : new[] { (a, b) })
         {
-            var t = ConstPattern.TensorOf(constant);
+            var t = ConstantValue.Of(constant);
             if (t is null || t.ElementCount > 4096 || !Pat.Scalar(neutral, 0)(t))
                 continue;
             // The constant must not make the result larger than x, nor change its type.

@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using Spt.Ir;
+using Spt.Passes.Analysis;
 using Spt.Passes.Patterns;
 
 namespace Spt.Passes.Lora;
@@ -85,7 +86,7 @@ public sealed class LoraPass(LoraOptions? options = null) : IPass
             }
             var w = m["w"];
             var weight = m.Constant("w");
-            if (weight.Dims.Count != 2 || weight.ElementType != ElementType.Float || w.Initializer is null || ConstPattern.TensorOf(m["x"]) is not null)
+            if (weight.Dims.Count != 2 || weight.ElementType != ElementType.Float || w.Initializer is null || ConstantValue.Of(m["x"]) is not null)
             {
                 context.Info(Name, $"not a Linear layer: weight {w.Name} is {weight.ElementType.ShortName()}[{string.Join(",", weight.Dims)}], not a 2-D float32 initializer", mm);
                 continue;
@@ -93,7 +94,7 @@ public sealed class LoraPass(LoraOptions? options = null) : IPass
             bool transposed = m.Nodes.ContainsKey("transpose");
             long dIn = weight.Dims[transposed ? 1 : 0], dOut = weight.Dims[transposed ? 0 : 1];
             Value? bias = m.Values.TryGetValue("b", out var bv) ? bv : null;
-            if (bias is not null && (ConstPattern.TensorOf(bias)!.Dims is not [var n] || n != dOut))
+            if (bias is not null && (ConstantValue.Of(bias)!.Dims is not [var n] || n != dOut))
                 bias = null;
             if (Options.Include is { } include && !include.IsMatch(w.Name) && !(originals.TryGetValue(w.Name, out var orig) && include.IsMatch(orig)))
                 continue;

@@ -1,4 +1,5 @@
 using Spt.Ir;
+using Spt.Passes.Analysis;
 
 namespace Spt.Passes.Patterns;
 
@@ -51,7 +52,7 @@ public sealed class MatchResult
         : throw new KeyNotFoundException($"no node captured as '{name}'");
 
     /// <summary>The constant tensor behind the value captured as <paramref name="name"/>.</summary>
-    public Tensor Constant(string name) => ConstPattern.TensorOf(this[name])
+    public Tensor Constant(string name) => ConstantValue.Of(this[name])
         ?? throw new InvalidOperationException($"capture '{name}' is not a constant");
 
     /// <summary>A failed result.</summary>

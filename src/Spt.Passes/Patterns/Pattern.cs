@@ -171,19 +171,9 @@ public sealed class ConstPattern : Pattern
     /// <inheritdoc />
     public override string Describe() => _capture is null ? _description : $"{_description} '{_capture}'";
 
-    /// <summary>The constant tensor behind <paramref name="value"/>, or null when the value is not a constant.</summary>
-    public static Tensor? TensorOf(Value value)
-    {
-        if (value.Initializer is { } t)
-            return value.IsGraphInput ? null : t;
-        if (value.Producer is { OpType: "Constant" } c && c.IsDefaultDomain && c.GetAttribute("value") is { Kind: AttributeKind.Tensor } a)
-            return a.AsTensor();
-        return null;
-    }
-
     internal override Failure? TryMatch(Value value, MatchState state)
     {
-        var tensor = TensorOf(value);
+        var tensor = Analysis.ConstantValue.Of(value);
         if (tensor is null)
         {
             string what = value.Producer is { } p ? "computed by " + Name(p) : value.IsGraphInput ? "a graph input" : "not a constant";

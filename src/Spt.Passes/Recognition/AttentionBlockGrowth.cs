@@ -97,25 +97,25 @@ public sealed class AttentionBlockGrowth : IPass
                     rotary = true;
                     v = whole;
                     continue;
-                case "Gather" when StaticShapes.ConstantOf(n.Inputs[1]) is not null:
+                case "Gather" when ConstantValue.Of(n.Inputs[1]) is not null:
                     // q/k/v picked from a fused projection by index (BLOOM's [B, S, H, 3, E] view, index lists).
                     v = n.Inputs[0]!;
                     continue;
-                case "Mul" or "Div" when StaticShapes.ScalarOf(n.Inputs[1]) is not null:
+                case "Mul" or "Div" when ConstantValue.Scalar(n.Inputs[1]) is not null:
                     v = n.Inputs[0]!;
                     continue;
-                case "Mul" when StaticShapes.ScalarOf(n.Inputs[0]) is not null:
+                case "Mul" when ConstantValue.Scalar(n.Inputs[0]) is not null:
                     v = n.Inputs[1]!;
                     continue;
                 case "Add":
                 {
                     // Linear bias: Add(b, MatMul) in either order.
-                    if (StaticShapes.ConstantOf(n.Inputs[0]) is not null)
+                    if (ConstantValue.Of(n.Inputs[0]) is not null)
                     {
                         v = n.Inputs[1]!;
                         continue;
                     }
-                    if (StaticShapes.ConstantOf(n.Inputs[1]) is not null)
+                    if (ConstantValue.Of(n.Inputs[1]) is not null)
                     {
                         v = n.Inputs[0]!;
                         continue;
@@ -210,5 +210,5 @@ public sealed class AttentionBlockGrowth : IPass
     /// <summary>MatMul by a constant weight (possibly through a Transpose of it), or Gemm with a constant weight.</summary>
     internal static bool IsLinear(Node n) =>
         n.IsDefaultDomain && n.OpType is "MatMul" or "Gemm" && n.Inputs.Count > 1 && n.Inputs[1] is { } w
-        && (StaticShapes.ConstantOf(w) is not null || (w.Producer is { OpType: "Transpose" } t && StaticShapes.ConstantOf(t.Inputs[0]) is not null));
+        && (ConstantValue.Of(w) is not null || (w.Producer is { OpType: "Transpose" } t && ConstantValue.Of(t.Inputs[0]) is not null));
 }

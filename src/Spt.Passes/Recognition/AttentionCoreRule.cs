@@ -184,10 +184,10 @@ public sealed class AttentionCoreFusion : IPass
                     break;
                 case "Mul" or "Div":
                 {
-                    int constIndex = StaticShapes.ScalarOf(n.Inputs[1]) is not null ? 1 : n.OpType == "Mul" && StaticShapes.ScalarOf(n.Inputs[0]) is not null ? 0 : -1;
+                    int constIndex = ConstantValue.Scalar(n.Inputs[1]) is not null ? 1 : n.OpType == "Mul" && ConstantValue.Scalar(n.Inputs[0]) is not null ? 0 : -1;
                     if (constIndex < 0)
                         return (null, $"scores are scaled by {n.OpType} '{n.Name}' with a non-constant factor");
-                    double c = StaticShapes.ScalarOf(n.Inputs[constIndex])!.Value;
+                    double c = ConstantValue.Scalar(n.Inputs[constIndex])!.Value;
                     if (c == 0 || !double.IsFinite(c))
                         return (null, $"scale factor {c} of {n.OpType} '{n.Name}' is not finite and nonzero");
                     scale *= n.OpType == "Mul" ? c : 1 / c;
@@ -200,7 +200,7 @@ public sealed class AttentionCoreFusion : IPass
                     region.Add(n);
                     cur = n.Inputs[0]!;
                     break;
-                case "Max" when StaticShapes.ScalarOf(n.Inputs[1]) is { } floor && floor <= MaskAnalysis.LargeNegative && LeadsToScores(n.Inputs[0]!):
+                case "Max" when ConstantValue.Scalar(n.Inputs[1]) is { } floor && floor <= MaskAnalysis.LargeNegative && LeadsToScores(n.Inputs[0]!):
                     // max(scores, finfo.min) after the mask (OPT) only lifts -inf to the lowest float: same softmax.
                     region.Add(n);
                     cur = n.Inputs[0]!;
@@ -234,7 +234,7 @@ public sealed class AttentionCoreFusion : IPass
                     int scoreSide = LeadsToScores(n.Inputs[1]!) ? 1 : LeadsToScores(n.Inputs[2]!) ? 2 : -1;
                     if (scoreSide < 0)
                         return (null, $"neither branch of Where '{n.Name}' leads to the QK MatMul");
-                    if (StaticShapes.ScalarOf(n.Inputs[3 - scoreSide]) is not { } f || f > MaskAnalysis.LargeNegative)
+                    if (ConstantValue.Scalar(n.Inputs[3 - scoreSide]) is not { } f || f > MaskAnalysis.LargeNegative)
                         return (null, $"Where '{n.Name}' does not fill masked scores with a large negative constant");
                     cond = n.Inputs[0];
                     fill = f;
@@ -462,9 +462,9 @@ public sealed class AttentionCoreFusion : IPass
     // A tensor of zeros: ConstantOfShape with a zero (or absent) value, possibly scaled by a constant (baddbmm's beta).
     private static bool IsZeros(Value v)
     {
-        if (v.Producer is { OpType: "Mul" } m && m.IsDefaultDomain && (StaticShapes.ScalarOf(m.Inputs[1]) is not null || StaticShapes.ScalarOf(m.Inputs[0]) is not null))
-            v = StaticShapes.ScalarOf(m.Inputs[1]) is not null ? m.Inputs[0]! : m.Inputs[1]!;
-        if (StaticShapes.ConstantOf(v) is { } c)
+        if (v.Producer is { OpType: "Mul" } m && m.IsDefaultDomain && (ConstantValue.Scalar(m.Inputs[1]) is not null || ConstantValue.Scalar(m.Inputs[0]) is not null))
+            v = ConstantValue.Scalar(m.Inputs[1]) is not null ? m.Inputs[0]! : m.Inputs[1]!;
+        if (ConstantValue.Of(v) is { } c)
             return c.ElementType != ElementType.String && c.ToDoubleArray().All(x => x == 0);
         if (v.Producer is { OpType: "ConstantOfShape" } z && z.IsDefaultDomain)
             return z.GetAttribute("value") is not { Kind: Ir.AttributeKind.Tensor } a || a.AsTensor().ToDoubleArray().All(x => x == 0);
@@ -514,7 +514,7 @@ public sealed class AttentionCoreFusion : IPass
                 continue;
             if (p.OpType is "MatMul" or "Einsum")
             {
-                if (p.Inputs.Count >= 2 && p.Inputs.All(i => i is not null && StaticShapes.ConstantOf(i) is null && Canonicalization.Rewriting.WeightInitializer(i) is null))
+                if (p.Inputs.Count >= 2 && p.Inputs.All(i => i is not null && ConstantValue.Of(i) is null && Canonicalization.Rewriting.WeightInitializer(i) is null))
                     return true;
                 continue;
             }
@@ -552,7 +552,7 @@ public sealed class AttentionCoreFusion : IPass
                 break;
             if (n.OpType is "Mul" or "Div" && ScalarSide(n) is { } side)
             {
-                double c = StaticShapes.ScalarOf(n.Inputs[side])!.Value;
+                double c = ConstantValue.Scalar(n.Inputs[side])!.Value;
                 double f = n.OpType == "Mul" ? c : 1 / c;
                 var data = n.Inputs[1 - side]!;
                 if (!double.IsFinite(f) || f == 0)
@@ -588,9 +588,9 @@ public sealed class AttentionCoreFusion : IPass
 
     private static int? ScalarSide(Node n)
     {
-        if (StaticShapes.ScalarOf(n.Inputs[1]) is not null)
+        if (ConstantValue.Scalar(n.Inputs[1]) is not null)
             return 1;
-        if (n.OpType == "Mul" && StaticShapes.ScalarOf(n.Inputs[0]) is not null)
+        if (n.OpType == "Mul" && ConstantValue.Scalar(n.Inputs[0]) is not null)
             return 0;
         return null;
     }

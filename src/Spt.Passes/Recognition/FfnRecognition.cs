@@ -23,7 +23,7 @@ internal sealed record Linear(Node Node, Value Output, Value Input, Value Weight
         {
             for (int i = 0; i < 2; i++)
             {
-                if (StaticShapes.ConstantOf(n.Inputs[i]) is { Dims.Count: 1 } && n.Inputs[1 - i]?.Producer is { OpType: "MatMul" } mm
+                if (ConstantValue.Of(n.Inputs[i]) is { Dims.Count: 1 } && n.Inputs[1 - i]?.Producer is { OpType: "MatMul" } mm
                     && AtMatMul(mm) is { } lin && lin.Output.Uses.Count == 1)
                     return lin with { Output = y, Bias = n.Inputs[i], Nodes = [mm, n] };
             }
@@ -35,7 +35,7 @@ internal sealed record Linear(Node Node, Value Output, Value Input, Value Weight
             && n.Inputs[1] is { } w && IsConstantWeight(w))
         {
             var bias = n.Inputs.Count > 2 ? n.Inputs[2] : null;
-            if (bias != null && StaticShapes.ConstantOf(bias) is not { Dims.Count: 1 })
+            if (bias != null && ConstantValue.Of(bias) is not { Dims.Count: 1 })
                 return null;
             return new Linear(n, y, n.Inputs[0]!, w, n.GetInt("transB", 0) != 0, bias, [n]);
         }
@@ -46,20 +46,20 @@ internal sealed record Linear(Node Node, Value Output, Value Input, Value Weight
         mm.Inputs[1] is { } w && IsConstantWeight(w) ? new Linear(mm, mm.Outputs[0], mm.Inputs[0]!, w, false, null, [mm]) : null;
 
     private static bool IsConstantWeight(Value w) =>
-        StaticShapes.ConstantOf(w) is { Dims.Count: 2 } || (w.Producer is { OpType: "Transpose" } t && StaticShapes.ConstantOf(t.Inputs[0]) is { Dims.Count: 2 });
+        ConstantValue.Of(w) is { Dims.Count: 2 } || (w.Producer is { OpType: "Transpose" } t && ConstantValue.Of(t.Inputs[0]) is { Dims.Count: 2 });
 
     /// <summary>[in, out] dims of the weight.</summary>
     public (long In, long Out) Dims
     {
         get
         {
-            var t = StaticShapes.ConstantOf(Weight);
+            var t = ConstantValue.Of(Weight);
             long a, b;
             if (t != null)
                 (a, b) = (t.Dims[0], t.Dims[1]);
             else
             {
-                var src = StaticShapes.ConstantOf(Weight.Producer!.Inputs[0])!;
+                var src = ConstantValue.Of(Weight.Producer!.Inputs[0])!;
                 (a, b) = (src.Dims[1], src.Dims[0]);
             }
             return WeightIsOutIn ? (b, a) : (a, b);
@@ -216,7 +216,7 @@ internal static class FfnRecognition
             region.AddRange(pass);
             region.AddRange(fc1f.Nodes);
             var bias = act.Inputs.Count > 1 ? act.Inputs[1] : null;
-            if (bias != null && StaticShapes.ConstantOf(bias) is not { Dims.Count: 1 })
+            if (bias != null && ConstantValue.Of(bias) is not { Dims.Count: 1 })
                 return (null, $"FastGelu '{act.Name}' bias is not a constant vector");
             return Finish(new FfnMatch(fc1f, null, fc2, "gelu_tanh", bias, region), shapes);
         }
@@ -260,7 +260,7 @@ internal static class FfnRecognition
                     return (null, $"hidden value '{o.Name}' of {n.OpType} '{n.Name}' is also used by {user.OpType} '{user.Name}' outside the FFN");
             }
         }
-        if (m.Up?.Bias is not null && !(m.UpCols is not null && m.Fc1Cols is not null && m.Up.Bias is { } ub && StaticShapes.ConstantOf(ub) is { } bt && bt.ToDoubleArray().Skip((int)m.UpCols.Value.Start).Take((int)m.UpCols.Value.Count).All(x => x == 0)))
+        if (m.Up?.Bias is not null && !(m.UpCols is not null && m.Fc1Cols is not null && m.Up.Bias is { } ub && ConstantValue.Of(ub) is { } bt && bt.ToDoubleArray().Skip((int)m.UpCols.Value.Start).Take((int)m.UpCols.Value.Count).All(x => x == 0)))
             return (null, $"the up projection '{m.Up.Node.Name}' of the gated FFN has a bias; RoutedFFN has none for it");
         var (d, dff) = m.Fc1Dims;
         var (dff2, d2) = m.Fc2.Dims;
@@ -366,7 +366,7 @@ internal static class FfnRecognition
         while (stack.Count > 0)
         {
             var v = stack.Pop();
-            if (StaticShapes.ConstantOf(v) is not null)
+            if (ConstantValue.Of(v) is not null)
                 continue;
             var p = v.Producer;
             // A linear layer's output (the bias Add included) is the activation's input, not part of it.
@@ -447,7 +447,7 @@ internal static class ActivationProbe
         if (memo.TryGetValue(v, out var m))
             return m;
         double? r;
-        if (StaticShapes.ConstantOf(v) is { } t)
+        if (ConstantValue.Of(v) is { } t)
         {
             var d = t.ElementType == ElementType.String ? null : t.ToDoubleArray();
             r = d is { Length: > 0 } && d.All(e => e == d[0]) ? d[0] : null;

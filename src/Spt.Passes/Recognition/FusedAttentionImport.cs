@@ -65,7 +65,7 @@ public sealed class FusedAttentionImport : IPass
                 if (Present(node, i))
                     return $"input {i} (past state or attention bias) is not supported";
             }
-            var w = StaticShapes.ConstantOf(node.Inputs[1]);
+            var w = ConstantValue.Of(node.Inputs[1]);
             if (w is null || w.Dims.Count != 2 || w.Dims[1] % 3 != 0)
                 return "packed QKV weight is not a constant [d, 3·hidden]";
             hidden = w.Dims[1] / 3;

@@ -43,7 +43,7 @@ internal static class MaskAnalysis
     {
         if (depth > 16)
             return TriangleKind.Unknown;
-        if (StaticShapes.ConstantOf(v) is { } t)
+        if (ConstantValue.Of(v) is { } t)
             return TriangleOfTensor(t, boolean: true);
         if (v.Producer is not { } n || !n.IsDefaultDomain)
             return TriangleKind.Unknown;
@@ -61,11 +61,11 @@ internal static class MaskAnalysis
                 return SlicesFromOrigin(n, shapes) ? Triangle(n.Inputs[0]!, shapes, depth + 1) : TriangleKind.Unknown;
             case "Trilu":
             {
-                if (StaticShapes.ConstantOf(n.Inputs[0]) is null && n.Inputs[0]?.Producer is not { OpType: "ConstantOfShape" })
+                if (ConstantValue.Of(n.Inputs[0]) is null && n.Inputs[0]?.Producer is not { OpType: "ConstantOfShape" })
                     return TriangleKind.Unknown;
                 if (!AllNonZeroFill(n.Inputs[0]!))
                     return TriangleKind.Unknown;
-                long k = n.Inputs.Count > 1 && n.Inputs[1] is { } kv ? (long)(StaticShapes.ScalarOf(kv) ?? long.MinValue) : 0;
+                long k = n.Inputs.Count > 1 && n.Inputs[1] is { } kv ? (long)(ConstantValue.Scalar(kv) ?? long.MinValue) : 0;
                 bool upper = n.GetInt("upper", 1) != 0;
                 if (!upper && k == 0)
                     return TriangleKind.KeepLower;
@@ -83,7 +83,7 @@ internal static class MaskAnalysis
     {
         if (depth > 16)
             return MaskMeaning.Fail("mask expression too deep");
-        if (StaticShapes.ConstantOf(v) is { } t)
+        if (ConstantValue.Of(v) is { } t)
         {
             return TriangleOfTensor(t, boolean: false) == TriangleKind.MaskedUpper
                 ? new MaskMeaning(true, null, null)
@@ -100,7 +100,7 @@ internal static class MaskAnalysis
             case "Trilu":
             {
                 // triu(full(min), 1): large negatives strictly above the diagonal.
-                long k = n.Inputs.Count > 1 && n.Inputs[1] is { } kv ? (long)(StaticShapes.ScalarOf(kv) ?? long.MinValue) : 0;
+                long k = n.Inputs.Count > 1 && n.Inputs[1] is { } kv ? (long)(ConstantValue.Scalar(kv) ?? long.MinValue) : 0;
                 bool upper = n.GetInt("upper", 1) != 0;
                 if (upper && k == 1 && FillValue(n.Inputs[0]!) is { } fill && fill <= LargeNegative)
                     return new MaskMeaning(true, null, null);
@@ -124,10 +124,10 @@ internal static class MaskAnalysis
                 // (1 - keep) * large_negative, either operand order.
                 for (int i = 0; i < 2; i++)
                 {
-                    if (StaticShapes.ScalarOf(n.Inputs[i]) is { } c && c <= LargeNegative)
+                    if (ConstantValue.Scalar(n.Inputs[i]) is { } c && c <= LargeNegative)
                     {
                         var other = n.Inputs[1 - i]!;
-                        if (other.Producer is { OpType: "Sub" } sub && StaticShapes.ScalarOf(sub.Inputs[0]) == 1.0)
+                        if (other.Producer is { OpType: "Sub" } sub && ConstantValue.Scalar(sub.Inputs[0]) == 1.0)
                         {
                             var keep = PaddingSource(sub.Inputs[1]!, shapes);
                             return keep is null
@@ -215,7 +215,7 @@ internal static class MaskAnalysis
 
     private static double? FillValue(Value v)
     {
-        if (StaticShapes.ConstantOf(v) is { } t)
+        if (ConstantValue.Of(v) is { } t)
         {
             var d = t.ToDoubleArray();
             return d.Length > 0 && d.All(x => x == d[0]) ? d[0] : null;

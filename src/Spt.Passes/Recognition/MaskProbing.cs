@@ -1,4 +1,5 @@
 using Spt.Ir;
+using Spt.Passes.Analysis;
 using Spt.Passes.Canonicalization;
 
 namespace Spt.Passes.Recognition;
@@ -295,7 +296,7 @@ internal static class MaskProbing
         return true;
     }
 
-    private static bool StaticShapesConstant(Value v) => Analysis.StaticShapes.ConstantOf(v) is not null;
+    private static bool StaticShapesConstant(Value v) => Analysis.ConstantValue.Of(v) is not null;
 
     /// <summary>Evaluates mask subgraphs at one probe.</summary>
     private sealed class Evaluator(Probe probe, Value? maskInput, ShapeAnalysis shapes, long opset)
@@ -315,7 +316,7 @@ internal static class MaskProbing
 
         private ConstArray? Compute(Value v)
         {
-            if (Analysis.StaticShapes.ConstantOf(v) is { } t)
+            if (Analysis.ConstantValue.Of(v) is { } t)
             {
                 if (t.ElementCount > MaxElements || !ConstArray.IsSupported(t.ElementType))
                     return Fail($"constant '{v.Name}' is too large or of an unsupported type");

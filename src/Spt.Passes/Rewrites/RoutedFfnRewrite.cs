@@ -89,12 +89,12 @@ public sealed class RoutedFfnRewrite(SptOptions options) : IPass
     // A linear's weight as a row-major [in, out] matrix.
     private static float[] InOutMatrix(Linear lin)
     {
-        var t = StaticShapes.ConstantOf(lin.Weight);
+        var t = ConstantValue.Of(lin.Weight);
         bool transposed = lin.WeightIsOutIn;
         if (t is null)
         {
             // Transpose(W) of a constant W [b, a]: the value read is Wᵀ.
-            t = StaticShapes.ConstantOf(lin.Weight.Producer!.Inputs[0])!;
+            t = ConstantValue.Of(lin.Weight.Producer!.Inputs[0])!;
             transposed = !transposed;
         }
         var data = t.ToFloatArray();
@@ -143,7 +143,7 @@ public sealed class RoutedFfnRewrite(SptOptions options) : IPass
                 Array.Copy(full, i * dout + cols.Start, w, i * cols.Count, cols.Count);
             var weight = editor.AddInitializer(Tensor.Create(graph.UniqueName($"{lin.Weight.Name}/{what}"), w, din, cols.Count));
             Value? bias = null;
-            if (lin.Bias is { } b && StaticShapes.ConstantOf(b) is { } bt)
+            if (lin.Bias is { } b && ConstantValue.Of(b) is { } bt)
                 bias = editor.AddInitializer(Tensor.Create(graph.UniqueName($"{b.Name}/{what}"), bt.ToFloatArray().AsSpan((int)cols.Start, (int)cols.Count).ToArray(), cols.Count));
             return (weight, bias);
         }
