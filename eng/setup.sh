@@ -6,8 +6,9 @@ set -euo pipefail
 
 # Debian packages: native toolchain, oneDNN for the CPU kernels' GEMMs, GoogleTest/Google Benchmark for the native
 # tests and benchmarks, ONNX's backend test data for the IR peer suite, numpy for the GPU check harness test
-# (native/customops/gpu/test_check.py), Open MPI for data-parallel training (mpirun, libmpi.so.40) and its tests.
-packages=(cmake g++ make libdnnl-dev libgtest-dev libbenchmark-dev libonnx-testdata python3-numpy openmpi-bin libopenmpi-dev)
+# (native/customops/gpu/test_check.py), Open MPI for data-parallel training (mpirun, libmpi.so.40) and its tests,
+# a font for the text of `sptc train --plot` (SkiaSharp finds it without fontconfig).
+packages=(cmake g++ make libdnnl-dev libgtest-dev libbenchmark-dev libonnx-testdata python3-numpy openmpi-bin libopenmpi-dev fonts-dejavu-core)
 
 missing=()
 for p in "${packages[@]}"; do

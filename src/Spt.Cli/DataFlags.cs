@@ -58,16 +58,17 @@ internal sealed class DataFlags
     }
 
     /// <summary>What the data file is read for.</summary>
-    public DataRequest Request(ParseResult parse, TextTokenizer? tokenizer, LossKind loss, int? seq, LabelMap? labels, long ignoreIndex) => new()
+    public DataRequest Request(ParseResult parse, TextTokenizer? tokenizer, LossKind loss, int? seq, LabelMap? labels, long ignoreIndex, bool sequenceTargets = false, long padId = 0) => new()
     {
         Tokenizer = tokenizer,
         SequenceLength = seq,
         TextField = parse.GetValue(TextField)!,
         PairField = parse.GetValue(PairField),
         LabelField = parse.GetValue(LabelField)!,
-        Target = loss switch { LossKind.Classify => TargetKind.Class, LossKind.Mse => TargetKind.Float, _ => TargetKind.None },
+        Target = sequenceTargets ? TargetKind.Sequence : loss switch { LossKind.Classify => TargetKind.Class, LossKind.Mse => TargetKind.Float, _ => TargetKind.None },
         Labels = labels,
         IgnoreIndex = ignoreIndex,
+        PadId = padId,
     };
 
     /// <summary>

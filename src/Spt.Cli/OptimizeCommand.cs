@@ -89,7 +89,7 @@ internal static class OptimizeCommand
             table.AddRow(
                 i.ToString(CultureInfo.InvariantCulture),
                 a is null ? "-" : Markup.Escape($"{a.Source} (E={a.HeadDim?.ToString(CultureInfo.InvariantCulture) ?? "?"}, H={a.Heads?.ToString(CultureInfo.InvariantCulture) ?? "?"}{(a.Rotary ? ", rotary" : "")})"),
-                a is null ? "-" : Markup.Escape((a.Causal ? "causal" : "bidirectional") + (a.KeyPaddingMask is { } m ? $" + padding({m})" : "")),
+                a is null ? "-" : Markup.Escape((a.Causal ? "causal" : "bidirectional") + (a.Window > 0 ? $" window {a.Window}" : "") + (a.KeyPaddingMask is { } m ? $" + padding({m})" : "")),
                 a is null ? "-" : a.EffectiveScale.ToString("G4", CultureInfo.InvariantCulture),
                 a is null ? "-" : a.Rewritten ? "[green]sparse[/]" : "[yellow]dense[/]: " + Markup.Escape(a.KeptDenseReason ?? ""),
                 f is null ? "-" : Markup.Escape($"{f.Activation} {f.DModel}->{f.DFf}"),

@@ -34,6 +34,12 @@ internal sealed class OptimizeFlags
 
     public Option<int?> TopK { get; } = new("--topk") { Description = "Keys per query as a count" };
 
+    public Option<int> MinTopK { get; } = new("--min-topk")
+    {
+        Description = "Fewest keys per query --topk-ratio may give (0: no floor; sequences this short attend to every key)",
+        DefaultValueFactory = _ => SptOptions.DefaultMinTopK,
+    };
+
     public Option<int> Blocks { get; } = new("--blocks") { Description = "FFN blocks", DefaultValueFactory = _ => (int)RoutedFfnOps.DefaultNBlocks };
 
     public Option<int> Active { get; } = new("--active") { Description = "Active FFN blocks per token", DefaultValueFactory = _ => (int)RoutedFfnOps.DefaultBlocksPerToken };
@@ -54,7 +60,7 @@ internal sealed class OptimizeFlags
             command.Options.Add(Optimize);
         }
 
-        foreach (var option in new Option[] { Attention, Ffn, Lora, TopKRatio, TopK, Blocks, Active, CodebookSize, CodewordDim, Layers })
+        foreach (var option in new Option[] { Attention, Ffn, Lora, TopKRatio, TopK, MinTopK, Blocks, Active, CodebookSize, CodewordDim, Layers })
         {
             command.Options.Add(option);
         }
@@ -80,6 +86,7 @@ internal sealed class OptimizeFlags
             LoraRank = parse.GetValue(Lora),
             TopKRatio = parse.GetValue(TopKRatio) ?? AttentionOps.DefaultKeysRatio,
             TopK = parse.GetValue(TopK),
+            MinTopK = parse.GetValue(MinTopK),
             Blocks = parse.GetValue(Blocks),
             Active = parse.GetValue(Active),
             CodebookSize = parse.GetValue(CodebookSize),

@@ -25,7 +25,21 @@ internal static class TrainCommand
                 "or JSONL with input_ids (+ attention_mask, labels or label)",
             Required = true,
         };
-        var task = new Option<string>("--task") { Description = "lm (causal language modelling), classify or regress (MSE on a float label)", DefaultValueFactory = _ => "lm" };
+        var task = new Option<string>("--task")
+        {
+            Description = "lm (causal language modelling), seq2seq (an encoder-decoder learns JSONL 'labels' from 'input_ids'), classify or regress (MSE on a float label)",
+            DefaultValueFactory = _ => "lm",
+        };
+        var decoderStart = new Option<long>("--decoder-start-id")
+        {
+            Description = "seq2seq: the token that starts the decoder's inputs (the labels shifted right behind it)",
+            DefaultValueFactory = _ => 0,
+        };
+        var padId = new Option<long>("--pad-id")
+        {
+            Description = "Pre-tokenized JSONL: the id that pads input_ids and a decoder's inputs past its target (text records pad with the tokenizer's)",
+            DefaultValueFactory = _ => 0,
+        };
         var steps = new Option<long>("--steps") { Description = "Optimizer steps", DefaultValueFactory = _ => 100 };
         var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch (under mpirun: the global batch, split evenly over the ranks)", DefaultValueFactory = _ => 8 };
         var seq = new Option<int?>("--seq") { Description = "Sequence length (text: chunk size, default 128; JSONL: default the longest line)" };
@@ -50,11 +64,24 @@ internal static class TrainCommand
         var workDir = new Option<string?>("--work-dir") { Description = "Where the training graphs are compiled (default: CHECKPOINT_DIR/artifact, else a temporary directory)" };
         var frozen = new Option<string?>("--frozen") { Description = "Freeze parameters whose names match this regular expression" };
         var threads = new Option<int>("--threads") { Description = "ORT intra-op threads (0: ORT's default)", DefaultValueFactory = _ => 0 };
+        var codebookInit = new Option<string>("--codebook-init")
+        {
+            Description = "With --optimize: fit the PQ codebooks to the model's queries and keys on the first training batches (data), or keep them N(0, 1) (random)",
+            DefaultValueFactory = _ => "data",
+        };
+        codebookInit.AcceptOnlyFromAmong("data", "random");
+        var plot = new Option<string?>("--plot")
+        {
+            Description = "Draw the loss and metric curves beside --metrics (png, the default, or svg: the metrics file's name with that extension)",
+            Arity = ArgumentArity.ZeroOrOne,
+        };
+        plot.AcceptOnlyFromAmong("png", "svg");
         var optimize = OptimizeFlags.Create();
         var command = new Command("train", "Fine-tune a model on a text or JSONL file with ONNX Runtime")
         {
             model, data, task, steps, batch, seq, lr, warmup, schedule, accumulate, evalEvery, evalFraction, checkpointDir,
             checkpointEvery, keep, resume, seed, metrics, export, device, workDir, frozen, threads, mergeLora, adapter, bestMetric, patience,
+            codebookInit, plot, decoderStart, padId,
         };
         optimize.AddTo(command);
         var dataFlags = DataFlags.Create();
@@ -67,6 +94,13 @@ internal static class TrainCommand
             if (parse.GetValue(resume) && checkpoints is null)
             {
                 throw new CliUsageException("--resume needs --checkpoint-dir");
+            }
+
+            // --plot [png|svg] draws from the metrics file, so it needs one.
+            var plotFormat = parse.GetResult(plot) is null ? null : parse.GetValue(plot) ?? "png";
+            if (plotFormat is not null && parse.GetValue(metrics) is null)
+            {
+                throw new CliUsageException("--plot draws the curves of --metrics: give --metrics FILE too");
             }
 
             var fraction = parse.GetValue(evalFraction);
@@ -96,6 +130,7 @@ internal static class TrainCommand
                 Patience = parse.GetValue(patience),
             };
             options.Validate();
+            var seq2seq = string.Equals(parse.GetValue(task), "seq2seq", StringComparison.OrdinalIgnoreCase);
             var loss = Directory.Exists(modelPath)
                 ? TrainingSetup.Loss(TrainingManifest.Load(modelPath).Loss.Kind)
                 : TrainingSetup.TaskLoss(parse.GetValue(task)!);
@@ -105,7 +140,7 @@ internal static class TrainCommand
             var knownLabels = LabelMap.TryLoad(Directory.Exists(modelPath) ? modelPath
                 : parse.GetValue(workDir) ?? (checkpoints is not null ? Path.Combine(checkpoints, "artifact") : modelPath + ".none"));
             var dataset = DataFiles.Load(parse.GetRequiredValue(data), dataFlags.Request(parse, tokenizer, loss, parse.GetValue(seq),
-                parse.GetValue(resume) ? knownLabels : null, Dataset.DefaultIgnoreIndex));
+                parse.GetValue(resume) ? knownLabels : null, Dataset.DefaultIgnoreIndex, sequenceTargets: seq2seq, padId: parse.GetValue(padId)));
 
             // Before anything is compiled: the checkpoint directory is free, and fresh runs do not mix with old checkpoints
             // (rank 0 owns the directory).
@@ -151,6 +186,11 @@ internal static class TrainCommand
                     : parse.GetValue(workDir)
                     ?? (checkpoints is not null ? Path.Combine(checkpoints, "artifact") : temp = Path.Combine(Path.GetTempPath(), "sptc-train-" + Guid.NewGuid().ToString("N")));
                 using var source = ModelFiles.Load(new FileInfo(modelPath));
+                if (seq2seq && !TrainingCompiler.DataInputsOf(source).Any(i => i.Role == "decoder_input_ids"))
+                {
+                    throw new CliUsageException($"--task seq2seq needs an encoder-decoder: '{modelPath}' has no decoder input (decoder_input_ids)");
+                }
+
                 var sptReport = optimize.Apply(parse, source);
                 if (sptReport is not null)
                 {
@@ -162,10 +202,18 @@ internal static class TrainCommand
                     output.Out.WriteLine(head);
                 }
 
+                if (sptReport is not null && parse.GetValue(codebookInit) == "data"
+                    && CodebookCalibration.Calibrate(source, dataset.Split(fraction).Train, seed: (int)parse.GetValue(seed), threads: parse.GetValue(threads)) is { Count: > 0 } fits)
+                {
+                    output.Out.WriteLine(FormattableString.Invariant(
+                        $"codebooks: {fits.Count} fitted to the queries and keys of the first training batches ({fits[0].Rows:N0} rows each); mean L1 distance to the nearest codeword {fits.Average(f => f.MeanDistanceBefore):0.00} -> {fits.Average(f => f.MeanDistanceAfter):0.00}"));
+                }
+
                 TrainingSetup.Compile(source, artifact, new TrainingOptions
                 {
                     Loss = loss,
                     FrozenPattern = parse.GetValue(frozen),
+                    DecoderStartId = parse.GetValue(decoderStart),
                     SourceName = Path.GetFileName(modelPath),
                 });
                 dataset.Labels?.Save(artifact);
@@ -175,7 +223,8 @@ internal static class TrainCommand
             {
                 var primary = ranks is not { IsPrimary: false };
                 return Train(output, artifact, dataset, fraction, ranks?.Configure(output, options) ?? options, parse.GetValue(resume),
-                    primary ? parse.GetValue(export) : null, primary && parse.GetValue(mergeLora), primary ? parse.GetValue(adapter) : null);
+                    primary ? parse.GetValue(export) : null, primary && parse.GetValue(mergeLora), primary ? parse.GetValue(adapter) : null,
+                    primary ? plotFormat : null, Path.GetFileName(modelPath));
             }
             finally
             {
@@ -190,7 +239,7 @@ internal static class TrainCommand
     }
 
     private static int Train(CliContext context, string artifact, Dataset data, double evalFraction,
-        TrainerOptions options, bool resume, string? export, bool mergeLora = false, string? adapter = null)
+        TrainerOptions options, bool resume, string? export, bool mergeLora = false, string? adapter = null, string? plotFormat = null, string? modelName = null)
     {
         if (mergeLora && export is null)
         {
@@ -215,6 +264,13 @@ internal static class TrainCommand
         using (Interrupts.Graceful())
         {
             result = RunWithProgress(context, trainer, options);
+        }
+
+        if (plotFormat is not null && options.MetricsPath is { } metricsPath && File.Exists(metricsPath))
+        {
+            var plotPath = MetricsPlot.PathFor(metricsPath, plotFormat);
+            var drawn = MetricsPlot.Write(metricsPath, plotPath, plotFormat, $"sptc train {modelName}".TrimEnd());
+            context.Out.WriteLine($"plot: {plotPath} ({string.Join(", ", drawn.Select(s => s.Name))})");
         }
 
         if (Interrupts.Received is { } signal)

@@ -69,13 +69,13 @@ internal static class TrainingSetup
         return top;
     }
 
-    /// <summary>Parses --task lm|classify into the compiler's loss.</summary>
+    /// <summary>Parses --task lm|seq2seq|classify|regress into the compiler's loss (seq2seq: token cross-entropy on the decoder's logits).</summary>
     public static LossKind TaskLoss(string task) => task.ToLowerInvariant() switch
     {
-        "lm" or "causal_lm" => LossKind.CausalLm,
+        "lm" or "causal_lm" or "seq2seq" => LossKind.CausalLm,
         "classify" => LossKind.Classify,
         "regress" or "regression" => LossKind.Mse,
-        _ => throw new CliUsageException($"--task must be lm, classify or regress, got '{task}'"),
+        _ => throw new CliUsageException($"--task must be lm, seq2seq, classify or regress, got '{task}'"),
     };
 
     /// <summary>Parses --loss causal_lm|classify|mse.</summary>

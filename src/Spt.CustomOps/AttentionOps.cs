@@ -25,6 +25,12 @@ public static class AttentionOps
     /// <summary>Attribute <c>clamp</c> of SparseAttention(Grad).</summary>
     public const string ClampAttr = "clamp";
 
+    /// <summary>Attribute <c>window</c> of PQTopK, SparseAttention and SparseAttentionGrad: a sliding window (0 = off).</summary>
+    public const string WindowAttr = "window";
+
+    /// <summary>Default of <see cref="WindowAttr"/>: no sliding window.</summary>
+    public const long DefaultWindow = 0;
+
     /// <summary>Attribute <c>mode</c> of PQTopK.</summary>
     public const string ModeAttr = "mode";
 
@@ -33,6 +39,12 @@ public static class AttentionOps
 
     /// <summary>Attribute <c>keys_ratio</c> of PQTopK: keys per query as a fraction of Sk.</summary>
     public const string KeysRatioAttr = "keys_ratio";
+
+    /// <summary>
+    /// Attribute <c>min_keys_per_query</c> of PQTopK: the fewest keys per query <see cref="KeysRatioAttr"/> may give
+    /// (0 = no floor); clamped to Sk, ignored with <see cref="KeysPerQueryAttr"/>.
+    /// </summary>
+    public const string MinKeysPerQueryAttr = "min_keys_per_query";
 
     /// <summary>Attribute <c>metric</c> of PQEncode.</summary>
     public const string MetricAttr = "metric";
@@ -81,6 +93,12 @@ public static class AttentionOps
         CausalAttr, DefaultCausal,
         "1: key j is visible to query i iff j <= i + Sk - Sq (j <= i when Sq == Sk); 0: no causal mask.");
 
+    private static readonly AttributeSpec Window = new(
+        WindowAttr, AttributeKind.Int, DefaultWindow,
+        "Sliding window: > 0 also hides keys j < pos - window + 1 (and, when not causal, j > pos + window - 1), " +
+        "pos = i + Sk - Sq the query's aligned key position; 0 = off.",
+        v => (long)v >= 0 ? null : "must be >= 0 (0 = off)") { Rejected = [-1L] };
+
     private static readonly AttributeSpec Scale = new(
         ScaleAttr, AttributeKind.Float, DefaultScale, "Logit scale; 0 means 1/sqrt(E).",
         v => float.IsFinite((float)v) ? null : "must be finite") { Rejected = [float.NaN, float.PositiveInfinity] };
@@ -117,7 +135,7 @@ public static class AttentionOps
         "highest bucket then earliest key first; slots a class cannot fill go to the best remaining keys of any " +
         "class (deterministic, no race). key_padding_mask is a keep-mask: 0/false = padded (never selected), any " +
         "nonzero value = keep, for bool, integer and float masks alike. L = keys_per_query if keys_per_query > 0, " +
-        "else max(1, ceil(keys_ratio * Sk)); L is clamped to Sk.",
+        "else max(1, min_keys_per_query, ceil(keys_ratio * Sk)); L is clamped to Sk.",
         [
             new("codes_q", "[B, H, Sq, M] query codes.", Int32Only),
             new("codes_k", "[B, Hkv, Sk, M] key codes (H % Hkv == 0; query head h uses key head h / (H / Hkv)).", Int32Only),
@@ -131,6 +149,9 @@ public static class AttentionOps
                 v => (long)v >= 0 ? null : "must be >= 0 (0 = use keys_ratio)") { Rejected = [-1L] },
             new(KeysRatioAttr, AttributeKind.Float, DefaultKeysRatio, "Keys per query as a fraction of Sk (default S/8).",
                 v => (float)v > 0 && (float)v <= 1 ? null : "must be in (0, 1]") { Rejected = [0f, 1.5f, -0.5f] },
+            new(MinKeysPerQueryAttr, AttributeKind.Int, 0L, "Fewest keys per query keys_ratio may give (0 = no floor); clamped to Sk, ignored with keys_per_query.",
+                v => (long)v >= 0 ? null : "must be >= 0 (0 = no floor)") { Rejected = [-1L] },
+            Window,
         ],
         ctx =>
         {
@@ -150,7 +171,7 @@ public static class AttentionOps
             }
 
             var l = k is not null && k[2].Value is { } sk
-                ? new Dim(KeysPerQuery(ctx.Int(KeysPerQueryAttr), ctx.Float(KeysRatioAttr), sk))
+                ? new Dim(KeysPerQuery(ctx.Int(KeysPerQueryAttr), ctx.Float(KeysRatioAttr), sk, ctx.Int(MinKeysPerQueryAttr)))
                 : Dim.Unknown;
             return [new TensorType(ElementType.Int32, [q[0], q[1], q[2], l])];
         });
@@ -175,7 +196,7 @@ public static class AttentionOps
             new("Y", "[B, H, Sq, Ev] attention output.", FloatOnly),
             new("P", "[B, H, Sq, L] probabilities, saved for SparseAttentionGrad.", FloatOnly),
         ],
-        [Scale, Clamp, Causal],
+        [Scale, Clamp, Causal, Window],
         ctx =>
         {
             var (q, v, idx) = AttentionShapes(ctx, 0, 4);
@@ -209,7 +230,7 @@ public static class AttentionOps
             new("dK", "[B, Hkv, Sk, E] (summed over each kv head's query heads)", FloatOnly),
             new("dV", "[B, Hkv, Sk, Ev] (summed over each kv head's query heads)", FloatOnly),
         ],
-        [Scale, Clamp, Causal],
+        [Scale, Clamp, Causal, Window],
         ctx =>
         {
             var (q, v, idx) = AttentionShapes(ctx, 1, 6);
@@ -281,10 +302,10 @@ public static class AttentionOps
     public static IReadOnlyList<OpSchema> All { get; } =
         [PQEncode, PQTopK, SparseAttention, SparseAttentionGrad, PQLoss, PQLossGrad];
 
-    /// <summary>Keys per query: <paramref name="count"/> when positive, else max(1, ceil(ratio * Sk)); clamped to Sk.</summary>
-    public static long KeysPerQuery(long count, float ratio, long sk)
+    /// <summary>Keys per query: <paramref name="count"/> when positive, else max(1, minKeys, ceil(ratio * Sk)); clamped to Sk.</summary>
+    public static long KeysPerQuery(long count, float ratio, long sk, long minKeys = 0)
     {
-        var l = count > 0 ? count : Math.Max(1L, (long)Math.Ceiling((double)ratio * sk));
+        var l = count > 0 ? count : Math.Max(Math.Max(1L, minKeys), (long)Math.Ceiling((double)ratio * sk));
         return Math.Max(Math.Min(l, sk), sk > 0 ? 1 : 0);
     }
 

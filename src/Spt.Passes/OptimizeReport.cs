@@ -104,6 +104,8 @@ public sealed class OptimizeReport
                     ["out_projection"] = a.OutProjection,
                     ["rotary"] = a.Rotary,
                     ["causal"] = a.Causal,
+                    ["window"] = a.Window,
+                    ["kv_heads"] = a.KvHeads,
                     ["key_padding_mask"] = a.KeyPaddingMask,
                     ["effective_scale"] = a.EffectiveScale,
                     ["op_scale"] = a.OpScale,

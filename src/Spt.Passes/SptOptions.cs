@@ -41,8 +41,19 @@ public sealed record SptOptions
     /// <summary>Keys per query as a fraction of the sequence (used when <see cref="TopK"/> is null).</summary>
     public double TopKRatio { get; init; } = AttentionOps.DefaultKeysRatio;
 
-    /// <summary>Keys per query as a count (overrides <see cref="TopKRatio"/>).</summary>
+    /// <summary>Keys per query as a count (overrides <see cref="TopKRatio"/> and <see cref="MinTopK"/>).</summary>
     public int? TopK { get; init; }
+
+    /// <summary>The default of <see cref="MinTopK"/>.</summary>
+    public const int DefaultMinTopK = 16;
+
+    /// <summary>
+    /// Fewest keys per query the ratio may give (PQTopK's <c>min_keys_per_query</c>; clamped to the sequence, so sequences of
+    /// at most this many tokens attend to every key). SPT's S/8 was chosen for S = 512 (64 keys); on short inputs it
+    /// leaves a query two or three keys, and fine-tuning a pretrained encoder through that does not recover (MiniLM
+    /// on 12-token texts stays at chance; README). 0 = no floor, the reference's behaviour.
+    /// </summary>
+    public int MinTopK { get; init; } = DefaultMinTopK;
 
     /// <summary>Codewords per subspace C.</summary>
     public int CodebookSize { get; init; } = 16;
@@ -101,6 +112,8 @@ public sealed record SptOptions
             throw new ArgumentException($"top-k ratio {problem}; got {TopKRatio}");
         if (TopK is <= 0)
             throw new ArgumentException($"top-k must be positive; got {TopK}");
+        if (MinTopK < 0)
+            throw new ArgumentException($"the key floor (min top-k) must be >= 0; got {MinTopK}");
         if (CodebookSize < 1 || CodewordDim < 1)
             throw new ArgumentException("codebook size and codeword dim must be positive");
         if (Blocks < 1 || Active < 1 || Active > Blocks)

@@ -57,7 +57,7 @@ public sealed class FineTuneCommandTests : IDisposable
         var metrics = _dir.File("m.jsonl");
         var (code, stdout, stderr) = CliRunner.Run("train", Bert, "--data", Csv(), "--tokenizer", Vocab(), "--task", "classify",
             "--steps", "60", "--batch", "8", "--lr", "3e-3", "--seq", "16", "--eval-every", "30", "--eval-fraction", "0.2",
-            "--metrics", metrics, "--export", export, "--seed", "2", "--best-metric", "macro_f1", "--checkpoint-dir", _dir.File("ck"));
+            "--metrics", metrics, "--export", export, "--seed", "2", "--best-metric", "macro_f1", "--checkpoint-dir", _dir.File("ck"), "--plot");
         Assert.True(code == 0, stderr);
         Assert.Contains("tokenizer: WordPiece vocab.txt (39 tokens, lower-cased)", stdout);
         Assert.Contains("head: added a 3-output head on 'last_hidden_state' (cls pooling, width 32)", stdout);
@@ -70,6 +70,19 @@ public sealed class FineTuneCommandTests : IDisposable
         var bestF1 = evals.Max(l => l["eval_macro_f1"]!.GetValue<double>());
         Assert.Contains(FormattableString.Invariant($"best: macro_f1 {bestF1:0.0000}"), stdout);
         Assert.True(File.Exists(_dir.File("ck/best/state.onnx")));
+
+        // --plot: m.png beside m.jsonl, a 900x540 PNG with the four curves in ScottPlot's first four palette colours.
+        var plot = _dir.File("m.png");
+        Assert.Contains($"plot: {plot} (loss, eval_loss, eval_accuracy, eval_macro_f1)", stdout);
+        Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], File.ReadAllBytes(plot)[..4]);
+        using (var image = SkiaSharp.SKBitmap.Decode(plot))
+        {
+            Assert.Equal((900, 540), (image.Width, image.Height));
+            var colours = image.Pixels.GroupBy(c => (c.Red, c.Green, c.Blue)).ToDictionary(g => g.Key, g => g.Count());
+            foreach (var series in new[] { (0x1f, 0x77, 0xb4), (0xff, 0x7f, 0x0e), (0x2c, 0xa0, 0x2c), (0xd6, 0x27, 0x28) })
+                Assert.True(colours.GetValueOrDefault(((byte)series.Item1, (byte)series.Item2, (byte)series.Item3)) > 10, $"no curve drawn in {series}");
+            Assert.Equal(0, colours.GetValueOrDefault(((byte)0x94, (byte)0x67, (byte)0xbd)));  // no fifth series
+        }
 
         using (var model = Model.Load(export))
         {
@@ -132,6 +145,48 @@ public sealed class FineTuneCommandTests : IDisposable
         var b = Logits(_dir.File("merged.onnx"));
         Assert.Equal(a.Length, b.Length);
         Assert.True(a.Zip(b).Max(p => Math.Abs(p.First - p.Second)) < 1e-4, "merged logits differ from the unmerged model's by more than 1e-4");
+    }
+
+    /// <summary>An LM run plots to SVG: the training loss, the eval loss and the eval perplexity (right axis), by name.</summary>
+    [Fact]
+    public void Plot_svg_names_the_lm_curves()
+    {
+        var data = _dir.File("lm.jsonl");
+        var rng = new Random(4);
+        File.WriteAllLines(data, Enumerable.Range(0, 24).Select(_ => "{\"input_ids\": [" + string.Join(", ", Enumerable.Range(0, 12).Select(_ => rng.Next(64))) + "]}"));
+        var metrics = _dir.File("lm.metrics.jsonl");
+        var (code, stdout, stderr) = CliRunner.Run("train", CliRunner.Fixture("gpt2_op17.onnx"), "--data", data, "--steps", "4", "--batch", "4",
+            "--eval-every", "2", "--eval-fraction", "0.25", "--metrics", metrics, "--plot", "svg");
+        Assert.True(code == 0, stderr);
+        var plot = _dir.File("lm.metrics.svg");
+        Assert.Contains($"plot: {plot} (loss, eval_loss, eval_perplexity)", stdout);
+        var svg = System.Xml.Linq.XDocument.Load(plot);
+        System.Xml.Linq.XNamespace ns = "http://www.w3.org/2000/svg";
+        var texts = svg.Descendants(ns + "text").Select(t => t.Value.Trim()).ToList();
+        Assert.Contains("loss", texts);
+        Assert.Contains("eval_loss", texts);
+        Assert.Contains("eval_perplexity", texts);
+        Assert.Contains("step", texts);
+        Assert.DoesNotContain("eval_accuracy", texts);
+    }
+
+    [Fact]
+    public void Plot_without_metrics_is_one_line_and_exit_2()
+    {
+        var (code, _, stderr) = CliRunner.Run("train", Bert, "--data", Csv(8), "--tokenizer", Vocab(), "--task", "classify", "--steps", "1", "--plot");
+        Assert.Equal(2, code);
+        Assert.Equal("sptc: error: --plot draws the curves of --metrics: give --metrics FILE too", stderr.Trim());
+    }
+
+    [Fact]
+    public void A_file_that_is_no_tokenizer_is_one_line_and_exit_2()
+    {
+        var junk = _dir.File("weights.bin");
+        File.WriteAllBytes(junk, [.. Enumerable.Range(0, 256).Select(i => (byte)(255 - i))]);
+        var (code, _, stderr) = CliRunner.Run("train", Bert, "--data", Csv(8), "--tokenizer", junk, "--task", "classify", "--steps", "1");
+        Assert.Equal(2, code);
+        Assert.Single(stderr.Trim().Split('\n'));
+        Assert.StartsWith($"sptc: error: '{junk}' is not a tokenizer file sptc knows", stderr);
     }
 
     [Theory]

@@ -172,6 +172,28 @@ public class AttentionOpsTests
         Assert.Equal(TopKReference(cq, ck, maskKind == "none" ? null : keep, b, h, sq, sk, m, l, causal), result[0].I32);
     }
 
+    [Theory]
+    [InlineData(5L, 5)]    // the floor beats ceil(12 / 8) = 2
+    [InlineData(20L, 12)]  // a floor above Sk keeps every key
+    [InlineData(1L, 2)]    // a floor below the ratio changes nothing
+    public void PQTopK_MinTopKFloorsTheRatio(long minTopK, int expectedL)
+    {
+        const int b = 2, h = 2, sq = 12, sk = 12, m = 4;
+        var rng = new Random(11);
+        var cq = Enumerable.Range(0, b * h * sq * m).Select(_ => rng.Next(3)).ToArray();
+        var ck = Enumerable.Range(0, b * h * sk * m).Select(_ => rng.Next(3)).ToArray();
+        var keep = Enumerable.Range(0, b * sk).Select(i => i % sk < 10).ToArray();  // the last 2 keys are padding
+        Assert.Equal(expectedL, (int)AttentionOps.KeysPerQuery(0, 0.125f, sk, minTopK));
+        var attributes = new Dictionary<string, object> { ["causal"] = 0L, ["mode"] = "exact", ["min_keys_per_query"] = minTopK };
+        using var model = new AttentionTestModel("PQTopK",
+            [("codes_q", I, Dims(b, h, sq, m)), ("codes_k", I, Dims(b, h, sk, m)), ("mask", (int)ElementType.Bool, Dims(b, sk))],
+            [("indices", I)], attributes);
+        Assert.Equal([[b, h, sq, expectedL]], model.OutputShapes());
+        var result = model.Run(I32(cq, b, h, sq, m), I32(ck, b, h, sk, m), Bool(keep, b, sk));
+        Assert.Equal([b, h, sq, expectedL], result[0].Shape);
+        Assert.Equal(TopKReference(cq, ck, keep, b, h, sq, sk, m, expectedL, false), result[0].I32);
+    }
+
     // ------------------------------------------------------------------ SparseAttention
 
     // Dense attention in double over all Sk keys; keep[b, j] false or bias <= -1e30 excludes key j.

@@ -39,7 +39,13 @@ public class AttentionSchemaTests
         Assert.Equal("i32[1,12,5,9]", out2[0]!.ToString());  // clamped to Sk
         Assert.Throws<OpContractException>(() => AttentionOps.PQTopK.InferTypes([T(I, 1, 12, 5, 8), T(I, 1, 12, 9, 4)]));
         Assert.Throws<OpContractException>(() => AttentionOps.PQTopK.InferTypes([T(I, 1, 12, 5, 8), T(I, 1, 12, 9, 8), T(F, 1, 8)]));
-        foreach (var (name, value) in new (string, object)[] { ("mode", "bucketed_ref"), ("keys_per_query", -1L), ("keys_ratio", 0f), ("causal", 2L) })
+        var floor = new Dictionary<string, object> { ["min_keys_per_query"] = 16L };
+        Assert.Equal("i32[1,12,20,16]", AttentionOps.PQTopK.InferTypes([T(I, 1, 12, 20, 8), T(I, 1, 12, 20, 8)], floor)[0]!.ToString());  // ceil(20 / 8) = 3 raised to the floor
+        Assert.Equal("i32[1,12,9,9]", AttentionOps.PQTopK.InferTypes([T(I, 1, 12, 9, 8), T(I, 1, 12, 9, 8)], floor)[0]!.ToString());  // the floor is clamped to Sk
+        Assert.Equal("i32[1,12,512,64]", AttentionOps.PQTopK.InferTypes([T(I, 1, 12, 512, 8), T(I, 1, 12, 512, 8)], floor)[0]!.ToString());  // long inputs keep S/8
+        Assert.Equal("i32[1,12,20,4]", AttentionOps.PQTopK.InferTypes([T(I, 1, 12, 20, 8), T(I, 1, 12, 20, 8)],
+            new Dictionary<string, object> { ["min_keys_per_query"] = 16L, ["keys_per_query"] = 4L })[0]!.ToString());  // a count is not floored
+        foreach (var (name, value) in new (string, object)[] { ("mode", "bucketed_ref"), ("keys_per_query", -1L), ("keys_ratio", 0f), ("causal", 2L), ("min_keys_per_query", -1L) })
         {
             var error = Assert.Throws<OpContractException>(() =>
                 AttentionOps.PQTopK.InferTypes([T(I, 1, 1, 4, 8), T(I, 1, 1, 4, 8)], new Dictionary<string, object> { [name] = value }));

@@ -54,6 +54,11 @@ public class FixtureRecognitionTests(ITestOutputHelper output)
             long headDim = entry.GetProperty("d_model").GetInt64() / entry.GetProperty("heads").GetInt64();
             long fitted = Enumerable.Range(1, 8).Last(dc => headDim % dc == 0);
             Assert.All(report.Attention, a => Assert.Equal(fitted, a.CodewordDim));
+            if (entry.TryGetProperty("rotary", out _))
+                Assert.All(report.Attention, a => Assert.True(a.Rotary, $"layer {a.Layer}: rotary not seen"));
+            long window = entry.TryGetProperty("attention_window", out var w) ? w.GetInt64() : 0;
+            Assert.All(report.Attention, a => Assert.Equal(window, a.Window));
+            Assert.All(model.Graph.Nodes.Where(n => n.OpType is "PQTopK" or "SparseAttention"), n => Assert.Equal(window, n.GetInt("window", 0)));
             bool causal = entry.GetProperty("causal").GetBoolean();
             Assert.All(report.Attention, a => Assert.Equal(causal, a.Causal));
             string mask = entry.GetProperty("attention_mask").GetString()!;

@@ -7,7 +7,7 @@ using Xunit.Abstractions;
 namespace Spt.Passes.Tests;
 
 /// <summary>
-/// The recognition-zoo fixtures (manifest <c>suite: recognition</c>) past the exact proof: the sparse rewrite (default
+/// The recognition-zoo fixtures (manifest <c>suite: recognition</c>, and the sliding-window mask) past the exact proof: the sparse rewrite (default
 /// options, LoRA 4) runs in ORT with finite outputs, and a few AdamW steps of its training graphs on one batch lower
 /// the loss (causal LM on logits, MSE to a fixed target on hidden states).
 /// </summary>
@@ -18,7 +18,8 @@ public class FixtureSparseTrainingTests(ITestOutputHelper output)
         var data = new TheoryData<string>();
         foreach (var file in Fixtures.Names)
         {
-            if (Fixtures.Entry(file).TryGetProperty("suite", out var suite) && suite.GetString() == "recognition")
+            var entry = Fixtures.Entry(file);
+            if ((entry.TryGetProperty("suite", out var suite) && suite.GetString() == "recognition") || entry.TryGetProperty("attention_window", out _))
                 data.Add(file);
         }
         return data;

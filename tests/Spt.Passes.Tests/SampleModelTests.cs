@@ -31,6 +31,20 @@ public class SampleModelTests
         Assert.Equal(layers, TestSupport.Count(model, "RoutedFFN"));
     }
 
+    [Theory]
+    [InlineData(null, 16, 16L)]   // the default floor
+    [InlineData(null, 0, null)]   // no floor: the reference's S/8 alone
+    [InlineData(4, 16, null)]     // an explicit count is not floored
+    public void TheKeyFloorReachesEveryPQTopK(int? topK, int minTopK, long? expected)
+    {
+        using var model = SampleModels.TinyDecoder(new SampleDecoderConfig(2, 32, 2, 64));
+        SptOptimizer.Optimize(model, new SptOptions { TopK = topK, MinTopK = minTopK });
+        var topks = model.Graph.Nodes.Where(n => n.OpType == "PQTopK").ToList();
+        Assert.Equal(2, topks.Count);
+        Assert.All(topks, n => Assert.Equal(expected, n.Attributes.Any(a => a.Name == "min_keys_per_query") ? n.GetInt("min_keys_per_query", -1) : null));
+        Assert.All(topks, n => Assert.Equal(topK is null, n.Attributes.Any(a => a.Name == "keys_ratio")));
+    }
+
     [Fact]
     public void ExactRewriteOfTheSampleMatchesTheDenseModel()
     {

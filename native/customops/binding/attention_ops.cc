@@ -250,7 +250,9 @@ struct PQTopKKernel {
       : mode_(cpu::ParseTopKMode(ReadOneOf("PQTopK", attrs, attr::kMode, defaults::kMode, {"exact", "bucketed"}))),
         causal_(ReadFlag("PQTopK", attrs, attr::kCausal, defaults::kCausal)),
         top_k_(ReadAtLeast("PQTopK", attrs, attr::kKeysPerQuery, defaults::kKeysPerQuery, 0, "0 = use keys_ratio")),
-        ratio_(ReadFloat("PQTopK", attrs, attr::kKeysRatio, defaults::kKeysRatio)) {
+        ratio_(ReadFloat("PQTopK", attrs, attr::kKeysRatio, defaults::kKeysRatio)),
+        min_keys_(ReadAtLeast("PQTopK", attrs, attr::kMinKeysPerQuery, defaults::kMinKeysPerQuery, 0, "0 = no floor")),
+        window_(ReadAtLeast("PQTopK", attrs, attr::kWindow, defaults::kWindow, 0, "0 = off")) {
     // The ratio is checked even when keys_per_query overrides it, as the schema does.
     if (!(ratio_ > 0.f && ratio_ <= 1.f)) FailAttr("PQTopK", attr::kKeysRatio, "must be in (0, 1]; got " + std::to_string(ratio_));
   }
@@ -264,15 +266,15 @@ struct PQTopKKernel {
         FailMaskType("PQTopK", "bool/int8/uint8/int32/int64/float32 (nonzero = keep, 0 = padded)", mask.type);
       }
       cpu::PQTopKDims d = cpu::CheckPQTopKInputs(q.shape, k.shape, mask.present() ? &mask.shape : nullptr);
-      d.L = cpu::ResolveTopK(top_k_, ratio_, d.Sk);
+      d.L = cpu::ResolveTopK(top_k_, ratio_, d.Sk, min_keys_);
       std::vector<uint8_t> keep;
       if (mask.present()) {
         keep.resize(static_cast<std::size_t>(d.B * d.Sk));
         for (std::size_t e = 0; e < keep.size(); ++e) keep[e] = KeepAt(mask, e);
       }
       int32_t* out = Output<int32_t>(ctx, 0, {d.B, d.H, d.Sq, d.L});
-      cpu::PQTopK(d, mode_, causal_, q.data<int32_t>(), k.data<int32_t>(), keep.empty() ? nullptr : keep.data(), out,
-                  OrtParallel(ctx));
+      cpu::PQTopK(d, mode_, causal_, window_, q.data<int32_t>(), k.data<int32_t>(), keep.empty() ? nullptr : keep.data(),
+                  out, OrtParallel(ctx));
     });
   }
 
@@ -280,12 +282,16 @@ struct PQTopKKernel {
   bool causal() const { return causal_; }
   int64_t top_k() const { return top_k_; }
   float ratio() const { return ratio_; }
+  int64_t min_keys() const { return min_keys_; }
+  int64_t window() const { return window_; }
 
  private:
   cpu::TopKMode mode_;
   bool causal_;
   int64_t top_k_;
   float ratio_;
+  int64_t min_keys_;
+  int64_t window_;
 };
 
 struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
@@ -302,7 +308,7 @@ struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
     if (k.size() != 4) return;
     InferHeadGroups("PQTopK", "codes_k", q[1], k[1]);
     InferExpect("PQTopK", "key_padding_mask", m, {&q[0], &k[2]}, "[B, Sk]");
-    Dim l = Known(k[2]) ? Dim(cpu::ResolveTopK(parsed.top_k(), parsed.ratio(), k[2].AsInt())) : Dim(int64_t{-1});
+    Dim l = Known(k[2]) ? Dim(cpu::ResolveTopK(parsed.top_k(), parsed.ratio(), k[2].AsInt(), parsed.min_keys())) : Dim(int64_t{-1});
     SetShape(ctx, 0, {q[0], q[1], q[2], l}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
   }
 };
@@ -312,14 +318,22 @@ struct PQTopKOp : SptOp<PQTopKOp, PQTopKKernel> {
 struct AttentionAttributes {
   double scale, clamp;
   bool causal;
+  int64_t window;
   AttentionAttributes(const AttrSource& attrs, const char* op)
       : scale(ReadFloat(op, attrs, attr::kScale, defaults::kScale)),
         clamp(ReadFloat(op, attrs, attr::kClamp, defaults::kClamp)),
-        causal(ReadFlag(op, attrs, attr::kCausal, defaults::kCausal)) {
+        causal(ReadFlag(op, attrs, attr::kCausal, defaults::kCausal)),
+        window(ReadAtLeast(op, attrs, attr::kWindow, defaults::kWindow, 0, "0 = off")) {
     if (!std::isfinite(clamp) || clamp < 0) {
       FailAttr(op, attr::kClamp, "must be finite and >= 0 (0 = off); got " + std::to_string(clamp));
     }
     if (!std::isfinite(scale)) FailAttr(op, attr::kScale, "must be finite (0 = 1/sqrt(E)); got " + std::to_string(scale));
+  }
+  // The resolved parameters for head dim e.
+  cpu::SparseAttentionParams Resolve(const char* op, int64_t e) const {
+    auto p = cpu::ResolveSparseAttentionParams(op, scale, clamp, causal, e);
+    p.window = window;
+    return p;
   }
 };
 
@@ -336,7 +350,7 @@ struct SparseAttentionKernel {
       const Input mask = GetInput(ctx, 4);
       const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
                                                      mask.present() ? &mask.shape : nullptr);
-      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      const auto p = attrs_.Resolve(op, d.E);
       std::vector<float> converted;
       const float* bias = AdditiveMask(op, mask, converted);
       cpu::CheckSparseAttentionIndices(op, d, idx.data<int32_t>());
@@ -401,7 +415,7 @@ struct SparseAttentionGradKernel {
       const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
                                                      mask.present() ? &mask.shape : nullptr);
       cpu::CheckSparseAttentionGradInputs(d, dy.shape, probs.shape);
-      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      const auto p = attrs_.Resolve(op, d.E);
       // The mask's effect is already in P (masked slots have P = 0); it is only type- and shape-checked here.
       std::vector<float> converted;
       AdditiveMask(op, mask, converted);
@@ -603,7 +617,7 @@ struct PQTopKCudaKernel : PQTopKKernel {
       const Input k = RequireDeviceInput(ctx, 1, "PQTopK", "codes_k", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
       const Input mask = GetInput(ctx, 2);
       cpu::PQTopKDims d = cpu::CheckPQTopKInputs(q.shape, k.shape, mask.present() ? &mask.shape : nullptr);
-      d.L = cpu::ResolveTopK(top_k(), ratio(), d.Sk);
+      d.L = cpu::ResolveTopK(top_k(), ratio(), d.Sk, min_keys());
       CudaScratch scratch(ctx);
       const uint8_t* keep = nullptr;
       if (mask.present()) {
@@ -613,7 +627,7 @@ struct PQTopKCudaKernel : PQTopKKernel {
         keep = buffer;
       }
       int32_t* out = Output<int32_t>(ctx, 0, {d.B, d.H, d.Sq, d.L});
-      cuda::PQTopK(d, mode(), causal(), 0, q.data<int32_t>(), k.data<int32_t>(), keep, out, stream);
+      cuda::PQTopK(d, mode(), causal(), window(), q.data<int32_t>(), k.data<int32_t>(), keep, out, stream);
     });
   }
 };
@@ -639,7 +653,7 @@ struct SparseAttentionCudaKernel {
       const Input mask = GetInput(ctx, 4);
       const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
                                                      mask.present() ? &mask.shape : nullptr);
-      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      const auto p = attrs_.Resolve(op, d.E);
       CudaScratch scratch(ctx);
       const float* bias = DeviceAdditiveMask(op, mask, scratch, stream);
       CheckDeviceIndices(op, d, idx.data<int32_t>(), scratch, stream);
@@ -678,7 +692,7 @@ struct SparseAttentionGradCudaKernel {
       const auto d = cpu::CheckSparseAttentionInputs(op, q.shape, k.shape, v.shape, idx.shape,
                                                      mask.present() ? &mask.shape : nullptr);
       cpu::CheckSparseAttentionGradInputs(d, dy.shape, probs.shape);
-      const auto p = cpu::ResolveSparseAttentionParams(op, attrs_.scale, attrs_.clamp, attrs_.causal, d.E);
+      const auto p = attrs_.Resolve(op, d.E);
       // As on CPU the mask is only checked: its effect is already in P.
       if (mask.present() && mask.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
         DeviceMaskType(op, mask, false, "float32 (additive) or bool/int8/uint8/int32/int64 (1 = keep, 0 = padded)");

@@ -16,8 +16,10 @@ namespace spt::binding {
 namespace attr {
 // PQTopK
 inline constexpr const char* kMode = "mode";
+inline constexpr const char* kWindow = "window";
 inline constexpr const char* kKeysPerQuery = "keys_per_query";
 inline constexpr const char* kKeysRatio = "keys_ratio";
+inline constexpr const char* kMinKeysPerQuery = "min_keys_per_query";
 // PQTopK, SparseAttention(Grad)
 inline constexpr const char* kCausal = "causal";
 // SparseAttention(Grad)
@@ -39,6 +41,8 @@ namespace defaults {
 inline constexpr const char* kMode = "exact";
 inline constexpr int64_t kKeysPerQuery = 0;  // 0: use keys_ratio
 inline constexpr float kKeysRatio = 0.125f;
+inline constexpr int64_t kMinKeysPerQuery = 0;  // 0: no floor
+inline constexpr int64_t kWindow = 0;  // 0: no sliding window
 inline constexpr int64_t kCausal = 1;
 inline constexpr float kScale = 0.0f;  // 0: 1/sqrt(E)
 inline constexpr float kClamp = 10.0f;

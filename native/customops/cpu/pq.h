@@ -40,9 +40,10 @@ enum class TopKMode {
 // Parses the `mode` attribute ("exact" | "bucketed").
 TopKMode ParseTopKMode(const std::string& mode);
 
-// Keys per query (attributes keys_per_query and keys_ratio): top_k when > 0, else max(1, ceil(ratio * Sk));
-// clamped to Sk (and at least 1 when Sk > 0). Rejects top_k < 0 and ratio outside (0, 1].
-int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk);
+// Keys per query (attributes keys_per_query, keys_ratio and min_keys_per_query): top_k when > 0, else
+// max(1, min_keys, ceil(ratio * Sk)); clamped to Sk (and at least 1 when Sk > 0). min_keys keeps a ratio from
+// leaving a short sequence a key or two. Rejects top_k < 0, min_keys < 0 and ratio outside (0, 1].
+int64_t ResolveTopK(int64_t top_k, float ratio, int64_t sk, int64_t min_keys = 0);
 
 struct PQTopKDims {
   int64_t B = 0, H = 0, Sq = 0, Sk = 0, M = 0;
@@ -64,8 +65,15 @@ PQTopKDims CheckPQTopKInputs(const Shape& codes_q, const Shape& codes_k, const S
 // earliest key first (the reference's four workers, without its racy buffer overflow). Slots a class cannot
 // fill (too few eligible keys of its own) go to the best remaining eligible keys of any class by the same
 // order, so a row gets min(L, #eligible) distinct keys.
-void PQTopK(const PQTopKDims& dims, TopKMode mode, bool causal, const int32_t* codes_q, const int32_t* codes_k,
-            const uint8_t* key_keep, int32_t* indices, const Parallel& par);
+//
+// window > 0 (a sliding window) also makes keys j < pos - window + 1 ineligible, and when not causal
+// j > pos + window - 1, with pos = i + Sk - Sq the query's aligned key position; window = 0 is off.
+void PQTopK(const PQTopKDims& dims, TopKMode mode, bool causal, int64_t window, const int32_t* codes_q,
+            const int32_t* codes_k, const uint8_t* key_keep, int32_t* indices, const Parallel& par);
+inline void PQTopK(const PQTopKDims& dims, TopKMode mode, bool causal, const int32_t* codes_q, const int32_t* codes_k,
+                   const uint8_t* key_keep, int32_t* indices, const Parallel& par) {
+  PQTopK(dims, mode, causal, 0, codes_q, codes_k, key_keep, indices, par);
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Codebook loss (spec 2.3). Per row n and subspace m: D_c = ||z - W[m, c]||_1, h = argmin D (ties: lowest),

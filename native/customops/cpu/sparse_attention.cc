@@ -34,9 +34,17 @@ template <typename T>
   for (int64_t d = 0; d < n; ++d) y[d] += alpha * x[d];
 }
 
-// Last key (inclusive) a query row may see under the causal rule, aligned to the end when Sq != Sk.
-inline int64_t CausalLimit(const SparseAttentionDims& d, bool causal, int64_t i) {
-  return causal ? i + d.Sk - d.Sq : d.Sk - 1;
+// Last key (inclusive) a query row may see under the causal rule and the sliding window, aligned to the end when
+// Sq != Sk.
+inline int64_t CausalLimit(const SparseAttentionDims& d, bool causal, int64_t window, int64_t i) {
+  const int64_t pos = i + d.Sk - d.Sq;
+  if (causal) return pos;
+  return window > 0 ? std::min(d.Sk - 1, pos + window - 1) : d.Sk - 1;
+}
+
+// First key a query row may see under the sliding window (0 without one).
+inline int64_t WindowStart(const SparseAttentionDims& d, int64_t window, int64_t i) {
+  return window > 0 ? i + d.Sk - d.Sq - window + 1 : 0;
 }
 
 }  // namespace
@@ -100,6 +108,7 @@ struct Problem {
   const SparseAttentionDims& d;
   T scale, clamp;
   bool causal;
+  int64_t window;
   const T *q, *k, *v, *dy, *p, *key_bias;
   const int32_t* indices;
   T *y, *probs, *ds, *dq, *dk, *dv;
@@ -127,11 +136,12 @@ template <typename T, int64_t kE = 0, int64_t kEv = 0>
     const int32_t* idx = w.indices + row * d.L;
     T* pr = w.probs + row * d.L;  // [L]: logits first (-inf = skipped slot), then probabilities
     T* yr = w.y + row * Ev;
-    const int64_t limit = CausalLimit(d, w.causal, i);
+    const int64_t limit = CausalLimit(d, w.causal, w.window, i);
+    const int64_t first = WindowStart(d, w.window, i);
     T mx = neg_inf;
     for (int64_t t = 0; t < d.L; ++t) {
       const int64_t j = idx[t];
-      if (j < 0 || j > limit || (bias && !(bias[j] > kMaskedBias))) {
+      if (j < 0 || j > limit || j < first || (bias && !(bias[j] > kMaskedBias))) {
         pr[t] = neg_inf;
         continue;
       }
@@ -273,7 +283,7 @@ template <typename T>
 void SparseAttentionForward(const SparseAttentionDims& d, const SparseAttentionParams& params, const T* q,
                             const T* k, const T* v, const int32_t* indices, const T* key_bias, T* y, T* p,
                             const Parallel& par) {
-  const Problem<T> w{d,       static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, q, k, v,
+  const Problem<T> w{d,       static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, params.window, q, k, v,
                      nullptr, nullptr, key_bias, indices, y, p, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                      nullptr};
   const int64_t blocks = CeilDiv(d.Sq, kRowsPerTask);
@@ -324,7 +334,7 @@ void SparseAttentionBackward(const SparseAttentionDims& d, const SparseAttention
   }
 
   std::vector<T> ds(static_cast<std::size_t>(bh_count * d.Sq * d.L));  // [BH, Sq, L]
-  const Problem<T> w{d,  static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, q, k, v, dy, p,
+  const Problem<T> w{d,  static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, params.window, q, k, v, dy, p,
                      nullptr, indices, nullptr, nullptr, ds.data(), dq, dk, dv, offsets.data(), entries.data(),
                      params.clamp > 0 ? key_norm.data() : nullptr};
   const int64_t row_blocks = CeilDiv(d.Sq, kRowsPerTask);

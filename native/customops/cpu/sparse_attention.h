@@ -7,7 +7,8 @@
 //
 // Per row i and slot t with key j = indices[i, t]:
 //   a_t = clamp(scale * <q_i, k_j>, -clamp, clamp) + key_bias[j]      (no clamp when clamp == 0)
-//   slot t is skipped (P = 0) when j == -1, when causal and j > i + Sk - Sq, or when key_bias[j] <= kMaskedBias
+//   slot t is skipped (P = 0) when j == -1, when causal and j > i + Sk - Sq, outside the sliding window (params.window),
+//   or when key_bias[j] <= kMaskedBias
 //   p = softmax over the kept slots (max-subtracted, accumulated in double), y_i = sum_t p_t v_j.
 // A row with no kept slot gets y = 0 and P = 0. Slots are independent entries: indices need not be sorted or
 // unique (a repeated key simply counts twice, as in the reference).
@@ -38,6 +39,9 @@ struct SparseAttentionParams {
   double scale = 0.0;  // 0 = 1/sqrt(E)
   double clamp = 10.0;  // 0 = no clamp
   bool causal = true;
+  // Sliding window: > 0 also hides keys j < pos - window + 1 (and, when not causal, j > pos + window - 1), with
+  // pos = i + Sk - Sq the query's aligned key position. 0 = off.
+  int64_t window = 0;
 };
 
 // Additive mask values at or below this exclude the key outright (like the causal mask and -1 slots):

@@ -71,7 +71,8 @@ __device__ __forceinline__ bool SlotKept(int64_t j, int64_t sk, int64_t limit, c
 }
 
 template <typename T>
-__global__ void ForwardKernel(cpu::SparseAttentionDims d, float scale, float clamp, bool causal, const T* __restrict__ q,
+__global__ void ForwardKernel(cpu::SparseAttentionDims d, float scale, float clamp, bool causal, int64_t window,
+                              const T* __restrict__ q,
                               const T* __restrict__ k, const T* __restrict__ v, const int32_t* __restrict__ indices,
                               const float* __restrict__ key_bias, T* __restrict__ y, T* __restrict__ probs) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -86,14 +87,17 @@ __global__ void ForwardKernel(cpu::SparseAttentionDims d, float scale, float cla
   const T* vb = v + kvh * d.Sk * d.Ev;
   const float* bias = key_bias ? key_bias + (bh / d.H) * d.Sk : nullptr;
   const int32_t* idx = indices + row * d.L;
-  const int64_t limit = causal ? i + d.Sk - d.Sq : d.Sk - 1;
+  // Causal and sliding-window bounds on the keys, aligned to the end when Sq != Sk (as the CPU kernel).
+  const int64_t pos = i + d.Sk - d.Sq;
+  const int64_t limit = causal ? pos : (window > 0 ? (pos + window - 1 < d.Sk - 1 ? pos + window - 1 : d.Sk - 1) : d.Sk - 1);
+  const int64_t first = window > 0 ? pos - window + 1 : 0;
   for (int64_t e = lane; e < d.E; e += kWarp) qs[e] = ToF(q[row * d.E + e]);
   __syncwarp();
   float mx = -INFINITY;
   for (int64_t t = lane; t < d.L; t += kWarp) {
     const int64_t j = idx[t];
     float a = -INFINITY;
-    if (SlotKept(j, d.Sk, limit, bias)) {
+    if (j >= first && SlotKept(j, d.Sk, limit, bias)) {
       a = scale * DotShared(qs, kb + j * d.E, d.E);
       if (clamp > 0.f) a = fminf(fmaxf(a, -clamp), clamp);
       if (bias) a += bias[j];
@@ -349,7 +353,7 @@ void SparseAttentionForward(const cpu::SparseAttentionDims& d, const cpu::Sparse
     using T = decltype(tag);
     AllowShared(ForwardKernel<T>, lay.shared);
     ForwardKernel<T><<<Blocks(rows, lay.warps), lay.warps * kWarp, lay.shared, stream>>>(
-        d, static_cast<float>(p.scale), static_cast<float>(p.clamp), p.causal, static_cast<const T*>(q),
+        d, static_cast<float>(p.scale), static_cast<float>(p.clamp), p.causal, p.window, static_cast<const T*>(q),
         static_cast<const T*>(k), static_cast<const T*>(v), indices, key_bias, static_cast<T*>(y),
         static_cast<T*>(probs));
   });

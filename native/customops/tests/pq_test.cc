@@ -95,8 +95,11 @@ std::vector<uint8_t> RandomKeep(int64_t b, int64_t sk, uint32_t seed) {
   return keep;
 }
 
-bool Eligible(const PQTopKDims& d, bool causal, const std::vector<uint8_t>* keep, int64_t b, int64_t i, int64_t j) {
-  if (causal && j > i + d.Sk - d.Sq) return false;
+bool Eligible(const PQTopKDims& d, bool causal, const std::vector<uint8_t>* keep, int64_t b, int64_t i, int64_t j,
+              int64_t window = 0) {
+  const int64_t pos = i + d.Sk - d.Sq;
+  if (causal && j > pos) return false;
+  if (window > 0 && (j < pos - window + 1 || (!causal && j > pos + window - 1))) return false;
   return !keep || (*keep)[b * d.Sk + j];
 }
 
@@ -109,13 +112,14 @@ int64_t Matches(const PQTopKDims& d, const std::vector<int32_t>& cq, const std::
 
 // Brute force: rank eligible keys by (count desc, key asc), keep L, emit ascending then -1.
 std::vector<int32_t> BruteForceTopK(const PQTopKDims& d, bool causal, const std::vector<int32_t>& cq,
-                                    const std::vector<int32_t>& ck, const std::vector<uint8_t>* keep) {
+                                    const std::vector<int32_t>& ck, const std::vector<uint8_t>* keep,
+                                    int64_t window = 0) {
   std::vector<int32_t> out(d.B * d.H * d.Sq * d.L, -1);
   for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
     for (int64_t i = 0; i < d.Sq; ++i) {
       std::vector<std::pair<int64_t, int64_t>> ranked;  // (-count, j)
       for (int64_t j = 0; j < d.Sk; ++j) {
-        if (Eligible(d, causal, keep, bh / d.H, i, j)) ranked.push_back({-Matches(d, cq, ck, bh, i, j), j});
+        if (Eligible(d, causal, keep, bh / d.H, i, j, window)) ranked.push_back({-Matches(d, cq, ck, bh, i, j), j});
       }
       std::sort(ranked.begin(), ranked.end());
       ranked.resize(std::min<std::size_t>(ranked.size(), d.L));
@@ -200,6 +204,39 @@ TEST(PQTopK, PackedAndUnpackedCodesGiveTheBruteForceSelection) {
           PQTopK(d, TopKMode::kBucketed, causal, cq.data(), ck.data(), mask ? keep.data() : nullptr, bucketed.data(), par);
           EXPECT_EQ(exact, BruteForceTopK(d, causal, cq, ck, mask)) << "M=" << m << " scale=" << scale;
           EXPECT_EQ(bucketed, BruteForceBucketed(d, causal, cq, ck, mask)) << "M=" << m << " scale=" << scale;
+        }
+      }
+    }
+  }
+}
+
+// Sliding window: keys outside [pos - window + 1, pos] (causal) or [pos - window + 1, pos + window - 1] are never
+// selected; the rest is the exact ranking (both modes well formed).
+TEST(PQTopK, SlidingWindowMatchesBruteForceRanking) {
+  const ThreadParallel par(2);
+  for (const auto& tc : test::kTopKCases) {
+    PQTopKDims d = CheckPQTopKInputs({tc.B, tc.H, tc.Sq, tc.M}, {tc.B, tc.Hkv, tc.Sk, tc.M}, nullptr);
+    d.L = tc.L;
+    const auto cq = RandomCodes(tc.B * tc.H * tc.Sq, tc.M, 3, 61);
+    const auto ck = RandomCodes(tc.B * tc.Hkv * tc.Sk, tc.M, 3, 62);
+    const auto keep = RandomKeep(tc.B, tc.Sk, 63);
+    const std::vector<uint8_t>* mask = tc.masked ? &keep : nullptr;
+    for (int64_t window : {int64_t{1}, int64_t{3}, tc.Sk}) {
+      std::vector<int32_t> got(d.B * d.H * d.Sq * d.L, 7);
+      PQTopK(d, TopKMode::kExact, tc.causal, window, cq.data(), ck.data(), mask ? keep.data() : nullptr, got.data(), par);
+      EXPECT_EQ(got, BruteForceTopK(d, tc.causal, cq, ck, mask, window))
+          << "window=" << window << " B=" << tc.B << " H=" << tc.H << " Sq=" << tc.Sq << " Sk=" << tc.Sk << " L=" << tc.L;
+      std::vector<int32_t> bucketed(d.B * d.H * d.Sq * d.L);
+      PQTopK(d, TopKMode::kBucketed, tc.causal, window, cq.data(), ck.data(), mask ? keep.data() : nullptr,
+             bucketed.data(), par);
+      for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
+        for (int64_t i = 0; i < d.Sq; ++i) {
+          for (int64_t t = 0; t < d.L; ++t) {
+            const int32_t j = bucketed[(bh * d.Sq + i) * d.L + t];
+            if (j >= 0) {
+              EXPECT_TRUE(Eligible(d, tc.causal, mask, bh / d.H, i, j, window)) << "window=" << window;
+            }
+          }
         }
       }
     }
@@ -361,6 +398,11 @@ TEST(PQTopK, ResolvesAndValidatesAttributes) {
   EXPECT_EQ(ResolveTopK(0, 0.01f, 3), 1);
   EXPECT_EQ(ResolveTopK(7, 0.5f, 4), 4);  // clamped to Sk
   EXPECT_EQ(ResolveTopK(3, 0.5f, 100), 3);
+  EXPECT_EQ(ResolveTopK(0, 0.125f, 20, 16), 16);   // the floor beats ceil(2.5)
+  EXPECT_EQ(ResolveTopK(0, 0.125f, 12, 16), 12);   // ... and is clamped to Sk
+  EXPECT_EQ(ResolveTopK(0, 0.125f, 512, 16), 64);  // long sequences keep S/8
+  EXPECT_EQ(ResolveTopK(5, 0.125f, 512, 16), 5);   // an explicit top_k is not floored
+  EXPECT_THROW(ResolveTopK(0, 0.125f, 8, -1), std::invalid_argument);
   EXPECT_THROW(ResolveTopK(-1, 0.125f, 8), std::invalid_argument);
   EXPECT_THROW(ResolveTopK(0, 0.f, 8), std::invalid_argument);
   EXPECT_THROW(ResolveTopK(0, 1.5f, 8), std::invalid_argument);

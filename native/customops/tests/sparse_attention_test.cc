@@ -51,7 +51,9 @@ std::vector<float> RandomBias(int64_t b, int64_t sk, uint32_t seed) {
 }
 
 bool Kept(const SparseAttentionDims& d, const SparseAttentionParams& p, const double* bias, int64_t i, int64_t j) {
-  if (j < 0 || (p.causal && j > i + d.Sk - d.Sq)) return false;
+  const int64_t pos = i + d.Sk - d.Sq;
+  if (j < 0 || (p.causal && j > pos)) return false;
+  if (p.window > 0 && (j < pos - p.window + 1 || (!p.causal && j > pos + p.window - 1))) return false;
   return !bias || bias[j] > kMaskedBias;
 }
 
@@ -178,6 +180,40 @@ TEST(SparseAttention, AllKeysSelectedEqualsDenseAttention) {
           EXPECT_LT(RelMaxError(y, yr), 1e-5) << what;
           EXPECT_LT(RelMaxError(probs, pr_slots), 1e-5) << what;
           for (float x : y) ASSERT_TRUE(std::isfinite(x)) << what;
+        }
+      }
+    }
+  }
+}
+
+// Sliding window: with every key selected, the kernel hides the keys outside the window exactly as dense attention
+// with the window mask does (causal: the last `window` keys; not causal: within window - 1 on both sides).
+TEST(SparseAttention, SlidingWindowEqualsDenseAttentionWithTheWindowMask) {
+  const ThreadParallel par(2);
+  for (const auto& c : kCases) {
+    for (bool causal : {true, false}) {
+      for (int64_t window : {int64_t{1}, int64_t{3}}) {
+        const auto q = RandomNormal(c.B * c.H * c.Sq * c.E, 41), k = RandomNormal(c.B * c.Hkv * c.Sk * c.E, 42);
+        const auto v = RandomNormal(c.B * c.Hkv * c.Sk * c.Ev, 43);
+        auto d = CheckSparseAttentionInputs("SparseAttention", {c.B, c.H, c.Sq, c.E}, {c.B, c.Hkv, c.Sk, c.E},
+                                            {c.B, c.Hkv, c.Sk, c.Ev}, {c.B, c.H, c.Sq, c.Sk}, nullptr);
+        auto p = ResolveSparseAttentionParams("SparseAttention", 0.0, 10.0, causal, c.E);
+        p.window = window;
+        const auto idx = AllKeysShuffled(d, 44);
+        std::vector<float> y(c.B * c.H * c.Sq * c.Ev), probs(c.B * c.H * c.Sq * c.Sk);
+        SparseAttentionForward<float>(d, p, q.data(), k.data(), v.data(), idx.data(), nullptr, y.data(), probs.data(), par);
+        std::vector<double> yr, pr;
+        DenseReference(d, p, ToDouble(q), ToDouble(k), ToDouble(v), nullptr, yr, pr);
+        const std::string what = Describe(c, p, false) + " window=" + std::to_string(window);
+        EXPECT_LT(RelMaxError(y, yr), 1e-5) << what;
+        // A slot outside the window gets P = 0.
+        for (int64_t row = 0; row < c.B * c.H * c.Sq; ++row) {
+          const int64_t i = row % c.Sq;
+          for (int64_t t = 0; t < c.Sk; ++t) {
+            if (!Kept(d, p, nullptr, i, idx[row * c.Sk + t])) {
+              EXPECT_EQ(probs[row * c.Sk + t], 0.f) << what;
+            }
+          }
         }
       }
     }
@@ -327,6 +363,24 @@ TEST(SparseAttentionGrad, AllKeysSelectedMatchesFiniteDifferencesOfDenseAttentio
         };
         ExpectGradientsClose(CheckGradients(d, p, idx, &bias, dense, 22), Describe(c, p, true));
       }
+    }
+  }
+}
+
+TEST(SparseAttentionGrad, SlidingWindowMatchesFiniteDifferencesOfDenseAttention) {
+  for (const Case& c : {Case{1, 2, 6, 6, 4, 3}, Case{2, 1, 4, 7, 8, 8}}) {
+    for (bool causal : {true, false}) {
+      auto d = CheckSparseAttentionInputs("SparseAttentionGrad", {c.B, c.H, c.Sq, c.E}, {c.B, c.H, c.Sk, c.E},
+                                          {c.B, c.H, c.Sk, c.Ev}, {c.B, c.H, c.Sq, c.Sk}, nullptr);
+      auto p = ResolveSparseAttentionParams("SparseAttentionGrad", 0.0, 0.8, causal, c.E);
+      p.window = 2;
+      const auto idx = AllKeysShuffled(d, 51);
+      auto dense = [&](const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v) {
+        std::vector<double> y, probs;
+        DenseReference(d, p, q, k, v, nullptr, y, probs);
+        return y;
+      };
+      ExpectGradientsClose(CheckGradients(d, p, idx, nullptr, dense, 52), Describe(c, p, false) + " window=2");
     }
   }
 }

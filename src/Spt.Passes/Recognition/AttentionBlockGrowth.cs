@@ -31,6 +31,7 @@ public sealed class AttentionBlockGrowth : IPass
                 Source = core.GetString("source", "decomposed")!,
                 MatchedNodes = [.. (core.GetString("region", "") ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries)],
                 Causal = core.GetInt("causal", 0) != 0,
+                Window = core.GetInt("window", 0),
                 KeyPaddingMask = core.Inputs[AttentionCoreOp.KeyPadding]?.Name,
                 EffectiveScale = core.GetFloat("effective_scale", 1),
                 OpScale = AttentionCoreOp.Scale(core, shapes.LastDim(core.Inputs[AttentionCoreOp.Q]!)) ?? 0,
@@ -91,6 +92,11 @@ public sealed class AttentionBlockGrowth : IPass
                 case "Transpose" or "Reshape" or "Identity" or "Squeeze" or "Unsqueeze" or "Split" or "Slice" or "Cast":
                     v = n.Inputs[0]!;
                     continue;
+                case "Concat" when PartialRotaryInput(n) is { } whole:
+                    // Partial rotary (GPT-NeoX): rotary on a slice of the head dims, Concat with the rest.
+                    rotary = true;
+                    v = whole;
+                    continue;
                 case "Gather" when ConstantValue.Of(n.Inputs[1]) is not null:
                     // q/k/v picked from a fused projection by index (BLOOM's [B, S, H, 3, E] view, index lists).
                     v = n.Inputs[0]!;
@@ -128,6 +134,29 @@ public sealed class AttentionBlockGrowth : IPass
             }
         }
         return null;
+    }
+
+    // Concat_last(rotary(Slice(x)), Slice(x)) (either order, the rotary on one part): x. Every part is a Slice of the
+    // same x, one of them through a rotary embedding.
+    private static Value? PartialRotaryInput(Node concat)
+    {
+        if (concat.Inputs.Count < 2 || concat.GetInt("axis", 0) != -1 && concat.Inputs[0] is { } first && concat.GetInt("axis", 0) != (first.Shape?.Count ?? 0) - 1)
+            return null;
+        Value? whole = null;
+        bool rotated = false;
+        foreach (var part in concat.Inputs)
+        {
+            var p = part;
+            if (p?.Producer is { OpType: "Add" } add && RotaryInput(add) is { } x)
+            {
+                rotated = true;
+                p = x;
+            }
+            if (p?.Producer is not { OpType: "Slice" } slice || slice.Inputs[0] is not { } src || (whole != null && !ReferenceEquals(whole, src)))
+                return null;
+            whole = src;
+        }
+        return rotated ? whole : null;
     }
 
     // Add(Mul(x, cos), Mul(Concat(Neg(Slice(x)), Slice(x)), sin)) -> x

@@ -62,7 +62,8 @@ internal sealed record AttentionCoreMatch(
     bool Causal,
     Value? KeyPadding,
     IReadOnlyList<Node> Region,
-    FoldedHeads? Folded = null);
+    FoldedHeads? Folded = null,
+    long Window = 0);
 
 /// <summary>
 /// Heads folded into the batch ([B·H, S, E] operands, as bmm-based exporters write attention) around scores that are
@@ -271,18 +272,17 @@ public sealed class AttentionCoreFusion : IPass
         // Mask meaning: causal and/or key padding; anything else keeps the block dense. What the mask computes is
         // read by evaluating it at probe sizes; masks the evaluator cannot run are read from their structure.
         bool causal = false;
+        long window = 0;
         Value? keyPadding = null;
         if (cond != null || bias != null)
         {
             string? notEvaluated = "no symbolic shapes";
             var probed = symbolic is null ? null : MaskProbing.Classify(bias, cond, scoresWhenTrue, maskScores, folded is null ? rank : 4, symbolic, opset, out notEvaluated);
-            if (probed is { Window: > 0 } windowed)
-                return (null, $"the mask is a causal sliding window of {windowed.Window} keys{(windowed.KeyPadding is null ? "" : " with key padding")}; " +
-                              "the sparse attention kernels have no window attribute, so the block stays dense");
             if (probed is { Reason: null })
             {
                 causal = probed.Causal;
                 keyPadding = probed.KeyPadding;
+                window = probed.Window;
             }
             else
             {
@@ -299,7 +299,7 @@ public sealed class AttentionCoreFusion : IPass
         double total = scale * qScale * kScale;
         double effective = total * qExtra * kExtra;
         return (new AttentionCoreMatch(softmax, qk, consumer, dropout, q, kt, vOperand, rank, total, effective, qBypass, kBypass,
-            bias, cond, fill, scoresWhenTrue, causal, keyPadding, region, folded), null);
+            bias, cond, fill, scoresWhenTrue, causal, keyPadding, region, folded, window), null);
 
         bool LeadsToScores(Value v)
         {
@@ -604,6 +604,7 @@ public sealed class AttentionCoreFusion : IPass
             Ir.Attribute.FromFloat("scale", (float)m.Scale),
             Ir.Attribute.FromFloat("effective_scale", (float)m.EffectiveScale),
             Ir.Attribute.FromInt("causal", m.Causal ? 1 : 0),
+            Ir.Attribute.FromInt("window", m.Window),
             Ir.Attribute.FromFloat("fill", (float)Math.Max(m.Fill, float.MinValue)),
             Ir.Attribute.FromInt("scores_when_true", m.ScoresWhenTrue ? 1 : 0),
             Ir.Attribute.FromInt("rank", rank),

@@ -35,6 +35,9 @@ public sealed class AttentionBlockInfo
     /// <summary>Whether causal masking was detected.</summary>
     public bool Causal { get; set; }
 
+    /// <summary>Sliding window of the causal mask: each query sees its last <c>Window</c> keys (0: no window).</summary>
+    public long Window { get; set; }
+
     /// <summary>The graph input the key padding mask comes from, if any.</summary>
     public string? KeyPaddingMask { get; set; }
 

@@ -62,6 +62,7 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         if (folded && keyPadding != null)
             return "a key padding mask with heads folded into the batch is not supported";
         bool causal = core.GetInt("causal", 0) != 0;
+        long window = core.GetInt("window", 0);
         long m = e / dc;
         long c = options.CodebookSize;
         var editor = graph.Edit();
@@ -105,22 +106,26 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
         var encode = AttentionOps.PQEncode;
         var codesQ = Emit(encode.Name, Positioned(encode, (AttentionOps.PQZ, q), (AttentionOps.PQCodebook, codebook)), "PQEncode_q", domain: encode.Domain);
         var codesK = Emit(encode.Name, Positioned(encode, (AttentionOps.PQZ, k), (AttentionOps.PQCodebook, codebook)), "PQEncode_k", domain: encode.Domain);
+        // A sliding window (masks read as one) limits the selection and the attention alike.
+        (string, object)[] windowAttr = window > 0 ? [(AttentionOps.WindowAttr, window)] : [];
         var topk = AttentionOps.PQTopK;
-        var selection = options.Exact ? (AttentionOps.KeysRatioAttr, (object)1f)
-            : options.TopK is { } count ? (AttentionOps.KeysPerQueryAttr, (object)(long)count)
-            : (AttentionOps.KeysRatioAttr, (object)(float)options.TopKRatio);
+        // Exact: every key; a count; or the ratio with its floor (0: none).
+        (string, object)[] selection = options.Exact ? [(AttentionOps.KeysRatioAttr, 1f)]
+            : options.TopK is { } count ? [(AttentionOps.KeysPerQueryAttr, (long)count)]
+            : options.MinTopK > 0 ? [(AttentionOps.KeysRatioAttr, (float)options.TopKRatio), (AttentionOps.MinKeysPerQueryAttr, (long)options.MinTopK)]
+            : [(AttentionOps.KeysRatioAttr, (float)options.TopKRatio)];
         var indices = Emit(topk.Name,
             Positioned(topk, (AttentionOps.CodesQ, codesQ), (AttentionOps.CodesK, codesK), (AttentionOps.TopKKeyPadding, keyPadding)),
             "PQTopK", 1, topk.Domain,
-            [.. topk.NodeAttributes((AttentionOps.ModeAttr, "exact"), (AttentionOps.CausalAttr, causal ? 1L : 0L), selection)]);
+            [.. topk.NodeAttributes([(AttentionOps.ModeAttr, "exact"), (AttentionOps.CausalAttr, causal ? 1L : 0L), .. selection, .. windowAttr])]);
         var attention = AttentionOps.SparseAttention;
         var y = Emit(attention.Name,
             Positioned(attention, (AttentionOps.Q, q), (AttentionOps.K, k), (AttentionOps.V, v), (AttentionOps.Indices, indices), (AttentionOps.KeyPadding, keyPadding)),
             "SparseAttention", 2, attention.Domain,
-            [.. attention.NodeAttributes(
+            [.. attention.NodeAttributes([
                 (AttentionOps.ScaleAttr, (float)AttentionCoreOp.Scale(core, e)!.Value),
                 (AttentionOps.ClampAttr, options.Clamp),
-                (AttentionOps.CausalAttr, causal ? 1L : 0L))]);
+                (AttentionOps.CausalAttr, causal ? 1L : 0L), .. windowAttr])]);
         if (folded)
         {
             // [B·H, 1, Sq, Ev] -> [B·H, Sq, Ev]. A Reshape to the shape read from Q and V (rather than a Squeeze)

@@ -14,9 +14,10 @@ namespace Spt.Passes.Training;
 /// data of an embedding lookup, rank 2) or an op of another domain (spt, contrib) reads directly or through Transpose/Identity/Cast; shape constants,
 /// index tensors, masks (bool) and buffers reached through other ops (rotary frequencies via Unsqueeze) are not.
 /// <see cref="TrainingOptions.FrozenPattern"/> freezes matching parameters. Data roles: of the integer inputs that
-/// index an embedding table, the one with the largest table is input_ids, a table of at most 16 rows makes
-/// token_type_ids, other tables position_ids; an input named decoder_input_ids is that, one whose name contains
-/// "mask" is attention_mask; others are "other" (the trainer refuses them by name rather than feeding zeros).
+/// index an embedding table, the one with the largest table is input_ids (one that also says "decoder" is
+/// decoder_input_ids; a second one that does not is "other"), a table of at most 16 rows makes token_type_ids, other
+/// tables position_ids; an input named decoder_input_ids is that, one whose name contains "mask" is
+/// attention_mask; others are "other" (the trainer refuses them by name rather than feeding zeros).
 /// </remarks>
 public static class ParameterSelection
 {
@@ -107,17 +108,23 @@ public static class ParameterSelection
         var tables = inputs.ToDictionary(v => v, v => GatheredRows(v, rowsOf));
         long largest = tables.Values.Where(r => r is not null).Select(r => r!.Value).DefaultIfEmpty(-1).Max();
         var result = new List<DataInput>();
+        // An encoder-decoder indexes the token table twice: the input that says "decoder" is the decoder's; a second
+        // token input that does not say which it is stays "other" (refused by name) rather than getting the ids.
+        bool tokensTaken = false;
         foreach (var v in inputs)
         {
             var type = v.Type as TensorType ?? throw new OnnxModelException($"input '{v.Name}' is not a tensor");
             bool integer = type.ElementType is ElementType.Int64 or ElementType.Int32;
-            string role = tables[v] is { } rows && integer
-                ? rows == largest && !NameSays(v, "position", "token_type", "segment") ? "input_ids" : rows <= 16 ? "token_type_ids" : "position_ids"
+            bool tokens = tables[v] is { } t && t == largest && integer && !NameSays(v, "position", "token_type", "segment");
+            string role = tokens && NameSays(v, "decoder") ? "decoder_input_ids"
+                : tokens ? (tokensTaken ? "other" : "input_ids")
+                : tables[v] is { } rows && integer ? rows <= 16 ? "token_type_ids" : "position_ids"
                 : NameSays(v, "decoder_input_ids") ? "decoder_input_ids"
                 : NameSays(v, "mask") ? "attention_mask"
                 : integer && NameSays(v, "token_type", "segment") ? "token_type_ids"
                 : integer && NameSays(v, "position") ? "position_ids"
                 : "other";
+            tokensTaken |= role == "input_ids";
             result.Add(new DataInput(v.Name, type.ElementType, type.Shape?.Select(TrainingCompiler.DimText).ToList() ?? [], role));
         }
         return result;

@@ -131,8 +131,10 @@ public sealed class TrainingArtifacts
             w.WriteNumber("ignore_index", Options.IgnoreIndex);
             w.WriteNumber("pq_weight", Options.PqWeight);
             w.WriteNumber("pq_terms", PqTerms);
+            w.WriteNumber("decoder_start_id", Options.DecoderStartId);
             if (Loss == LossKind.CausalLm)
-                w.WriteString("labels", "labels[b, t] is the target of logits[b, t]: feed input_ids[:, 1:] (L = S - 1) or shifted labels padded with ignore_index (L = S)");
+                w.WriteString("labels", "labels[b, t] is the target of logits[b, t]: feed input_ids[:, 1:] (L = S - 1) or shifted labels padded with ignore_index (L = S); " +
+                    "with a decoder input (seq2seq), the target sequence itself, and decoder_input_ids = decoder_start_id, labels[:, :-1]");
             if (Loss == LossKind.Classify)
                 w.WriteString("position", Options.ClassifyLastToken ? "last" : "first");
             w.WriteEndObject();

@@ -42,6 +42,12 @@ public sealed record TrainingOptions
     /// <summary>Label value that does not count (default −100, as torch).</summary>
     public long IgnoreIndex { get; init; } = -100;
 
+    /// <summary>
+    /// The first decoder input of an encoder-decoder (the labels shifted right behind it), recorded in training.json
+    /// for the trainer (0 = T5's pad, BART uses its EOS 2).
+    /// </summary>
+    public long DecoderStartId { get; init; }
+
     /// <summary>Classification on [B, S, C] logits scores the last position instead of the first.</summary>
     public bool ClassifyLastToken { get; init; }
 

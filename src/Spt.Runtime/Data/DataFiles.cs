@@ -29,6 +29,9 @@ public sealed record DataRequest
 
     /// <summary>Label value without loss.</summary>
     public long IgnoreIndex { get; init; } = Dataset.DefaultIgnoreIndex;
+
+    /// <summary>The pad id of pre-tokenized JSONL (text records pad with the tokenizer's).</summary>
+    public long PadId { get; init; }
 }
 
 /// <summary>
@@ -50,6 +53,11 @@ public static class DataFiles
         var records = ext is ".csv" or ".tsv" or ".tab" || (ext is ".jsonl" or ".json" or ".ndjson" && !PreTokenized(path));
         if (records)
         {
+            if (request.Target == TargetKind.Sequence)
+            {
+                throw new DataException($"{path} holds text records; seq2seq reads pre-tokenized JSONL: one object per line with 'input_ids' (the source) and 'labels' (the target)");
+            }
+
             var tokenizer = request.Tokenizer ?? throw new DataException(
                 $"{path} holds text records ('{request.TextField}' fields): give the model's tokenizer with --tokenizer (tokenizer.json, vocab.txt, vocab.json, .model or gpt2)");
             return TextDataset.Load(path, new TextDataOptions
@@ -67,7 +75,7 @@ public static class DataFiles
 
         if (ext is ".jsonl" or ".json" or ".ndjson")
         {
-            return Dataset.FromJsonl(path, request.SequenceLength, request.IgnoreIndex);
+            return Dataset.FromJsonl(path, request.SequenceLength, request.IgnoreIndex, targets: request.Target == TargetKind.Sequence, padId: request.PadId);
         }
 
         if (request.Target != TargetKind.None)

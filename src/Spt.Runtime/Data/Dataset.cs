@@ -188,7 +188,13 @@ public sealed class Dataset
     }
 
     /// <summary>JSONL: one object per line with <c>input_ids</c> and optionally <c>attention_mask</c>, <c>labels</c>, <c>label</c>.</summary>
-    public static Dataset FromJsonl(string path, int? sequenceLength, long ignoreIndex = DefaultIgnoreIndex)
+    /// <remarks>
+    /// With <paramref name="targets"/> (seq2seq), every line needs <c>labels</c>, the target sequence, which may be
+    /// longer or shorter than <c>input_ids</c>; ids and labels are each padded to the sequence length (the longer of
+    /// the two longest when not given). Ids are padded with <paramref name="padId"/>, which also fills a decoder's
+    /// inputs past the end of its target.
+    /// </remarks>
+    public static Dataset FromJsonl(string path, int? sequenceLength, long ignoreIndex = DefaultIgnoreIndex, bool targets = false, long padId = 0)
     {
         ReadNonEmpty(path);
         var rows = new List<(long[] Ids, long[]? Mask, long[]? Labels, long? Label, int Line)>();
@@ -229,7 +235,12 @@ public sealed class Dataset
                     throw new DataException($"{path} line {lineNo}: 'attention_mask' has {mask.Length} entries, 'input_ids' {ids.Length}");
                 }
 
-                if (labels is not null && labels.Length != ids.Length)
+                if (targets && (labels is null || labels.Length == 0))
+                {
+                    throw new DataException($"{path} line {lineNo}: no 'labels' (the target sequence a seq2seq model learns)");
+                }
+
+                if (!targets && labels is not null && labels.Length != ids.Length)
                 {
                     throw new DataException($"{path} line {lineNo}: 'labels' has {labels.Length} entries, 'input_ids' {ids.Length}");
                 }
@@ -247,7 +258,7 @@ public sealed class Dataset
             throw new DataException($"data file '{path}' has no examples (only blank lines)");
         }
 
-        var seq = sequenceLength ?? rows.Max(r => r.Ids.Length);
+        var seq = sequenceLength ?? rows.Max(r => Math.Max(r.Ids.Length, targets ? r.Labels!.Length : 0));
         var examples = new Example[rows.Count];
         var padded = false;
         for (var i = 0; i < rows.Count; i++)
@@ -258,8 +269,14 @@ public sealed class Dataset
                 throw new DataException($"{path} line {line}: {ids.Length} tokens, longer than the sequence length {seq} (raise --seq or shorten the line)");
             }
 
+            if (targets && labels!.Length > seq)
+            {
+                throw new DataException($"{path} line {line}: a target of {labels.Length} tokens, longer than the sequence length {seq} (raise --seq or shorten the line)");
+            }
+
             padded |= ids.Length < seq || mask is not null;
             var pIds = new long[seq];
+            Array.Fill(pIds, padId);
             var pMask = new long[seq];
             var pLabels = new long[seq];
             Array.Fill(pLabels, ignoreIndex);
@@ -267,13 +284,20 @@ public sealed class Dataset
             for (var t = 0; t < ids.Length; t++)
             {
                 pMask[t] = mask?[t] ?? 1;
-                pLabels[t] = labels?[t] ?? (pMask[t] != 0 ? ids[t] : ignoreIndex);
+                if (!targets)
+                    pLabels[t] = labels?[t] ?? (pMask[t] != 0 ? ids[t] : ignoreIndex);
+            }
+
+            if (targets)
+            {
+                labels!.CopyTo(pLabels, 0);
+                padded = true;
             }
 
             examples[i] = new Example(pIds, pMask, pLabels, label, $"line {line}");
         }
 
-        return new Dataset(examples, seq, path, DataFormat.Jsonl, padded);
+        return new Dataset(examples, seq, path, DataFormat.Jsonl, padded) { PadId = padId };
     }
 
     /// <summary>

@@ -14,6 +14,12 @@ public enum TargetKind
 
     /// <summary>A float per record (regression).</summary>
     Float,
+
+    /// <summary>
+    /// A target token sequence per record, of its own length (seq2seq: the decoder learns it; its inputs are the
+    /// target shifted right). Pre-tokenized JSONL only, as <c>labels</c>.
+    /// </summary>
+    Sequence,
 }
 
 /// <summary>How <see cref="TextDataset.Load"/> reads a CSV, TSV or JSONL file of text records.</summary>

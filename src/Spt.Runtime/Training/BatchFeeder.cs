@@ -20,7 +20,8 @@ internal sealed class BatchFeeder : IDisposable
 
     public BatchFeeder(TrainingManifest manifest, int batch, int sequence)
     {
-        _shiftLabels = manifest.Loss.Kind == "causal_lm";
+        // A decoder input carries the shift (teacher forcing: start, labels[:-1]), so its labels are scored as they are.
+        _shiftLabels = manifest.Loss.Kind == "causal_lm" && !manifest.DataInputs.Any(d => d.Role == DataRole.DecoderInputIds);
         _ignoreIndex = manifest.Loss.IgnoreIndex;
         _decoderStart = manifest.Loss.DecoderStartId;
         Batch = batch;
