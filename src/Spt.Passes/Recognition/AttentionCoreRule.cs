@@ -124,7 +124,7 @@ public sealed class AttentionCoreFusion : IPass
     }
 
     /// <summary>Matches the attention core around <paramref name="softmax"/>; pure.</summary>
-    internal static (AttentionCoreMatch? Match, string? Reason) Match(Node softmax, StaticShapes shapes, ShapeAnalysis? symbolic = null, long opset = 17)
+    internal static Matched<AttentionCoreMatch> Match(Node softmax, StaticShapes shapes, ShapeAnalysis? symbolic = null, long opset = 17)
     {
         var probs = softmax.Outputs[0];
         if (probs.Uses.Count != 1 || probs.IsGraphOutput)
