@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Compile-time and peak-memory benchmark of `sptc optimize` on a LLaMA-7B-shaped model.
 
-Builds a decoder with LLaMA-7B's shapes (32 layers, d 4096, 32 heads of 128, SwiGLU d_ff 11008, vocab 32000;
-RMSNorm, causal mask, no rotary) whose 6.7 B float weights live in one external-data file created as a sparse
-file (no disk is used: the weights read as zeros), then runs `sptc optimize` on it with no layer selected
-(`--layers 999`: every pass runs, nothing is saved) under /usr/bin/time and prints compile time and peak RSS.
+Builds a decoder with LLaMA-7B's shapes (32 layers, d 4096, 32 query heads of 128 and 8 K/V heads repeated by
+LLaMA-2's repeat_kv, SwiGLU d_ff 11008, vocab 32000; RMSNorm, causal mask, no rotary) whose float weights live in
+one external-data file created as a sparse file (no disk is used: the weights read as zeros), then runs
+`sptc optimize` on it twice under /usr/bin/time and prints compile time and peak RSS of each:
+  1. no layer selected (`--layers 999`): every recognition pass runs, nothing is saved;
+  2. the full rewrite (all attention and FFN blocks) saved with `--external-data reference`: the output refers to
+     the unchanged weight file instead of copying it (its own data file holds only the new parameters).
 
     python3 scripts/benchmarks/llama7b_compile.py WORK_DIR [SPTC_COMMAND ...]
 
 SPTC_COMMAND defaults to `dotnet src/Spt.Cli/bin/Release/net10.0/sptc.dll`. Needs onnx (Debian python3-onnx).
-Attention is multi-head here (32 K/V heads): grouped-query recognition is a separate item.
 """
 import json
 import os
@@ -19,7 +21,7 @@ import sys
 
 from onnx import TensorProto, helper
 
-LAYERS, D, H, FF, VOCAB = 32, 4096, 32, 11008, 32000
+LAYERS, D, H, HKV, FF, VOCAB = 32, 4096, 32, 8, 11008, 32000
 E = D // H
 
 
@@ -60,6 +62,10 @@ def build(work):
     const("scale", [float(E) ** 0.5], TensorProto.FLOAT, [])
     const("neg", [-1e9], TensorProto.FLOAT, [])
     const("heads", [0, 0, H, E])
+    const("kv_heads", [0, 0, HKV, E])
+    const("axis2", [2])
+    const("copies", [1, 1, H // HKV, 1, 1])
+    const("repeated", [0, H, -1, E])
     const("merge", [0, 0, D])
     const("one", [1])
     const("two", [2])
@@ -74,11 +80,15 @@ def build(work):
         p = f"layers.{i}"
         h = rms_norm(x, p + ".input_layernorm")
 
-        def heads(name):
-            return op("Transpose", [op("Reshape", [op("MatMul", [h, weight(f"{p}.self_attn.{name}.weight", [D, D])]), "heads"])],
+        def heads(name, n):
+            w = weight(f"{p}.self_attn.{name}.weight", [D, n * E])
+            return op("Transpose", [op("Reshape", [op("MatMul", [h, w]), "heads" if n == H else "kv_heads"])],
                       perm=[0, 2, 1, 3])
 
-        q, k, v = heads("q_proj"), heads("k_proj"), heads("v_proj")
+        def repeat_kv(t):  # [B, HKV, S, E] -> [B, H, S, E], each kv head H / HKV times in a row
+            return op("Reshape", [op("Expand", [op("Unsqueeze", [t, "axis2"]), "copies"]), "repeated"])
+
+        q, k, v = heads("q_proj", H), repeat_kv(heads("k_proj", HKV)), repeat_kv(heads("v_proj", HKV))
         scores = op("Add", [op("Div", [op("MatMul", [q, op("Transpose", [k], perm=[0, 1, 3, 2])]), "scale"]), mask])
         ctx = op("MatMul", [op("Softmax", [scores], axis=-1), v])
         ctx = op("Reshape", [op("Transpose", [ctx], perm=[0, 2, 1, 3]), "merge"])
@@ -113,21 +123,33 @@ def main():
     path, size = build(work)
     du = subprocess.run(["du", "-k", os.path.join(work, "llama7b.data")], capture_output=True, text=True).stdout.split()[0]
     print(f"model: {path}; weights {size / 2**30:.1f} GiB as a sparse file ({du} KiB on disk)")
-    report = os.path.join(work, "report.json")
-    run = subprocess.run(["/usr/bin/time", "-v", *sptc, "optimize", path, "-o", os.path.join(work, "out.onnx"),
-                          "--layers", "999", "--report", report], capture_output=True, text=True)
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
-    wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", run.stderr)
-    if not os.path.exists(report):
-        sys.exit("sptc failed:\n" + run.stdout + run.stderr)
-    r = json.load(open(report))
-    t = r["timings"]
-    print(f"attention found {r['attention']['found']}, ffn found {r['ffn']['found']} (no layer selected: nothing rewritten)")
-    print(f"compile {t['compile_ms']:.0f} ms, load {t.get('load_ms', 0):.0f} ms, process wall {wall.group(1) if wall else '?'}, "
-          f"peak RSS {int(rss.group(1)) / 1024:.0f} MiB" if rss else "peak RSS unknown")
-    slow = sorted(((v["ms"], k) for k, v in t["passes"].items()), reverse=True)[:5]
-    print("slowest passes: " + ", ".join(f"{k} {ms:.0f} ms" for ms, k in slow))
-
+    for label, extra in (("recognition only (--layers 999, nothing saved)", ["--layers", "999"]),
+                         ("full rewrite saved with --external-data reference", ["--external-data", "reference"])):
+        report = os.path.join(work, "report.json")
+        out = os.path.join(work, "out.onnx")
+        for f in (report, out, out + ".data"):
+            if os.path.exists(f):
+                os.remove(f)
+        run = subprocess.run(["/usr/bin/time", "-v", *sptc, "optimize", path, "-o", out, *extra, "--report", report],
+                             capture_output=True, text=True)
+        rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", run.stderr)
+        wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", run.stderr)
+        if not os.path.exists(report):
+            sys.exit("sptc failed:\n" + run.stdout + run.stderr)
+        r = json.load(open(report))
+        t = r["timings"]
+        print(f"== {label}")
+        print(f"attention {r['attention']['rewritten']}/{r['attention']['found']} rewritten, "
+              f"ffn {r['ffn']['rewritten']}/{r['ffn']['found']}")
+        print(f"compile {t['compile_ms']:.0f} ms, load {t.get('load_ms', 0):.0f} ms, save {t.get('save_ms', 0):.0f} ms, "
+              f"process wall {wall.group(1) if wall else '?'}, "
+              + (f"peak RSS {int(rss.group(1)) / 1024:.0f} MiB" if rss else "peak RSS unknown"))
+        if os.path.exists(out):
+            own = os.path.getsize(out + ".data") if os.path.exists(out + ".data") else 0
+            print(f"output {os.path.getsize(out) / 2**20:.1f} MiB + own data {own / 2**20:.1f} MiB "
+                  f"(weights referenced in {os.path.basename(path)}'s data file)")
+        slow = sorted(((v["ms"], k) for k, v in t["passes"].items()), reverse=True)[:5]
+        print("slowest passes: " + ", ".join(f"{k} {ms:.0f} ms" for ms, k in slow))
 
 if __name__ == "__main__":
     main()

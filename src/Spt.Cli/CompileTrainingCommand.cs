@@ -21,9 +21,10 @@ internal static class CompileTrainingCommand
         var pqWeight = new Option<float>("--pq-weight") { Description = "Weight of the PQ codebook loss", DefaultValueFactory = _ => 0.01f };
         var weightDecay = new Option<float>("--weight-decay") { Description = "AdamW decoupled weight decay", DefaultValueFactory = _ => 0.01f };
         var maxGradNorm = new Option<float>("--max-grad-norm") { Description = "Global gradient-norm clipping (0: off)", DefaultValueFactory = _ => 1.0f };
+        var decoderStart = new Option<long>("--decoder-start-id") { Description = "An encoder-decoder's first decoder input (the labels shifted right behind it)", DefaultValueFactory = _ => 0 };
         var command = new Command("compile-training", "Write the training graphs (forward+backward, AdamW, eval) and the initial checkpoint of a model")
         {
-            model, outDir, loss, lossOutput, frozen, ignoreIndex, pqWeight, weightDecay, maxGradNorm,
+            model, outDir, loss, lossOutput, frozen, ignoreIndex, pqWeight, weightDecay, maxGradNorm, decoderStart,
         };
         command.SetAction(parse => context.Guard(parse, () =>
         {
@@ -35,6 +36,7 @@ internal static class CompileTrainingCommand
                 FrozenPattern = parse.GetValue(frozen),
                 IgnoreIndex = parse.GetValue(ignoreIndex),
                 PqWeight = parse.GetValue(pqWeight),
+                DecoderStartId = parse.GetValue(decoderStart),
                 SourceName = parse.GetRequiredValue(model).Name,
                 Optimizer = new AdamWOptions { WeightDecay = parse.GetValue(weightDecay), MaxGradNorm = parse.GetValue(maxGradNorm) },
             };

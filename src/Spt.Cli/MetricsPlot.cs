@@ -93,7 +93,7 @@ internal static class MetricsPlot
             }
         }
 
-        plot.ShowLegend(Alignment.UpperRight);
+        plot.ShowLegend(Alignment.MiddleRight); // losses fall to the bottom right, metrics rise to the top right
         var temp = plotPath + ".tmp-" + Environment.ProcessId.ToString(CultureInfo.InvariantCulture);
         try
         {

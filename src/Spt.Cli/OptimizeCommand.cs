@@ -23,9 +23,15 @@ internal static class OptimizeCommand
         var explain = new Option<bool>("--explain") { Description = "Print why each candidate did not match" };
         var seed = new Option<int>("--seed") { Description = "Seed of the new parameters (default 0)" };
         var json = new Option<bool>("--json") { Description = "Print the report as JSON instead of the table (reasons go to stderr with --explain)" };
+        var externalData = new Option<string>("--external-data")
+        {
+            Description = "copy: write the weights again beside the output (default); reference: the output refers to the source's unchanged external weight file (the output must be in its directory)",
+            DefaultValueFactory = _ => "copy",
+        };
+        externalData.AcceptOnlyFromAmong("copy", "reference");
         var command = new Command("optimize", "Rewrite attention to PQ sparse attention and FFNs to routed FFNs")
         {
-            model, output, exact, report, explain, seed, json,
+            model, output, exact, report, explain, seed, json, externalData,
         };
         rewrite.AddTo(command, includeSwitch: false);
         command.SetAction(parse => context.Guard(parse, () =>
@@ -35,7 +41,10 @@ internal static class OptimizeCommand
             using var commit = new OutputCommit();
             var outFile = new FileInfo(commit.AddFile(parse.GetRequiredValue(output).ToString(), "output model"));
             var reportFile = parse.GetValue(report) is { } r ? commit.AddFile(r.ToString(), "report file") : null;
-            var result = Run(parse.GetRequiredValue(model), outFile, options);
+            // References to the source weights are relative to where the output ends up, not to its staging place.
+            string? referenceHome = parse.GetValue(externalData) == "reference"
+                ? Path.GetDirectoryName(Path.GetFullPath(parse.GetRequiredValue(output).ToString())) : null;
+            var result = Run(parse.GetRequiredValue(model), outFile, options, referenceHome);
             bool asJson = parse.GetValue(json);
             if (asJson)
                 context.Out.WriteLine(result.ToJson());
@@ -61,7 +70,7 @@ internal static class OptimizeCommand
     }
 
     /// <summary>Loads, optimizes and (when something was rewritten) saves atomically; timings go into the report.</summary>
-    internal static OptimizeReport Run(FileInfo input, FileInfo output, SptOptions options)
+    internal static OptimizeReport Run(FileInfo input, FileInfo output, SptOptions options, string? referenceHome = null)
     {
         var watch = Stopwatch.StartNew();
         using var loaded = ModelFiles.Load(input);
@@ -71,7 +80,7 @@ internal static class OptimizeCommand
         if (result.AttentionRewritten > 0 || result.FfnRewritten > 0 || (options.Attention == AttentionMode.Keep && options.Ffn == FfnMode.Keep))
         {
             watch.Restart();
-            loaded.Save(output.FullName);
+            loaded.Save(output.FullName, new SaveOptions { ReferenceSourceData = referenceHome != null, FinalDirectory = referenceHome });
             result.SaveTime = watch.Elapsed;
         }
         return result;

@@ -178,6 +178,16 @@ internal static class TrainCommand
                     throw new CliUsageException("--optimize applies to a model file, not to an artifact directory");
                 }
 
+                if (parse.GetResult(decoderStart) is not null)
+                {
+                    throw new CliUsageException("--decoder-start-id is compiled into the artifact: give it to 'sptc compile-training' (or train the model file)");
+                }
+
+                if (seq2seq && TrainingManifest.Load(modelPath).Input(DataRole.DecoderInputIds) is null)
+                {
+                    throw new CliUsageException($"--task seq2seq needs an encoder-decoder: the artifact '{modelPath}' has no decoder input (decoder_input_ids)");
+                }
+
                 artifact = modelPath;
             }
             else
@@ -266,13 +276,6 @@ internal static class TrainCommand
             result = RunWithProgress(context, trainer, options);
         }
 
-        if (plotFormat is not null && options.MetricsPath is { } metricsPath && File.Exists(metricsPath))
-        {
-            var plotPath = MetricsPlot.PathFor(metricsPath, plotFormat);
-            var drawn = MetricsPlot.Write(metricsPath, plotPath, plotFormat, $"sptc train {modelName}".TrimEnd());
-            context.Out.WriteLine($"plot: {plotPath} ({string.Join(", ", drawn.Select(s => s.Name))})");
-        }
-
         if (Interrupts.Received is { } signal)
         {
             context.Error.WriteLine($"sptc: {signal} received: stopped after step {result.LastStep}" + (result.LastCheckpoint is { } at
@@ -288,6 +291,13 @@ internal static class TrainCommand
         if (result.LastCheckpoint is { } checkpoint)
         {
             context.Out.WriteLine($"checkpoint: {checkpoint}");
+        }
+
+        if (plotFormat is not null && options.MetricsPath is { } metricsPath && File.Exists(metricsPath))
+        {
+            var plotPath = MetricsPlot.PathFor(metricsPath, plotFormat);
+            var drawn = MetricsPlot.Write(metricsPath, plotPath, plotFormat, $"sptc train {modelName}".TrimEnd());
+            context.Out.WriteLine($"plot: {plotPath} ({string.Join(", ", drawn.Select(s => s.Name))})");
         }
 
         if (result.Best is { } best)

@@ -74,8 +74,8 @@ public static class AttentionOps
     // PQTopK(codes_q, codes_k, key_padding_mask?) -> indices.
     public const int CodesQ = 0, CodesK = 1, TopKKeyPadding = 2;
 
-    // SparseAttention(Q, K, V, indices, key_padding_mask?) -> Y, P.
-    public const int Q = 0, K = 1, V = 2, Indices = 3, KeyPadding = 4, Y = 0, P = 1;
+    // SparseAttention(Q, K, V, indices, key_padding_mask?, attn_bias?) -> Y, P.
+    public const int Q = 0, K = 1, V = 2, Indices = 3, KeyPadding = 4, AttnBias = 5, Y = 0, P = 1;
 
     // SparseAttentionGrad(dY, Q, K, V, indices, P, key_padding_mask?) -> dQ, dK, dV: the forward inputs shifted by one.
     public const int GradDY = 0, GradShift = 1, GradP = 5, GradKeyPadding = 6, DQ = 0, DK = 1, DV = 2;
@@ -191,6 +191,8 @@ public static class AttentionOps
             new("V", "[B, Hkv, Sk, Ev] values.", FloatOnly),
             new("indices", "[B, H, Sq, L] selected keys (PQTopK output), -1 = empty slot.", Int32Only),
             new("key_padding_mask", "[B, Sk] additive float mask or bool/int keep-mask.", MaskTypes, Optional: true),
+            new("attn_bias", "[1|B, 1|H, 1|Sq, Sk] additive score bias (relative position bias, ALiBi) read at the " +
+                "selected keys and added after the clamp; values <= -1e30 exclude the key. Not differentiated.", FloatOnly, Optional: true),
         ],
         [
             new("Y", "[B, H, Sq, Ev] attention output.", FloatOnly),
@@ -200,6 +202,23 @@ public static class AttentionOps
         ctx =>
         {
             var (q, v, idx) = AttentionShapes(ctx, 0, 4);
+            if (ctx.HasInput(AttnBias) && ctx.Input(AttnBias)?.Shape is { } ab && q is not null)
+            {
+                // Broadcast against [B, H, Sq, Sk]: each dim 1 or the full size; rank at most 4.
+                var k = ctx.Input(K)?.Shape;
+                Dim[] full = [q[0], q[1], q[2], k is { Count: 4 } ? k[2] : Dim.Unknown];
+                bool bad = ab.Count > 4;
+                for (int a = 0; !bad && a < ab.Count; a++)
+                {
+                    var want = full[4 - ab.Count + a];
+                    bool last = a == ab.Count - 1;
+                    bad = ab[a].Value is { } x && want.Value is { } w && x != w && (last || x != 1);
+                }
+                if (bad)
+                {
+                    throw ctx.Fail($"input 'attn_bias' has shape [{string.Join(", ", ab)}], expected [1|B, 1|H, 1|Sq, Sk] = [1|{full[0]}, 1|{full[1]}, 1|{full[2]}, {full[3]}]");
+                }
+            }
             return
             [
                 new TensorType(ElementType.Float, q is null || v is null ? null : [q[0], q[1], q[2], v[3]]),

@@ -67,6 +67,9 @@ public static class OpGradients
         var dy = g.OutputGradient(AttentionOps.Y);
         if (dy == null)
             return;
+        // The backward reads the bias only through P; the bias itself gets no gradient (it is a frozen table).
+        if (n.Inputs.Count > AttentionOps.AttnBias && n.Inputs[AttentionOps.AttnBias] is not null && g.NeedsGradient(AttentionOps.AttnBias))
+            throw g.Fail("the attention bias (relative position / ALiBi) of SparseAttention is trained; the op takes no gradient into attn_bias, freeze it");
         var inputs = new Value?[AttentionOps.SparseAttentionGrad.Inputs.Count];
         inputs[AttentionOps.GradDY] = dy;
         foreach (var i in (int[])[AttentionOps.Q, AttentionOps.K, AttentionOps.V, AttentionOps.Indices, AttentionOps.KeyPadding])

@@ -32,6 +32,35 @@ public class OptimizeCommandTests
     }
 
     [Fact]
+    public void ExternalDataReferenceKeepsTheSourceWeightsInPlace()
+    {
+        using var dir = new TempDir();
+        var source = Path.Combine(dir.Path, "gqa.onnx");
+        using (var fixture = Model.Load(CliRunner.Fixture("gqa_repeat_kv_op17.onnx")))
+            fixture.Save(source, new SaveOptions { ExternalData = ExternalDataMode.Always });
+        var weights = File.ReadAllBytes(source + ".data");
+        var output = Path.Combine(dir.Path, "out.onnx");
+        var (code, _, stderr) = CliRunner.Run("optimize", source, "-o", output, "--exact", "--external-data", "reference");
+        Assert.True(code == 0, stderr);
+        Assert.Equal(weights, File.ReadAllBytes(source + ".data"));
+        using (var written = Model.Load(output))
+        {
+            var external = written.Graph.Initializers.Select(v => v.Initializer!).Where(t => t.IsExternal).ToList();
+            Assert.NotEmpty(external);
+            Assert.All(external.Where(t => t.Name.StartsWith("layers.", StringComparison.Ordinal)), t => Assert.Equal("gqa.onnx.data", t.External!.Location));
+        }
+        var verify = CliRunner.Run("verify", source, output, "--tol", "1e-4", "--seq", "8");
+        Assert.True(verify.ExitCode == 0, verify.Err + verify.Out);
+
+        // An output in another directory cannot refer to the weights: one error line, exit 2, nothing written.
+        var elsewhere = Directory.CreateDirectory(Path.Combine(dir.Path, "other")).FullName;
+        var refused = CliRunner.Run("optimize", source, "-o", Path.Combine(elsewhere, "out.onnx"), "--external-data", "reference");
+        Assert.Equal(2, refused.ExitCode);
+        Assert.Contains("outside the output's directory", refused.Err, StringComparison.Ordinal);
+        Assert.Empty(Directory.GetFiles(elsewhere));
+    }
+
+    [Fact]
     public void NothingMatchedExitsWith3AndWritesNothing()
     {
         using var dir = new TempDir();

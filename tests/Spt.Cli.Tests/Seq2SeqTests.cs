@@ -70,6 +70,11 @@ public sealed class Seq2SeqTests : IDisposable
         Assert.True(code == 0, stderr);
         var manifest = JsonNode.Parse(File.ReadAllText(Path.Combine(work, "training.json")))!;
         Assert.Equal(2, manifest["loss"]!["decoder_start_id"]!.GetValue<long>());
+
+        // The start id is part of the artifact: training the artifact directory again cannot change it.
+        var (again, _, againErr) = CliRunner.Run("train", work, "--data", Data(copy: true, rows: 16), "--task", "seq2seq", "--steps", "1", "--decoder-start-id", "3");
+        Assert.Equal(2, again);
+        Assert.StartsWith("sptc: error: --decoder-start-id is compiled into the artifact", againErr);
         var roles = manifest["data_inputs"]!.AsArray().ToDictionary(d => d!["name"]!.GetValue<string>(), d => d!["role"]!.GetValue<string>());
         Assert.Equal("input_ids", roles["input_ids"]);
         Assert.Equal("attention_mask", roles["attention_mask"]);

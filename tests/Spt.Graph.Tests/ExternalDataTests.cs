@@ -110,6 +110,41 @@ public sealed class ExternalDataTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void ReferenceSourceDataRefersToTheUnchangedWeightFileInsteadOfCopyingIt()
+    {
+        using var dir = TestData.CreateTempDir();
+        var b = new GraphBuilder();
+        var x = b.Input("x", ElementType.Float, 1000);
+        b.Output(b.Op("Add", x, b.Initializer("w", Enumerable.Range(0, 1000).Select(i => i * 0.25f).ToArray(), 1000)));
+        string source = dir.File("source.onnx");
+        b.Build().Save(source, new SaveOptions { ExternalData = ExternalDataMode.Always });
+        byte[] weights = File.ReadAllBytes(source + ".data");
+
+        using var loaded = Model.Load(source);
+        // A new large initializer goes to the output's own data file; the unchanged one stays where it is.
+        var editor = loaded.Graph.Edit();
+        var added = editor.AddInitializer(Tensor.Create("added", Enumerable.Range(0, 1000).Select(i => -1f * i).ToArray(), 1000));
+        var add = loaded.Graph.Outputs[0].Producer!;
+        var mul = editor.CreateNode("Mul", [add.Inputs[0], added], 1);
+        editor.InsertBefore(add, mul);
+        editor.SetInput(add, 0, mul.Outputs[0]);
+        string sub = Directory.CreateDirectory(Path.Combine(dir.Path, "sub")).FullName;
+        Assert.Throws<OnnxModelException>(() => loaded.Save(Path.Combine(sub, "out.onnx"), new SaveOptions { ReferenceSourceData = true, ExternalData = ExternalDataMode.Always }));
+        Assert.False(File.Exists(Path.Combine(sub, "out.onnx")));
+        Assert.Throws<OnnxModelException>(() => loaded.Save(dir.File("x.onnx"), new SaveOptions { ReferenceSourceData = true, ExternalDataFileName = "source.onnx.data", ExternalData = ExternalDataMode.Always }));
+
+        string output = dir.File("out.onnx");
+        loaded.Save(output, new SaveOptions { ReferenceSourceData = true, ExternalData = ExternalDataMode.Always });
+        Assert.Equal(weights, File.ReadAllBytes(source + ".data"));  // not rewritten
+        Assert.Equal(4000, new FileInfo(output + ".data").Length);    // only the new initializer
+        using var again = Model.Load(output);
+        var w = again.Graph.FindValue("w")!.Initializer!;
+        Assert.Equal("source.onnx.data", w.External!.Location);
+        Assert.Equal(Enumerable.Range(0, 1000).Select(i => i * 0.25f), w.ToFloatArray());
+        Assert.Equal("out.onnx.data", again.Graph.FindValue("added")!.Initializer!.External!.Location);
+    }
+
+    [Fact]
     public void FailedSaveLeavesNoFilesBehind()
     {
         using var dir = TestData.CreateTempDir();

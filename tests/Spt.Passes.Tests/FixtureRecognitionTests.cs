@@ -54,6 +54,10 @@ public class FixtureRecognitionTests(ITestOutputHelper output)
             long headDim = entry.GetProperty("d_model").GetInt64() / entry.GetProperty("heads").GetInt64();
             long fitted = Enumerable.Range(1, 8).Last(dc => headDim % dc == 0);
             Assert.All(report.Attention, a => Assert.Equal(fitted, a.CodewordDim));
+            // Relative position biases and ALiBi reach SparseAttention as attn_bias; other fixtures have none.
+            bool scoreBias = entry.TryGetProperty("score_bias", out _);
+            Assert.All(model.Graph.Nodes.Where(n => n.OpType == "SparseAttention"),
+                n => Assert.Equal(scoreBias, n.Inputs.Count > Spt.CustomOps.AttentionOps.AttnBias && n.Inputs[Spt.CustomOps.AttentionOps.AttnBias] is not null));
             if (entry.TryGetProperty("rotary", out _))
                 Assert.All(report.Attention, a => Assert.True(a.Rotary, $"layer {a.Layer}: rotary not seen"));
             long window = entry.TryGetProperty("attention_window", out var w) ? w.GetInt64() : 0;

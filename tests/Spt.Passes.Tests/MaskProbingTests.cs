@@ -55,27 +55,26 @@ public class MaskProbingTests
         Assert.False(report.Attention.Single().Causal);
     }
 
-    [Fact]
-    public void AnAdditiveTermThatIsNotAMaskIsNamedABias()
+    // An additive term that is no mask the kernels take becomes SparseAttention's attn_bias, read at the selected keys,
+    // and the exact rewrite still reproduces the model.
+    private static void AssertAppliedAsAttentionBias(Func<GraphBuilder, Value, Value, Value> mask)
     {
-        // (mask * 0.5) added: values 0 and 0.5, a bias on the scores
-        using var m = Block((b, keep, s) => b.Op("Add", s, b.Op("Mul", KeepAsFloat(b, keep), b.Initializer(Tensor.Scalar("half", 0.5f)))));
-        var r = SptOptimizer.Optimize(m, new SptOptions());
-        Assert.Equal(1, r.AttentionFound);
-        Assert.Equal(0, r.AttentionRewritten);
-        var miss = Assert.Single(r.Unmatched, u => u.Kind == "attention");
-        Assert.Contains("a bias on the scores, not a mask", miss.Reason, StringComparison.Ordinal);
+        using var m = Block(mask);
+        var r = TestSupport.AssertSameOutputs(m, copy => Assert.Equal(1, SptOptimizer.Optimize(copy, new SptOptions { Exact = true, Ffn = FfnMode.Keep }).AttentionRewritten), tolerance: 1e-4);
+        var sa = Assert.Single(r.Graph.Nodes, n => n.OpType == "SparseAttention");
+        Assert.True(sa.Inputs.Count > Spt.CustomOps.AttentionOps.AttnBias && sa.Inputs[Spt.CustomOps.AttentionOps.AttnBias] is not null, "no attn_bias input");
+        Assert.Null(sa.Inputs[Spt.CustomOps.AttentionOps.KeyPadding]);
     }
 
     [Fact]
-    public void InvertedPaddingIsRefusedWithItsReason()
-    {
-        // mask * -1e4 added: blocks the keys where the mask is 1
-        using var m = Block((b, keep, s) => b.Op("Add", s, b.Op("Mul", KeepAsFloat(b, keep), b.Initializer(Tensor.Scalar("big", -1e4f)))));
-        var r = SptOptimizer.Optimize(m, new SptOptions());
-        var miss = Assert.Single(r.Unmatched, u => u.Kind == "attention");
-        Assert.Contains("inverted key padding", miss.Reason, StringComparison.Ordinal);
-    }
+    public void AnAdditiveTermThatIsNotAMaskBecomesAnAttentionBias() =>
+        // (mask * 0.5) added: values 0 and 0.5, a bias on the scores
+        AssertAppliedAsAttentionBias((b, keep, s) => b.Op("Add", s, b.Op("Mul", KeepAsFloat(b, keep), b.Initializer(Tensor.Scalar("half", 0.5f)))));
+
+    [Fact]
+    public void InvertedPaddingAddedToTheScoresIsAppliedAsAnAttentionBias() =>
+        // mask * -1e4 added: blocks the keys where the mask is 1 (no key padding mask the kernels take, but an exact bias)
+        AssertAppliedAsAttentionBias((b, keep, s) => b.Op("Add", s, b.Op("Mul", KeepAsFloat(b, keep), b.Initializer(Tensor.Scalar("big", -1e4f)))));
 
     [Fact]
     public void AnUnknownPatternNamesTheBlockedKeys()

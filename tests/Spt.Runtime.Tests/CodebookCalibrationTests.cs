@@ -15,7 +15,7 @@ public class CodebookCalibrationTests
         var mask = b.Input("mask", ElementType.Int64, B, S);
         var book = b.Initializer("codebook", codebook, M, C, Dc);
         var codes = b.DomainOp("spt", "PQEncode", [z, book]);
-        b.Output(b.DomainOp("spt", "PQTopK", [codes, codes, mask], ("top_k", 2L), ("causal", 0L)), "indices");
+        b.Output(b.DomainOp("spt", "PQTopK", [codes, codes, mask], ("keys_per_query", 2L), ("causal", 0L)), "indices");
         return b.Build();
     }
 

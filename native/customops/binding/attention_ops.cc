@@ -353,11 +353,16 @@ struct SparseAttentionKernel {
       const auto p = attrs_.Resolve(op, d.E);
       std::vector<float> converted;
       const float* bias = AdditiveMask(op, mask, converted);
+      // attn_bias [1|B, 1|H, 1|Sq, Sk]: an additive score bias (relative position, ALiBi) read at the selected keys.
+      const Input attn = GetInput(ctx, 5);
+      if (attn.present() && attn.type != f32) FailMaskType(op, "float32 (attn_bias)", attn.type);
+      const auto attn_bias = attn.present() ? cpu::CheckAttentionBias<float>(op, d, attn.shape, attn.data<float>())
+                                            : cpu::AttentionBias<float>{};
       cpu::CheckSparseAttentionIndices(op, d, idx.data<int32_t>());
       float* y = Output<float>(ctx, 0, {d.B, d.H, d.Sq, d.Ev});
       float* probs = Output<float>(ctx, 1, {d.B, d.H, d.Sq, d.L});
       cpu::SparseAttentionForward<float>(d, p, q.data<float>(), k.data<float>(), v.data<float>(), idx.data<int32_t>(),
-                                         bias, y, probs, OrtParallel(ctx));
+                                         bias, y, probs, OrtParallel(ctx), attn_bias);
     });
   }
 
@@ -386,7 +391,7 @@ void InferAttentionInputs(const char* op, Ort::ShapeInferContext& ctx, std::size
 }
 
 struct SparseAttentionOp : SptOp<SparseAttentionOp, SparseAttentionKernel> {
-  static constexpr std::size_t kInputs = 5, kRequiredInputs = 4;
+  static constexpr std::size_t kInputs = 6, kRequiredInputs = 4;
   const char* GetName() const { return "SparseAttention"; }
   std::size_t GetOutputTypeCount() const { return 2; }
   ONNXTensorElementDataType GetOutputType(std::size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
@@ -656,11 +661,15 @@ struct SparseAttentionCudaKernel {
       const auto p = attrs_.Resolve(op, d.E);
       CudaScratch scratch(ctx);
       const float* bias = DeviceAdditiveMask(op, mask, scratch, stream);
+      const Input attn = GetInput(ctx, 5);
+      if (attn.present() && attn.type != f32) FailMaskType(op, "float32 (attn_bias)", attn.type);
+      const auto attn_bias = attn.present() ? cpu::CheckAttentionBias<float>(op, d, attn.shape, attn.data<float>())
+                                            : cpu::AttentionBias<float>{};
       CheckDeviceIndices(op, d, idx.data<int32_t>(), scratch, stream);
       float* y = Output<float>(ctx, 0, {d.B, d.H, d.Sq, d.Ev});
       float* probs = Output<float>(ctx, 1, {d.B, d.H, d.Sq, d.L});
       cuda::SparseAttentionForward(d, p, cuda::DType::kF32, q.data<float>(), k.data<float>(), v.data<float>(),
-                                   idx.data<int32_t>(), bias, y, probs, stream);
+                                   idx.data<int32_t>(), bias, y, probs, stream, attn_bias);
     });
   }
 

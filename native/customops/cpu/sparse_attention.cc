@@ -97,6 +97,29 @@ SparseAttentionDims CheckSparseAttentionInputs(const char* op, const Shape& q, c
   return d;
 }
 
+template <typename T>
+AttentionBias<T> CheckAttentionBias(const char* op, const SparseAttentionDims& d, const Shape& shape, const T* data) {
+  Shape s = shape;
+  bool ok = s.size() <= 4;
+  while (ok && s.size() < 4) s.insert(s.begin(), 1);
+  ok = ok && (s[0] == 1 || s[0] == d.B) && (s[1] == 1 || s[1] == d.H) && (s[2] == 1 || s[2] == d.Sq) && s[3] == d.Sk;
+  if (!ok) {
+    FailInput(op, "attn_bias",
+              "[1|B, 1|H, 1|Sq, Sk] = [1|" + std::to_string(d.B) + ", 1|" + std::to_string(d.H) + ", 1|" +
+                  std::to_string(d.Sq) + ", " + std::to_string(d.Sk) + "]",
+              shape);
+  }
+  AttentionBias<T> b;
+  b.data = data;
+  b.stride_i = s[2] == 1 ? 0 : s[3];
+  b.stride_h = s[1] == 1 ? 0 : s[2] * s[3];
+  b.stride_b = s[0] == 1 ? 0 : s[1] * s[2] * s[3];
+  return b;
+}
+
+template AttentionBias<float> CheckAttentionBias<float>(const char*, const SparseAttentionDims&, const Shape&, const float*);
+template AttentionBias<double> CheckAttentionBias<double>(const char*, const SparseAttentionDims&, const Shape&, const double*);
+
 void CheckSparseAttentionGradInputs(const SparseAttentionDims& d, const Shape& dy, const Shape& p) {
   ExpectShape("SparseAttentionGrad", "dY", dy, {d.B, d.H, d.Sq, d.Ev}, "[B, H, Sq, Ev]");
   ExpectShape("SparseAttentionGrad", "P", p, {d.B, d.H, d.Sq, d.L}, "[B, H, Sq, L]");
@@ -139,6 +162,7 @@ struct Problem {
   bool causal;
   int64_t window;
   const T *q, *k, *v, *dy, *p, *key_bias;
+  AttentionBias<T> attn;
   const int32_t* indices;
   T *y, *probs, *ds, *dq, *dk, *dv;
   const int64_t* offsets;  // [B * Hkv, Sk + 1] key-major pattern
@@ -159,8 +183,10 @@ template <typename T, int64_t kE = 0, int64_t kEv = 0>
   const T* kb = w.k + kvh * d.Sk * E;
   const T* vb = w.v + kvh * d.Sk * Ev;
   const T* bias = w.key_bias ? w.key_bias + (bh / d.H) * d.Sk : nullptr;
+  const T* attn = w.attn.data ? w.attn.data + (bh / d.H) * w.attn.stride_b + (bh % d.H) * w.attn.stride_h : nullptr;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t row = bh * d.Sq + i;
+    const T* ar = attn ? attn + i * w.attn.stride_i : nullptr;
     const T* qi = w.q + row * E;
     const int32_t* idx = w.indices + row * d.L;
     T* pr = w.probs + row * d.L;  // [L]: logits first (-inf = skipped slot), then probabilities
@@ -170,13 +196,14 @@ template <typename T, int64_t kE = 0, int64_t kEv = 0>
     T mx = neg_inf;
     for (int64_t t = 0; t < d.L; ++t) {
       const int64_t j = idx[t];
-      if (j < 0 || j > limit || j < first || (bias && !(bias[j] > kMaskedBias))) {
+      if (j < 0 || j > limit || j < first || (bias && !(bias[j] > kMaskedBias)) || (ar && !(ar[j] > kMaskedBias))) {
         pr[t] = neg_inf;
         continue;
       }
       T a = w.scale * Dot(qi, kb + j * E, E);
       if (w.clamp > 0) a = std::min(std::max(a, -w.clamp), w.clamp);
       if (bias) a += bias[j];
+      if (ar) a += ar[j];
       pr[t] = a;
       mx = std::max(mx, a);
     }
@@ -319,9 +346,9 @@ void RunBackwardKeys(const Problem<T>& w, int64_t bh, int64_t j0, int64_t j1) {
 template <typename T>
 void SparseAttentionForward(const SparseAttentionDims& d, const SparseAttentionParams& params, const T* q,
                             const T* k, const T* v, const int32_t* indices, const T* key_bias, T* y, T* p,
-                            const Parallel& par) {
+                            const Parallel& par, const AttentionBias<T>& attn_bias) {
   const Problem<T> w{d,       static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, params.window, q, k, v,
-                     nullptr, nullptr, key_bias, indices, y, p, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                     nullptr, nullptr, key_bias, attn_bias, indices, y, p, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                      nullptr};
   const int64_t blocks = CeilDiv(d.Sq, kRowsPerTask);
   par.For(static_cast<std::size_t>(d.B * d.H * blocks), [&](std::size_t task) {
@@ -372,7 +399,7 @@ void SparseAttentionBackward(const SparseAttentionDims& d, const SparseAttention
 
   std::vector<T> ds(static_cast<std::size_t>(bh_count * d.Sq * d.L));  // [BH, Sq, L]
   const Problem<T> w{d,  static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, params.window, q, k, v, dy, p,
-                     nullptr, indices, nullptr, nullptr, ds.data(), dq, dk, dv, offsets.data(), entries.data(),
+                     nullptr, {}, indices, nullptr, nullptr, ds.data(), dq, dk, dv, offsets.data(), entries.data(),
                      params.clamp > 0 ? key_norm.data() : nullptr};
   const int64_t row_blocks = CeilDiv(d.Sq, kRowsPerTask);
   par.For(static_cast<std::size_t>(bh_count * row_blocks), [&](std::size_t task) {
@@ -389,10 +416,10 @@ void SparseAttentionBackward(const SparseAttentionDims& d, const SparseAttention
 
 template void SparseAttentionForward<float>(const SparseAttentionDims&, const SparseAttentionParams&, const float*,
                                             const float*, const float*, const int32_t*, const float*, float*, float*,
-                                            const Parallel&);
+                                            const Parallel&, const AttentionBias<float>&);
 template void SparseAttentionForward<double>(const SparseAttentionDims&, const SparseAttentionParams&, const double*,
                                              const double*, const double*, const int32_t*, const double*, double*,
-                                             double*, const Parallel&);
+                                             double*, const Parallel&, const AttentionBias<double>&);
 template void SparseAttentionBackward<float>(const SparseAttentionDims&, const SparseAttentionParams&, const float*,
                                              const float*, const float*, const float*, const int32_t*, const float*,
                                              float*, float*, float*, const Parallel&);

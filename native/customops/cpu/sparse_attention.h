@@ -48,6 +48,20 @@ struct SparseAttentionParams {
 // -inf, and the dtype-lowest fill values exporters use. Larger negatives (e.g. -1e4) are added as given.
 inline constexpr double kMaskedBias = -1e30;
 
+// An additive score bias (relative position bias, ALiBi) read at the selected keys: element (b, h, i, j) is
+// data[b * stride_b + h * stride_h + i * stride_i + j]; a zero stride broadcasts that axis. It is added after the
+// clamp, like the key mask; values <= kMaskedBias exclude the key. data == nullptr: none.
+template <typename T>
+struct AttentionBias {
+  const T* data = nullptr;
+  int64_t stride_b = 0, stride_h = 0, stride_i = 0;
+};
+
+// The strides of an attn_bias of shape [Bb, Hb, Sqb, Sk] (rank <= 4, missing leading axes are 1) with Bb in {1, B},
+// Hb in {1, H}, Sqb in {1, Sq}; throws std::invalid_argument naming `op` otherwise.
+template <typename T>
+AttentionBias<T> CheckAttentionBias(const char* op, const SparseAttentionDims& dims, const Shape& shape, const T* data);
+
 // Checks Q, K, V, indices and the optional key_padding_mask ([B, Sk]); `op` names the caller.
 SparseAttentionDims CheckSparseAttentionInputs(const char* op, const Shape& q, const Shape& k, const Shape& v,
                                                const Shape& indices, const Shape* mask);
@@ -66,9 +80,10 @@ void CheckSparseAttentionIndices(const char* op, const SparseAttentionDims& dims
 template <typename T>
 void SparseAttentionForward(const SparseAttentionDims& dims, const SparseAttentionParams& params, const T* q,
                             const T* k, const T* v, const int32_t* indices, const T* key_bias, T* y, T* p,
-                            const Parallel& par);
+                            const Parallel& par, const AttentionBias<T>& attn_bias = {});
 
-// Backward from the forward's P. Writes every element of dq, dk and dv.
+// Backward from the forward's P (which already holds the masks and the attn_bias). Writes every element of dq, dk
+// and dv.
 template <typename T>
 void SparseAttentionBackward(const SparseAttentionDims& dims, const SparseAttentionParams& params, const T* dy,
                              const T* q, const T* k, const T* v, const int32_t* indices, const T* p, T* dq, T* dk,

@@ -73,7 +73,8 @@ std::size_t FindBadIndexWorkspaceBytes();
 // Y = sum_t P_t V_j with the lanes splitting Ev. No S x S buffer.
 void SparseAttentionForward(const cpu::SparseAttentionDims& d, const cpu::SparseAttentionParams& p, DType dtype,
                             const void* q, const void* k, const void* v, const int32_t* indices,
-                            const float* key_bias, void* y, void* probs, cudaStream_t stream);
+                            const float* key_bias, void* y, void* probs, cudaStream_t stream,
+                            const cpu::AttentionBias<float>& attn_bias = {});
 
 // Backward scratch: ds [B, H, Sq, L] fp32, the key-major copy of the selection (sorted keys and entries,
 // offsets [B * Hkv * (Sk + 1) + 1]) and the radix sort's temporary storage.

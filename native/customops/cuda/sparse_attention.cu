@@ -74,7 +74,8 @@ template <typename T>
 __global__ void ForwardKernel(cpu::SparseAttentionDims d, float scale, float clamp, bool causal, int64_t window,
                               const T* __restrict__ q,
                               const T* __restrict__ k, const T* __restrict__ v, const int32_t* __restrict__ indices,
-                              const float* __restrict__ key_bias, T* __restrict__ y, T* __restrict__ probs) {
+                              const float* __restrict__ key_bias, cpu::AttentionBias<float> attn_bias,
+                              T* __restrict__ y, T* __restrict__ probs) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   float* qs = reinterpret_cast<float*>(smem + warp * WarpSliceBytes(d.E, d.Ev, d.L, false));
@@ -86,6 +87,10 @@ __global__ void ForwardKernel(cpu::SparseAttentionDims d, float scale, float cla
   const T* kb = k + kvh * d.Sk * d.E;
   const T* vb = v + kvh * d.Sk * d.Ev;
   const float* bias = key_bias ? key_bias + (bh / d.H) * d.Sk : nullptr;
+  // attn_bias row (b, h, i), broadcast axes have stride 0.
+  const float* ar = attn_bias.data ? attn_bias.data + (bh / d.H) * attn_bias.stride_b + (bh % d.H) * attn_bias.stride_h +
+                                         i * attn_bias.stride_i
+                                   : nullptr;
   const int32_t* idx = indices + row * d.L;
   // Causal and sliding-window bounds on the keys, aligned to the end when Sq != Sk (as the CPU kernel).
   const int64_t pos = i + d.Sk - d.Sq;
@@ -97,10 +102,11 @@ __global__ void ForwardKernel(cpu::SparseAttentionDims d, float scale, float cla
   for (int64_t t = lane; t < d.L; t += kWarp) {
     const int64_t j = idx[t];
     float a = -INFINITY;
-    if (j >= first && SlotKept(j, d.Sk, limit, bias)) {
+    if (j >= first && SlotKept(j, d.Sk, limit, bias) && (!ar || ar[j] > static_cast<float>(cpu::kMaskedBias))) {
       a = scale * DotShared(qs, kb + j * d.E, d.E);
       if (clamp > 0.f) a = fminf(fmaxf(a, -clamp), clamp);
       if (bias) a += bias[j];
+      if (ar) a += ar[j];
     }
     ps[t] = a;
     mx = fmaxf(mx, a);
@@ -345,7 +351,8 @@ int64_t FindBadIndex(const cpu::SparseAttentionDims& d, const int32_t* indices, 
 
 void SparseAttentionForward(const cpu::SparseAttentionDims& d, const cpu::SparseAttentionParams& p, DType dtype,
                             const void* q, const void* k, const void* v, const int32_t* indices,
-                            const float* key_bias, void* y, void* probs, cudaStream_t stream) {
+                            const float* key_bias, void* y, void* probs, cudaStream_t stream,
+                            const cpu::AttentionBias<float>& attn_bias) {
   const int64_t rows = d.B * d.H * d.Sq;
   if (rows == 0) return;
   const RowLayout lay = LayoutRows(d, false);
@@ -354,7 +361,7 @@ void SparseAttentionForward(const cpu::SparseAttentionDims& d, const cpu::Sparse
     AllowShared(ForwardKernel<T>, lay.shared);
     ForwardKernel<T><<<Blocks(rows, lay.warps), lay.warps * kWarp, lay.shared, stream>>>(
         d, static_cast<float>(p.scale), static_cast<float>(p.clamp), p.causal, p.window, static_cast<const T*>(q),
-        static_cast<const T*>(k), static_cast<const T*>(v), indices, key_bias, static_cast<T*>(y),
+        static_cast<const T*>(k), static_cast<const T*>(v), indices, key_bias, attn_bias, static_cast<T*>(y),
         static_cast<T*>(probs));
   });
   CheckLaunch("SparseAttention");

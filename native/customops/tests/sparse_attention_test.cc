@@ -69,18 +69,21 @@ double Logit(const SparseAttentionDims& d, const SparseAttentionParams& p, const
 // Plain dense attention over all Sk keys in double: Y [B, H, Sq, Ev] and the probabilities [B, H, Sq, Sk].
 void DenseReference(const SparseAttentionDims& d, const SparseAttentionParams& p, const std::vector<double>& q,
                     const std::vector<double>& k, const std::vector<double>& v, const std::vector<double>* bias,
-                    std::vector<double>& y, std::vector<double>& probs) {
+                    std::vector<double>& y, std::vector<double>& probs, const AttentionBias<double>& attn = {}) {
   y.assign(d.B * d.H * d.Sq * d.Ev, 0.0);
   probs.assign(d.B * d.H * d.Sq * d.Sk, 0.0);
   for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
     const double* bb = bias ? bias->data() + (bh / d.H) * d.Sk : nullptr;
     for (int64_t i = 0; i < d.Sq; ++i) {
       const int64_t row = bh * d.Sq + i;
+      // The attn_bias row of (b, h, i), read through its broadcast strides.
+      const double* ar = attn.data ? attn.data + (bh / d.H) * attn.stride_b + (bh % d.H) * attn.stride_h + i * attn.stride_i
+                                   : nullptr;
       std::vector<double> a(d.Sk, -INFINITY);
       double mx = -INFINITY;
       for (int64_t j = 0; j < d.Sk; ++j) {
-        if (!Kept(d, p, bb, i, j)) continue;
-        a[j] = Logit(d, p, &q[row * d.E], &k[(KvHeadOf(bh, d.H, d.Hkv) * d.Sk + j) * d.E], bb, j);
+        if (!Kept(d, p, bb, i, j) || (ar && !(ar[j] > kMaskedBias))) continue;
+        a[j] = Logit(d, p, &q[row * d.E], &k[(KvHeadOf(bh, d.H, d.Hkv) * d.Sk + j) * d.E], bb, j) + (ar ? ar[j] : 0.0);
         mx = std::max(mx, a[j]);
       }
       if (mx == -INFINITY) continue;
@@ -300,7 +303,11 @@ struct GradResult {
 
 template <typename Forward>
 GradResult CheckGradients(const SparseAttentionDims& d, const SparseAttentionParams& p, const std::vector<int32_t>& idx,
-                          const std::vector<float>* bias, Forward&& forward_double, uint32_t seed) {
+                          const std::vector<float>* bias, Forward&& forward_double, uint32_t seed,
+                          const std::vector<float>* attn = nullptr, const Shape& attn_shape = {}) {
+  const auto attn_d = attn ? ToDouble(*attn) : std::vector<double>();
+  const auto attn32 = attn ? CheckAttentionBias<float>("test", d, attn_shape, attn->data()) : AttentionBias<float>{};
+  const auto attn64 = attn ? CheckAttentionBias<double>("test", d, attn_shape, attn_d.data()) : AttentionBias<double>{};
   const auto qf = RandomNormal(d.B * d.H * d.Sq * d.E, seed), kf = RandomNormal(d.B * d.Hkv * d.Sk * d.E, seed + 1);
   const auto vf = RandomNormal(d.B * d.Hkv * d.Sk * d.Ev, seed + 2), gf = RandomNormal(d.B * d.H * d.Sq * d.Ev, seed + 3);
   auto q = ToDouble(qf), k = ToDouble(kf), v = ToDouble(vf);
@@ -317,7 +324,7 @@ GradResult CheckGradients(const SparseAttentionDims& d, const SparseAttentionPar
   {  // fp32 kernel
     std::vector<float> y(gf.size()), probs(d.B * d.H * d.Sq * d.L), dq(qf.size()), dk(kf.size()), dv(vf.size());
     SparseAttentionForward<float>(d, p, qf.data(), kf.data(), vf.data(), idx.data(), bias ? bias->data() : nullptr,
-                                  y.data(), probs.data(), Serial());
+                                  y.data(), probs.data(), Serial(), attn32);
     SparseAttentionBackward<float>(d, p, gf.data(), qf.data(), kf.data(), vf.data(), idx.data(), probs.data(),
                                    dq.data(), dk.data(), dv.data(), ThreadParallel(2));
     r.dq32 = RelL2Error(dq, fq), r.dk32 = RelL2Error(dk, fk), r.dv32 = RelL2Error(dv, fv);
@@ -326,7 +333,7 @@ GradResult CheckGradients(const SparseAttentionDims& d, const SparseAttentionPar
     const auto bd = bias ? ToDouble(*bias) : std::vector<double>();
     std::vector<double> y(g.size()), probs(d.B * d.H * d.Sq * d.L), dq(q.size()), dk(k.size()), dv(v.size());
     SparseAttentionForward<double>(d, p, q.data(), k.data(), v.data(), idx.data(), bias ? bd.data() : nullptr,
-                                   y.data(), probs.data(), Serial());
+                                   y.data(), probs.data(), Serial(), attn64);
     SparseAttentionBackward<double>(d, p, g.data(), q.data(), k.data(), v.data(), idx.data(), probs.data(), dq.data(),
                                     dk.data(), dv.data(), Serial());
     r.dq64 = RelL2Error(dq, fq), r.dk64 = RelL2Error(dk, fk), r.dv64 = RelL2Error(dv, fv);
@@ -363,6 +370,68 @@ TEST(SparseAttentionGrad, AllKeysSelectedMatchesFiniteDifferencesOfDenseAttentio
         };
         ExpectGradientsClose(CheckGradients(d, p, idx, &bias, dense, 22), Describe(c, p, true));
       }
+    }
+  }
+}
+
+// attn_bias (relative position bias, ALiBi) [1|B, 1|H, 1|Sq, Sk]: added to the logits at the selected keys after
+// the clamp; -inf entries exclude the key. Against dense attention with the same bias, in every broadcast form.
+TEST(SparseAttention, AttnBiasEqualsDenseAttentionWithTheBiasAdded) {
+  const ThreadParallel par(2);
+  for (const auto& c : kCases) {
+    for (const Shape& shape : {Shape{1, c.H, c.Sq, c.Sk}, Shape{c.B, 1, 1, c.Sk}, Shape{c.B, c.H, 1, c.Sk}, Shape{c.Sk}}) {
+      for (bool causal : {true, false}) {
+        const auto q = RandomNormal(c.B * c.H * c.Sq * c.E, 71), k = RandomNormal(c.B * c.Hkv * c.Sk * c.E, 72);
+        const auto v = RandomNormal(c.B * c.Hkv * c.Sk * c.Ev, 73);
+        auto attn = RandomNormal(NumElements(shape), 74);
+        attn[attn.size() / 2] = -std::numeric_limits<float>::infinity();  // one excluded key
+        auto d = CheckSparseAttentionInputs("SparseAttention", {c.B, c.H, c.Sq, c.E}, {c.B, c.Hkv, c.Sk, c.E},
+                                            {c.B, c.Hkv, c.Sk, c.Ev}, {c.B, c.H, c.Sq, c.Sk}, nullptr);
+        const auto p = ResolveSparseAttentionParams("SparseAttention", 0.0, 10.0, causal, c.E);
+        const auto idx = AllKeysShuffled(d, 75);
+        std::vector<float> y(c.B * c.H * c.Sq * c.Ev), probs(c.B * c.H * c.Sq * c.Sk);
+        SparseAttentionForward<float>(d, p, q.data(), k.data(), v.data(), idx.data(), nullptr, y.data(), probs.data(), par,
+                                      CheckAttentionBias<float>("SparseAttention", d, shape, attn.data()));
+        const auto attn_d = ToDouble(attn);
+        std::vector<double> yr, pr;
+        DenseReference(d, p, ToDouble(q), ToDouble(k), ToDouble(v), nullptr, yr, pr,
+                       CheckAttentionBias<double>("SparseAttention", d, shape, attn_d.data()));
+        EXPECT_LT(RelMaxError(y, yr), 1e-5) << Describe(c, p, false) << " attn_bias " << ShapeString(shape);
+      }
+    }
+  }
+}
+
+TEST(SparseAttention, AttnBiasOfAnotherShapeIsRejected) {
+  const SparseAttentionDims d{2, 4, 5, 6, 8, 8, 3, 2};
+  const float x = 0.f;
+  EXPECT_THROW(CheckAttentionBias<float>("SparseAttention", d, {2, 4, 5, 5}, &x), std::invalid_argument);
+  EXPECT_THROW(CheckAttentionBias<float>("SparseAttention", d, {3, 1, 1, 6}, &x), std::invalid_argument);
+  EXPECT_THROW(CheckAttentionBias<float>("SparseAttention", d, {1, 2, 4, 5, 6}, &x), std::invalid_argument);
+  try {
+    CheckAttentionBias<float>("SparseAttention", d, {1, 2, 5, 6}, &x);
+    FAIL() << "a head count other than 1 or H must be rejected";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("attn_bias"), std::string::npos) << e.what();
+  }
+}
+
+TEST(SparseAttentionGrad, AttnBiasMatchesFiniteDifferencesOfDenseAttention) {
+  for (const Case& c : {Case{1, 2, 5, 5, 4, 3}, Case{2, 1, 4, 7, 8, 8}}) {
+    for (bool causal : {true, false}) {
+      auto d = CheckSparseAttentionInputs("SparseAttentionGrad", {c.B, c.H, c.Sq, c.E}, {c.B, c.H, c.Sk, c.E},
+                                          {c.B, c.H, c.Sk, c.Ev}, {c.B, c.H, c.Sq, c.Sk}, nullptr);
+      const auto p = ResolveSparseAttentionParams("SparseAttentionGrad", 0.0, 0.8, causal, c.E);
+      const Shape shape{1, c.H, c.Sq, c.Sk};
+      const auto attn = RandomNormal(NumElements(shape), 81);
+      const auto attn_d = ToDouble(attn);
+      const auto idx = AllKeysShuffled(d, 82);
+      auto dense = [&](const std::vector<double>& q, const std::vector<double>& k, const std::vector<double>& v) {
+        std::vector<double> y, probs;
+        DenseReference(d, p, q, k, v, nullptr, y, probs, CheckAttentionBias<double>("test", d, shape, attn_d.data()));
+        return y;
+      };
+      ExpectGradientsClose(CheckGradients(d, p, idx, nullptr, dense, 83, &attn, shape), Describe(c, p, false) + " attn_bias");
     }
   }
 }

@@ -72,6 +72,19 @@ public sealed class SaveOptions
 
     /// <summary>File name of the external data file, next to the model (default: the model's file name + ".data").</summary>
     public string? ExternalDataFileName { get; init; }
+
+    /// <summary>
+    /// Initializers still read unchanged from a loaded model's external data file are written as references to that
+    /// file (path relative to the output's directory) instead of being copied; the file must lie in the output's
+    /// directory or below it, and is not rewritten. Everything else is saved as usual.
+    /// </summary>
+    public bool ReferenceSourceData { get; init; }
+
+    /// <summary>
+    /// With <see cref="ReferenceSourceData"/>: the directory the saved model will finally live in when it is written
+    /// elsewhere first and moved (staged outputs); the references are relative to it. Default: the output's directory.
+    /// </summary>
+    public string? FinalDirectory { get; init; }
 }
 
 /// <summary>

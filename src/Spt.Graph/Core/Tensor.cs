@@ -79,6 +79,9 @@ public sealed class Tensor
     /// <summary>Whether the elements live in an external data file.</summary>
     public bool IsExternal => _storage == Storage.External;
 
+    /// <summary>The full path of the external data file when <see cref="IsExternal"/> and the model was loaded from a file.</summary>
+    internal string? ExternalFilePath => External is { } ext && _store is { } store ? store.Resolve(ext.Location, Name) : null;
+
     /// <summary>Where the elements live when <see cref="IsExternal"/>; null otherwise.</summary>
     public ExternalDataLocation? External { get; }
 

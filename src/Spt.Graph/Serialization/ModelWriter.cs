@@ -195,6 +195,27 @@ internal static class ModelWriter
             ExternalDataMode.Never => false,
             _ => total > InlineLimit,
         };
+        // Initializers still in the source's external file stay there (referenced, not copied) when asked.
+        var referenced = new Dictionary<Tensor, string>(ReferenceEqualityComparer.Instance);
+        if (options.ReferenceSourceData)
+        {
+            string home = Path.GetFullPath(options.FinalDirectory ?? dir);
+            string outData = Path.GetFullPath(Path.Combine(home, dataName));
+            foreach (var v in AllInitializerValues(model.Graph))
+            {
+                var t = v.Initializer!;
+                if (!t.IsExternal || referenced.ContainsKey(t) || t.ExternalFilePath is not { } source)
+                    continue;
+                string relative = Path.GetRelativePath(home, source);
+                if (Path.IsPathRooted(relative) || relative == ".." || relative.StartsWith(".." + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+                    throw new OnnxModelException($"cannot save model to '{path}' referring to the source weights: '{source}' lies outside the output's directory '{home}' (external data must lie in the model's directory); write the output next to the weights or copy them");
+                if (string.Equals(Path.GetFullPath(source), outData, StringComparison.Ordinal))
+                    throw new OnnxModelException($"cannot save model to '{path}' referring to the source weights: its own external data file would overwrite '{source}'; choose another output name");
+                referenced[t] = relative.Replace(Path.DirectorySeparatorChar, '/');
+            }
+        }
+        if (options.ExternalData == ExternalDataMode.Auto)
+            useExternal = total - referenced.Keys.Sum(t => Math.Max(0, t.ByteLength)) > InlineLimit;
         // Only dense initializers move out; tensor attributes and sparse parts stay inline.
         var external = new List<Tensor>();
         if (useExternal)
@@ -203,13 +224,13 @@ internal static class ModelWriter
             foreach (var v in AllInitializerValues(model.Graph))
             {
                 var t = v.Initializer!;
-                if (t.ByteLength > 0 && t.ByteLength >= options.ExternalDataThreshold && seen.Add(t))
+                if (t.ByteLength > 0 && t.ByteLength >= options.ExternalDataThreshold && !referenced.ContainsKey(t) && seen.Add(t))
                     external.Add(t);
             }
         }
         if (external.Count > 0)
             FileChecks.RequireOutputFile(Path.Combine(dir, dataName), "external data output");
-        long inline = total - external.Sum(t => t.ByteLength);
+        long inline = total - external.Sum(t => t.ByteLength) - referenced.Keys.Sum(t => t.ByteLength);
         if (inline > InlineLimit)
         {
             throw new OnnxModelException(options.ExternalData == ExternalDataMode.Never
@@ -242,7 +263,9 @@ internal static class ModelWriter
             }
             var proto = ToProto(model, t => placement.TryGetValue(t, out var at)
                 ? t.ToProtoExternal(dataName, at.Offset, at.Length)
-                : t.ToProtoInline());
+                : referenced.TryGetValue(t, out var location)
+                    ? t.ToProtoExternal(location, t.External!.Offset, t.ByteLength)
+                    : t.ToProtoInline());
             using (var fs = new FileStream(modelTmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
             {
                 proto.WriteTo(fs);

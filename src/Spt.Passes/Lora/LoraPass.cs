@@ -27,9 +27,9 @@ public sealed record LoraOptions
 /// <summary>
 /// Adds LoRA factors to Linear layers: <c>y = x·W (+ b)</c> becomes <c>y = x·W (+ b) + (x·A)·B</c> with
 /// A [d_in, r] ~ N(0, 1) (seeded) and B [r, d_out] = 0, no alpha/r scaling (as in the SPT reference), so outputs are
-/// unchanged at initialization. A Linear layer is a MatMul whose second operand is a 2-D float initializer (run
-/// canonicalization first so Gemm and transposed weights are in that form), optionally followed by an Add of a
-/// 1-D constant bias; a MatMul of two activations (attention scores) is not one.
+/// unchanged at initialization. A Linear layer is what <see cref="Recognition.Linear"/> reads, restricted to MatMul by a
+/// 2-D float initializer (run canonicalization first so Gemm is in that form); a MatMul of two activations (attention
+/// scores) is not one.
 /// <para>
 /// The pass records in model metadata which initializers training must leave alone and which it updates:
 /// <see cref="FrozenKey"/> (<c>spt.frozen</c>) and <see cref="TrainableKey"/> (<c>spt.trainable</c>), each a
@@ -50,16 +50,6 @@ public sealed class LoraPass(LoraOptions? options = null) : IPass
     /// <inheritdoc />
     public string Name => "lora";
 
-    // The weight operand: W [d_in, d_out], or Transpose(W [d_out, d_in]) as exporters write Linear on 3-D input.
-    private static Pattern Weight() => Pat.OneOf(
-        Pat.Const("w"),
-        Pat.Op("Transpose", Pat.Const("w")).AttrInts("perm", 1, 0).Named("transpose"));
-
-    // MatMul(x, W) [+ b], W a 2-D constant (possibly transposed), b a 1-D constant (either Add operand order).
-    private static readonly Pattern Linear = Pat.OneOf(
-        Pat.Commutative("Add", Pat.Op("MatMul", Pat.Any("x"), Weight()).Named("matmul"), Pat.Const("b")).Named("add"),
-        Pat.Op("MatMul", Pat.Any("x"), Weight()).Named("matmul"));
-
     /// <inheritdoc />
     public bool Run(Model model, PassContext context)
     {
@@ -76,34 +66,31 @@ public sealed class LoraPass(LoraOptions? options = null) : IPass
         {
             // Prefer the form with the bias so the factor is added after it.
             var root = mm.Outputs[0].Uses is [{ Node: { OpType: "Add" } add }] ? add.Outputs[0] : mm.Outputs[0];
-            var m = Linear.Match(root);
-            if (!m.Success || !ReferenceEquals(m.Node("matmul"), mm))
-                m = Pat.Op("MatMul", Pat.Any("x"), Weight()).Named("matmul").Match(mm);
-            if (!m.Success)
+            var m = Recognition.Linear.Match(root);
+            if (!m.Success || !ReferenceEquals(m.Match!.Node, mm))
+                m = Recognition.Linear.Match(mm.Outputs[0]);
+            if (m.Match is not { } lin)
             {
                 context.Info(Name, "not a Linear layer: " + m.Reason, mm);
                 continue;
             }
-            var w = m["w"];
-            var weight = m.Constant("w");
-            if (weight.Dims.Count != 2 || weight.ElementType != ElementType.Float || w.Initializer is null || ConstantValue.Of(m["x"]) is not null)
+            var w = lin.WeightSource.Initializer;
+            var weight = ConstantValue.Of(w)!;
+            if (weight.ElementType != ElementType.Float || w.Initializer is null || ConstantValue.Of(lin.Input) is not null)
             {
                 context.Info(Name, $"not a Linear layer: weight {w.Name} is {weight.ElementType.ShortName()}[{string.Join(",", weight.Dims)}], not a 2-D float32 initializer", mm);
                 continue;
             }
-            bool transposed = m.Nodes.ContainsKey("transpose");
-            long dIn = weight.Dims[transposed ? 1 : 0], dOut = weight.Dims[transposed ? 0 : 1];
-            Value? bias = m.Values.TryGetValue("b", out var bv) ? bv : null;
-            if (bias is not null && (ConstantValue.Of(bias)!.Dims is not [var n] || n != dOut))
-                bias = null;
+            var (dIn, dOut) = lin.Dims;
+            var bias = lin.Bias;
             if (Options.Include is { } include && !include.IsMatch(w.Name) && !(originals.TryGetValue(w.Name, out var orig) && include.IsMatch(orig)))
                 continue;
 
             // A rank above min(d_in, d_out) adds parameters without adding capacity (B·A is full rank already).
             if (Options.Rank > Math.Min(dIn, dOut))
                 throw OnnxModelException.ForNode(mm, $"LoRA rank {Options.Rank} exceeds min(d_in, d_out) = {Math.Min(dIn, dOut)} of weight '{w.Name}' [{dIn}, {dOut}]; give a rank of at most {Math.Min(dIn, dOut)}");
-            var output = bias is not null ? m.Node("add").Outputs[0] : mm.Outputs[0];
-            AddFactors(editor, m["x"], w, dIn, dOut, output, rng, trainable);
+            var output = bias is not null ? lin.Output : mm.Outputs[0];
+            AddFactors(editor, lin.Input, w, dIn, dOut, output, rng, trainable);
             (Options.FreezeBase ? frozen : trainable).Add(w.Name);
             if (bias is not null)
                 (Options.FreezeBase ? frozen : trainable).Add(bias.Name);

@@ -85,7 +85,7 @@ public sealed class AttentionBlockGrowth : IPass
         {
             if (v.Producer is not { } n)
                 return null;
-            if (IsLinear(n))
+            if (Linear.ReadsConstantWeight(n))
                 return n;
             switch (n.OpType)
             {
@@ -198,7 +198,7 @@ public sealed class AttentionBlockGrowth : IPass
             if (uses.Count != 1)
                 return null;
             var n = uses[0].Node;
-            if (IsLinear(n) && uses[0].InputIndex == 0)
+            if (Linear.ReadsConstantWeight(n) && uses[0].InputIndex == 0)
                 return n;
             if (n.OpType is not ("Transpose" or "Reshape" or "Identity" or "Squeeze" or "Unsqueeze"))
                 return null;
@@ -206,9 +206,4 @@ public sealed class AttentionBlockGrowth : IPass
         }
         return null;
     }
-
-    /// <summary>MatMul by a constant weight (possibly through a Transpose of it), or Gemm with a constant weight.</summary>
-    internal static bool IsLinear(Node n) =>
-        n.IsDefaultDomain && n.OpType is "MatMul" or "Gemm" && n.Inputs.Count > 1 && n.Inputs[1] is { } w
-        && (ConstantValue.Of(w) is not null || (w.Producer is { OpType: "Transpose" } t && ConstantValue.Of(t.Inputs[0]) is not null));
 }

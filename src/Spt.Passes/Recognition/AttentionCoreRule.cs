@@ -63,7 +63,8 @@ internal sealed record AttentionCoreMatch(
     Value? KeyPadding,
     IReadOnlyList<Node> Region,
     FoldedHeads? Folded = null,
-    long Window = 0);
+    long Window = 0,
+    bool BiasIsScoreBias = false);
 
 /// <summary>
 /// Heads folded into the batch ([B·H, S, E] operands, as bmm-based exporters write attention) around scores that are
@@ -72,7 +73,9 @@ internal sealed record AttentionCoreMatch(
 /// <param name="Heads">H, read from the [B, H, Sq, Sk] view.</param>
 /// <param name="UnfoldV">V is [B·H, Sk, Ev] (bmm with V) rather than [B, H, Sk, Ev].</param>
 /// <param name="FoldOutput">The PV product is [B·H, Sq, Ev]: the core's [B, H, Sq, Ev] output is folded back.</param>
-internal sealed record FoldedHeads(long Heads, bool UnfoldV, bool FoldOutput);
+/// <param name="BiasFolded">The additive term applies to the folded [B·H, Sq, Sk] scores (a score bias such as BLOOM's
+/// ALiBi inside baddbmm; a mask there is refused).</param>
+internal sealed record FoldedHeads(long Heads, bool UnfoldV, bool FoldOutput, bool BiasFolded = false);
 
 /// <summary>
 /// Stage one of attention recognition: <c>MatMul(Q, Kᵀ) [·scale] [+mask | Where(mask)] → Softmax(last axis)
@@ -121,7 +124,7 @@ public sealed class AttentionCoreFusion : IPass
     }
 
     /// <summary>Matches the attention core around <paramref name="softmax"/>; pure.</summary>
-    internal static (AttentionCoreMatch? Match, string? Reason) Match(Node softmax, StaticShapes shapes, ShapeAnalysis? symbolic = null, long opset = 17)
+    internal static Matched<AttentionCoreMatch> Match(Node softmax, StaticShapes shapes, ShapeAnalysis? symbolic = null, long opset = 17)
     {
         var probs = softmax.Outputs[0];
         if (probs.Uses.Count != 1 || probs.IsGraphOutput)
@@ -274,10 +277,26 @@ public sealed class AttentionCoreFusion : IPass
         bool causal = false;
         long window = 0;
         Value? keyPadding = null;
-        if (cond != null || bias != null)
+        // An additive term that is no mask the kernels take (a relative position bias, ALiBi, a soft bias) is passed to
+        // SparseAttention as attn_bias, read at the selected keys: exact whatever it holds.
+        bool scoreBias = false;
+        if (bias != null && !IsKnownMask(bias, maskScores, folded is null ? rank : 4, symbolic, shapes, opset))
+        {
+            int biasRank = shapes.RankOf(bias) ?? symbolic?.ShapeOf(bias)?.Count ?? -1;
+            int limit = folded is { BiasFolded: true } ? 3 : rank == 3 && folded is null ? 3 : 4;
+            if (biasRank < 0 || biasRank > limit)
+                return (null, $"the additive term '{bias.Name}' on the scores is no mask and its rank ({(biasRank < 0 ? "unknown" : biasRank.ToString(System.Globalization.CultureInfo.InvariantCulture))}) does not fit an attention bias [1|B, 1|H, 1|Sq, Sk]");
+            scoreBias = true;
+        }
+        else if (folded is { BiasFolded: true })
+        {
+            return (null, $"mask term '{bias!.Name}' applies to the folded [B·H, Sq, Sk] scores; only a mask on the [B, H, Sq, Sk] view is modelled");
+        }
+        var maskBias = scoreBias ? null : bias;
+        if (cond != null || maskBias != null)
         {
             string? notEvaluated = "no symbolic shapes";
-            var probed = symbolic is null ? null : MaskProbing.Classify(bias, cond, scoresWhenTrue, maskScores, folded is null ? rank : 4, symbolic, opset, out notEvaluated);
+            var probed = symbolic is null ? null : MaskProbing.Classify(maskBias, cond, scoresWhenTrue, maskScores, folded is null ? rank : 4, symbolic, opset, out notEvaluated);
             if (probed is { Reason: null })
             {
                 causal = probed.Causal;
@@ -288,7 +307,7 @@ public sealed class AttentionCoreFusion : IPass
             {
                 // Not evaluated, or evaluated to no known meaning: the exporters' known structural forms still count
                 // (a mask cut from a fixed-size buffer need not broadcast at the probe sizes).
-                var structural = ReadStructure(cond, bias, scoresWhenTrue, shapes);
+                var structural = ReadStructure(cond, maskBias, scoresWhenTrue, shapes);
                 if (structural.Reason is { } why)
                     return (null, probed?.Reason ?? $"{why}, and the mask could not be evaluated: {notEvaluated}");
                 causal = structural.Causal;
@@ -299,7 +318,7 @@ public sealed class AttentionCoreFusion : IPass
         double total = scale * qScale * kScale;
         double effective = total * qExtra * kExtra;
         return (new AttentionCoreMatch(softmax, qk, consumer, dropout, q, kt, vOperand, rank, total, effective, qBypass, kBypass,
-            bias, cond, fill, scoresWhenTrue, causal, keyPadding, region, folded, window), null);
+            bias, cond, fill, scoresWhenTrue, causal, keyPadding, region, folded, window, scoreBias), null);
 
         bool LeadsToScores(Value v)
         {
@@ -354,14 +373,13 @@ public sealed class AttentionCoreFusion : IPass
         int? vRank = shapes.RankOf(v);
         if (vRank != (pvFolded ? 3 : 4))
             return (null, $"V '{v.Name}' has rank {(vRank is { } vr ? vr.ToString(System.Globalization.CultureInfo.InvariantCulture) : "unknown")}; the {(pvFolded ? "[B·H, Sq, Sk]" : "[B, H, Sq, Sk]")} probabilities need {(pvFolded ? 3 : 4)}");
-        // Every mask term must sit on the [B, H, Sq, Sk] view (between the views), where its meaning is read.
-        foreach (var term in new[] { bias, cond })
-        {
-            if (term is not null && term.Uses.Select(u => u.Node).FirstOrDefault(u => regionNodes.Contains(u)) is { } user && !IsBetween(user, inner, outer ?? softmax))
-                return (null, $"mask term '{term.Name}' applies to the folded [B·H, Sq, Sk] scores; only a mask on the [B, H, Sq, Sk] view is modelled");
-        }
+        // Every mask term must sit on the [B, H, Sq, Sk] view (between the views), where its meaning is read; an
+        // additive term on the folded scores may still be a score bias (decided by the caller).
+        bool OnFolded(Value? term) => term is not null && term.Uses.Select(u => u.Node).FirstOrDefault(u => regionNodes.Contains(u)) is { } user && !IsBetween(user, inner, outer ?? softmax);
+        if (OnFolded(cond))
+            return (null, $"mask term '{cond!.Name}' applies to the folded [B·H, Sq, Sk] scores; only a mask on the [B, H, Sq, Sk] view is modelled");
         unfoldedScores = inner.Outputs[0];
-        return (new FoldedHeads(heads, UnfoldV: pvFolded, FoldOutput: shapes.RankOf(pv.Outputs[0]) == 3), null);
+        return (new FoldedHeads(heads, UnfoldV: pvFolded, FoldOutput: shapes.RankOf(pv.Outputs[0]) == 3, BiasFolded: OnFolded(bias)), null);
 
         // Whether `node` lies on the score chain between the inner view and `top` (exclusive of the inner view).
         static bool IsBetween(Node node, Node innerView, Node top)
@@ -451,6 +469,15 @@ public sealed class AttentionCoreFusion : IPass
         if (v.Producer is { OpType: "ConstantOfShape" } z && z.IsDefaultDomain)
             return z.GetAttribute("value") is not { Kind: Ir.AttributeKind.Tensor } a || a.AsTensor().ToDoubleArray().All(x => x == 0);
         return false;
+    }
+
+    // Whether an additive term alone is a mask the kernels take (none, causal, key padding, sliding window), by
+    // evaluation or, failing that, by its structure.
+    private static bool IsKnownMask(Value bias, Value maskScores, int rank, ShapeAnalysis? symbolic, StaticShapes shapes, long opset)
+    {
+        if (symbolic is not null && MaskProbing.Classify(bias, null, true, maskScores, rank, symbolic, opset, out _) is { } probed)
+            return probed.Reason is null;
+        return MaskAnalysis.Additive(bias, shapes).Reason is null;
     }
 
     // The mask read from its structure: tril/triu buffers and Trilu as Where conditions, (1 - mask) * large negative
@@ -592,6 +619,8 @@ public sealed class AttentionCoreFusion : IPass
         inputs[AttentionCoreOp.K] = k;
         inputs[AttentionCoreOp.V] = v;
         inputs[AttentionCoreOp.Bias] = m.Bias;
+        if (m.BiasIsScoreBias && m.Folded is { BiasFolded: true } fb && m.Bias is { } folded3 && new StaticShapes().ShapeOf(folded3) is not [1, ..])
+            inputs[AttentionCoreOp.Bias] = Unfold(editor, m.OutputMatMul, folded3, fb.Heads); // [B·H, 1|Sq, Sk] -> [B, H, 1|Sq, Sk]
         inputs[AttentionCoreOp.Cond] = m.Cond;
         inputs[AttentionCoreOp.KeyPadding] = m.KeyPadding;
         if (m.Dropout != null)
@@ -605,6 +634,7 @@ public sealed class AttentionCoreFusion : IPass
             Ir.Attribute.FromFloat("effective_scale", (float)m.EffectiveScale),
             Ir.Attribute.FromInt("causal", m.Causal ? 1 : 0),
             Ir.Attribute.FromInt("window", m.Window),
+            Ir.Attribute.FromInt("score_bias", m.BiasIsScoreBias ? 1 : 0),
             Ir.Attribute.FromFloat("fill", (float)Math.Max(m.Fill, float.MinValue)),
             Ir.Attribute.FromInt("scores_when_true", m.ScoresWhenTrue ? 1 : 0),
             Ir.Attribute.FromInt("rank", rank),

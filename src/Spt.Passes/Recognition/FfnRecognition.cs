@@ -15,10 +15,17 @@ namespace Spt.Passes.Recognition;
 internal sealed record Linear(Node Node, Value Output, Value Input, Value Weight, bool WeightIsOutIn, Value? Bias, IReadOnlyList<Node> Nodes)
 {
     /// <summary>Reads a linear layer ending in <paramref name="y"/>: Add(MatMul(x, W), b), MatMul(x, W) or Gemm(x, W, b).</summary>
-    public static Linear? At(Value y)
+    public static Linear? At(Value y) => Match(y).Match;
+
+    /// <summary>
+    /// The one definition of a Linear layer: Add(MatMul(x, W), b) with b a 1-D constant and the MatMul read only by the
+    /// Add, MatMul(x, W), or Gemm(x, W, b?) with alpha = beta = 1 and transA = 0; W a 2-D constant or a Transpose of
+    /// one. Otherwise the reason.
+    /// </summary>
+    public static Matched<Linear> Match(Value y)
     {
-        if (y.Producer is not { } n || !n.IsDefaultDomain)
-            return null;
+        if (y.Producer is not { IsDefaultDomain: true } n)
+            return Matched<Linear>.Fail($"'{y.Name}' is not computed by a default-domain op");
         if (n.OpType == "Add")
         {
             for (int i = 0; i < 2; i++)
@@ -27,20 +34,32 @@ internal sealed record Linear(Node Node, Value Output, Value Input, Value Weight
                     && AtMatMul(mm) is { } lin && lin.Output.Uses.Count == 1)
                     return lin with { Output = y, Bias = n.Inputs[i], Nodes = [mm, n] };
             }
-            return null;
+            return Matched<Linear>.Fail($"Add '{n.Name}' is not a 1-D constant bias on a MatMul by a constant weight that only it reads");
         }
         if (n.OpType == "MatMul")
-            return AtMatMul(n);
-        if (n.OpType == "Gemm" && n.GetFloat("alpha", 1) == 1 && n.GetFloat("beta", 1) == 1 && n.GetInt("transA", 0) == 0
-            && n.Inputs[1] is { } w && IsConstantWeight(w))
+            return AtMatMul(n) is { } lin ? lin : Matched<Linear>.Fail($"MatMul '{n.Name}' does not read a 2-D constant weight (or a Transpose of one)");
+        if (n.OpType == "Gemm")
         {
+            if (n.GetFloat("alpha", 1) != 1 || n.GetFloat("beta", 1) != 1 || n.GetInt("transA", 0) != 0)
+                return Matched<Linear>.Fail($"Gemm '{n.Name}' scales (alpha, beta) or transposes its input");
+            if (n.Inputs[1] is not { } w || !IsConstantWeight(w))
+                return Matched<Linear>.Fail($"Gemm '{n.Name}' does not read a 2-D constant weight (or a Transpose of one)");
             var bias = n.Inputs.Count > 2 ? n.Inputs[2] : null;
             if (bias != null && ConstantValue.Of(bias) is not { Dims.Count: 1 })
-                return null;
+                return Matched<Linear>.Fail($"Gemm '{n.Name}' adds a bias that is not a 1-D constant");
             return new Linear(n, y, n.Inputs[0]!, w, n.GetInt("transB", 0) != 0, bias, [n]);
         }
-        return null;
+        return Matched<Linear>.Fail($"{n.OpType} '{n.Name}' is not MatMul, Gemm or a bias Add");
     }
+
+    /// <summary>Whether <paramref name="n"/> is a MatMul or Gemm by a constant weight (possibly through a Transpose of it).</summary>
+    public static bool ReadsConstantWeight(Node n) =>
+        n.IsDefaultDomain && n.OpType is "MatMul" or "Gemm" && n.Inputs.Count > 1 && n.Inputs[1] is { } w
+        && (ConstantValue.Of(w) is not null || (w.Producer is { OpType: "Transpose" } t && ConstantValue.Of(t.Inputs[0]) is not null));
+
+    /// <summary>The initializer W itself (through the Transpose), and whether the node reads it as [out, in].</summary>
+    public (Value Initializer, bool OutIn) WeightSource =>
+        Weight.Producer is { OpType: "Transpose" } t ? (t.Inputs[0]!, !WeightIsOutIn) : (Weight, WeightIsOutIn);
 
     private static Linear? AtMatMul(Node mm) =>
         mm.Inputs[1] is { } w && IsConstantWeight(w) ? new Linear(mm, mm.Outputs[0], mm.Inputs[0]!, w, false, null, [mm]) : null;
@@ -154,7 +173,7 @@ internal static class FfnRecognition
         return v;
     }
 
-    public static (FfnMatch? Match, string? Reason) Match(Linear fc2, StaticShapes shapes)
+    public static Matched<FfnMatch> Match(Linear fc2, StaticShapes shapes)
     {
         var afterAct = SkipPassThrough(fc2.Input, out var passFc2);
         foreach (var p in passFc2.Where(p => p.OpType == "Reshape"))
@@ -239,7 +258,7 @@ internal static class FfnRecognition
         return Finish(new FfnMatch(fc1, null, fc2, kind, null, region), shapes);
     }
 
-    private static (FfnMatch?, string?) Finish(FfnMatch m, StaticShapes shapes)
+    private static Matched<FfnMatch> Finish(FfnMatch m, StaticShapes shapes)
     {
         // Shape ops outside may read hidden values (exporters' reshape arithmetic): they see only shapes, which the
         // rewrite does not change, and they die with the reshapes they feed.

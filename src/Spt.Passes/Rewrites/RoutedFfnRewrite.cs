@@ -28,7 +28,7 @@ public sealed class RoutedFfnRewrite(SptOptions options) : IPass
         var claimed = new HashSet<Node>();
         foreach (var node in model.Graph.Nodes)
         {
-            if (!AttentionBlockGrowth.IsLinear(node) && node.OpType != "Add")
+            if (!Linear.ReadsConstantWeight(node) && node.OpType != "Add")
                 continue;
             var lin = Linear.At(node.Outputs[0]);
             if (lin is null || claimed.Contains(lin.Node))

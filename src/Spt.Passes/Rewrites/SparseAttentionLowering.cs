@@ -118,9 +118,17 @@ public sealed class SparseAttentionLowering(SptOptions options) : IPass
             Positioned(topk, (AttentionOps.CodesQ, codesQ), (AttentionOps.CodesK, codesK), (AttentionOps.TopKKeyPadding, keyPadding)),
             "PQTopK", 1, topk.Domain,
             [.. topk.NodeAttributes([(AttentionOps.ModeAttr, "exact"), (AttentionOps.CausalAttr, causal ? 1L : 0L), .. selection, .. windowAttr])]);
+        // A score bias (relative position, ALiBi: an additive term that is no mask) is read at the selected keys.
+        Value? attnBias = core.GetInt("score_bias", 0) != 0 ? core.Inputs[AttentionCoreOp.Bias] : null;
+        if (attnBias != null && folded && shapes.RankOf(attnBias) == 3)
+        {
+            // [B·H, 1|Sq, Sk] -> [B·H, 1, 1|Sq, Sk], as Q, K and V.
+            var axis1 = editor.AddInitializer(Tensor.Create(graph.UniqueName(prefix + "/bias_axis1"), new long[] { 1 }, 1));
+            attnBias = Emit("Unsqueeze", [attnBias, axis1], "attn_bias4");
+        }
         var attention = AttentionOps.SparseAttention;
         var y = Emit(attention.Name,
-            Positioned(attention, (AttentionOps.Q, q), (AttentionOps.K, k), (AttentionOps.V, v), (AttentionOps.Indices, indices), (AttentionOps.KeyPadding, keyPadding)),
+            Positioned(attention, (AttentionOps.Q, q), (AttentionOps.K, k), (AttentionOps.V, v), (AttentionOps.Indices, indices), (AttentionOps.KeyPadding, keyPadding), (AttentionOps.AttnBias, attnBias)),
             "SparseAttention", 2, attention.Domain,
             [.. attention.NodeAttributes([
                 (AttentionOps.ScaleAttr, (float)AttentionCoreOp.Scale(core, e)!.Value),
