@@ -236,7 +236,10 @@ def worker(model, variant, seq, steps, warmup, lora_rank, batch, threads):
 def measure(model, variant, seq, args):
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", variant, model, "--seq", str(seq),
                           "--steps", str(args.steps), "--warmup", str(args.warmup), "--lora", str(args.lora),
-                          "--batch", str(args.batch), "--threads", str(args.threads)], capture_output=True, text=True)
+                          "--batch", str(args.batch), "--threads", str(args.threads)], capture_output=True, text=True,
+                         # The BLAS under torch (OpenBLAS in Debian's build) keeps its own thread pool, which
+                         # torch.set_num_threads does not size; it must be set before the library loads.
+                         env=dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads)))
     if out.returncode != 0:
         fail(f"the PyTorch {variant} run at S={seq} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
