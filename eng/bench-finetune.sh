@@ -4,13 +4,14 @@
 # index (`apt-cache dumpavail`: short Description labelled by Section; the 4 most frequent sections, balanced,
 # seeded shuffle; the last 20% held out). Four arms: full fine-tuning, dense LoRA 16, SPT + LoRA 16 (default
 # sparsity), SPT without LoRA. Prints a markdown table of eval accuracy, macro-F1, mean step time and peak ORT memory;
-# each arm's loss and metric curves go to OUT_DIR/ARM.png.
+# each run's loss and metric curves go to OUT_DIR/ARM-sSEED.png.
 #
-#   eng/bench-finetune.sh [OUT_DIR]      env: STEPS (60), BATCH (16), SEQ (64), PER_CLASS (250), THREADS (0)
+#   eng/bench-finetune.sh [OUT_DIR]      env: STEPS (60), BATCH (16), SEQ (64), PER_CLASS (250), THREADS (0),
+#                                        SEEDS ("1 2 3": one run per data-order seed, the table gives the means)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out="${1:-build/bench-finetune}"
-steps="${STEPS:-60}" batch="${BATCH:-16}" seq="${SEQ:-64}" per_class="${PER_CLASS:-250}" threads="${THREADS:-0}"
+steps="${STEPS:-60}" batch="${BATCH:-16}" seq="${SEQ:-64}" per_class="${PER_CLASS:-250}" threads="${THREADS:-0}" seeds="${SEEDS:-1 2 3}"
 mkdir -p "$out"
 sptc=(dotnet src/Spt.Cli/bin/Release/net10.0/sptc.dll)
 [[ -f src/Spt.Cli/bin/Release/net10.0/sptc.dll ]] || dotnet build SptCompiler.sln -c Release -v:quiet -nologo
@@ -79,32 +80,41 @@ with open(sys.argv[1], "w", newline="") as f:
 print(f"dataset: {len(rows)} descriptions, sections {', '.join(top)}")
 PY
 
-run() { # name lr flags...
+run() { # name lr flags...: one run per data-order seed, OUT_DIR/NAME-sSEED.{jsonl,log,png}
   local name="$1" lr="$2"; shift 2
-  "${sptc[@]}" train "$out/model.onnx" --data "$out/debian.csv" --tokenizer "$out/vocab.txt" --task classify \
-    --steps "$steps" --batch "$batch" --seq "$seq" --lr "$lr" --warmup $((steps / 10)) --eval-fraction 0.2 --seed 1 \
-    --threads "$threads" --metrics "$out/$name.jsonl" --plot "$@" > "$out/$name.log" 2>&1 || { echo "$name failed:"; tail -3 "$out/$name.log"; }
+  for s in $seeds; do
+    "${sptc[@]}" train "$out/model.onnx" --data "$out/debian.csv" --tokenizer "$out/vocab.txt" --task classify \
+      --steps "$steps" --batch "$batch" --seq "$seq" --lr "$lr" --warmup $((steps / 10)) --eval-fraction 0.2 --seed "$s" \
+      --threads "$threads" --metrics "$out/$name-s$s.jsonl" --plot "$@" > "$out/$name-s$s.log" 2>&1 || { echo "$name seed $s failed:"; tail -3 "$out/$name-s$s.log"; }
+  done
 }
 run full 5e-5
 run dense-lora16 1e-3 --optimize --attention keep --ffn keep --lora 16
 run spt-lora16 1e-3 --optimize --lora 16
 run spt 5e-5 --optimize
 
-python3 - "$out" <<'PY'
+# Means over the seeds (accuracy also as min..max: 160 eval texts, so one text is 0.6 points).
+python3 - "$out" $seeds <<'PY'
 import json, re, sys
-out = sys.argv[1]
-import os
-print("| arm | eval accuracy | eval macro-F1 | mean step s | peak ORT memory | trainable values |")
-print("|---|---|---|---|---|---|")
+out, seeds = sys.argv[1], sys.argv[2:]
+print(f"| arm | eval accuracy (mean of {len(seeds)}) | min..max | eval macro-F1 | mean step s | peak ORT memory | trainable values |")
+print("|---|---|---|---|---|---|---|")
 for name in ["full", "dense-lora16", "spt-lora16", "spt"]:
-    try:
-        lines = [json.loads(l) for l in open(f"{out}/{name}.jsonl")]
-        log = open(f"{out}/{name}.log").read()
-    except OSError:
-        print(f"| {name} | failed | | | | |"); continue
-    last = [l for l in lines if "eval_accuracy" in l][-1]
-    step = sum(l["step_s"] for l in lines) / len(lines)
-    peak = re.search(r"peak ORT memory ([^\n]+)", log).group(1)
-    values = re.search(r"\(([\d,]+) values\)", log).group(1)
-    print(f"| {name} | {last['eval_accuracy']:.4f} | {last['eval_macro_f1']:.4f} | {step:.2f} | {peak} | {values} |")
+    acc, f1, steps, peaks = [], [], [], []
+    values = ""
+    for s in seeds:
+        try:
+            lines = [json.loads(l) for l in open(f"{out}/{name}-s{s}.jsonl")]
+            log = open(f"{out}/{name}-s{s}.log").read()
+        except OSError:
+            continue
+        last = [l for l in lines if "eval_accuracy" in l][-1]
+        acc.append(last["eval_accuracy"]); f1.append(last["eval_macro_f1"])
+        steps += [l["step_s"] for l in lines]
+        peaks.append(re.search(r"peak ORT memory ([^\n]+)", log).group(1))
+        values = re.search(r"\(([\d,]+) values\)", log).group(1)
+    if not acc:
+        print(f"| {name} | failed | | | | | |"); continue
+    mean = lambda v: sum(v) / len(v)
+    print(f"| {name} | {mean(acc):.4f} | {min(acc):.4f}..{max(acc):.4f} | {mean(f1):.4f} | {mean(steps):.2f} | {peaks[0] if len(set(peaks)) == 1 else ' / '.join(sorted(set(peaks)))} | {values} |")
 PY

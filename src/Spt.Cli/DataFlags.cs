@@ -58,7 +58,7 @@ internal sealed class DataFlags
     }
 
     /// <summary>What the data file is read for.</summary>
-    public DataRequest Request(ParseResult parse, TextTokenizer? tokenizer, LossKind loss, int? seq, LabelMap? labels, long ignoreIndex, bool sequenceTargets = false) => new()
+    public DataRequest Request(ParseResult parse, TextTokenizer? tokenizer, LossKind loss, int? seq, LabelMap? labels, long ignoreIndex, bool sequenceTargets = false, long padId = 0) => new()
     {
         Tokenizer = tokenizer,
         SequenceLength = seq,
@@ -68,6 +68,7 @@ internal sealed class DataFlags
         Target = sequenceTargets ? TargetKind.Sequence : loss switch { LossKind.Classify => TargetKind.Class, LossKind.Mse => TargetKind.Float, _ => TargetKind.None },
         Labels = labels,
         IgnoreIndex = ignoreIndex,
+        PadId = padId,
     };
 
     /// <summary>

@@ -84,7 +84,13 @@ internal static class MetricsPlot
         plot.Axes.Left.Label.Text = "loss";
         if (series.Any(s => s.RightAxis))
         {
-            plot.Axes.Right.Label.Text = series.Any(s => s.Name == "eval_perplexity") ? "eval metric (perplexity)" : "eval metric";
+            bool perplexity = series.Any(s => s.Name == "eval_perplexity");
+            plot.Axes.Right.Label.Text = perplexity ? "eval metric (perplexity)" : "eval metric";
+            if (!perplexity)
+            {
+                plot.Axes.AutoScale();
+                plot.Axes.SetLimitsY(0, 1.05, plot.Axes.Right); // accuracy and macro-F1 on their whole range
+            }
         }
 
         plot.ShowLegend(Alignment.UpperRight);

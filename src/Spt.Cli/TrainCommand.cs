@@ -35,6 +35,11 @@ internal static class TrainCommand
             Description = "seq2seq: the token that starts the decoder's inputs (the labels shifted right behind it)",
             DefaultValueFactory = _ => 0,
         };
+        var padId = new Option<long>("--pad-id")
+        {
+            Description = "Pre-tokenized JSONL: the id that pads input_ids and a decoder's inputs past its target (text records pad with the tokenizer's)",
+            DefaultValueFactory = _ => 0,
+        };
         var steps = new Option<long>("--steps") { Description = "Optimizer steps", DefaultValueFactory = _ => 100 };
         var batch = new Option<int>("--batch") { Description = "Sequences per micro-batch (under mpirun: the global batch, split evenly over the ranks)", DefaultValueFactory = _ => 8 };
         var seq = new Option<int?>("--seq") { Description = "Sequence length (text: chunk size, default 128; JSONL: default the longest line)" };
@@ -76,7 +81,7 @@ internal static class TrainCommand
         {
             model, data, task, steps, batch, seq, lr, warmup, schedule, accumulate, evalEvery, evalFraction, checkpointDir,
             checkpointEvery, keep, resume, seed, metrics, export, device, workDir, frozen, threads, mergeLora, adapter, bestMetric, patience,
-            codebookInit, plot, decoderStart,
+            codebookInit, plot, decoderStart, padId,
         };
         optimize.AddTo(command);
         var dataFlags = DataFlags.Create();
@@ -135,7 +140,7 @@ internal static class TrainCommand
             var knownLabels = LabelMap.TryLoad(Directory.Exists(modelPath) ? modelPath
                 : parse.GetValue(workDir) ?? (checkpoints is not null ? Path.Combine(checkpoints, "artifact") : modelPath + ".none"));
             var dataset = DataFiles.Load(parse.GetRequiredValue(data), dataFlags.Request(parse, tokenizer, loss, parse.GetValue(seq),
-                parse.GetValue(resume) ? knownLabels : null, Dataset.DefaultIgnoreIndex, sequenceTargets: seq2seq));
+                parse.GetValue(resume) ? knownLabels : null, Dataset.DefaultIgnoreIndex, sequenceTargets: seq2seq, padId: parse.GetValue(padId)));
 
             // Before anything is compiled: the checkpoint directory is free, and fresh runs do not mix with old checkpoints
             // (rank 0 owns the directory).

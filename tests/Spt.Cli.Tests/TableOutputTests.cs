@@ -91,7 +91,7 @@ public class TableOutputTests
     [Fact]
     public void DemoJsonIsAllThatGoesToStdout()
     {
-        var (code, stdout, stderr) = CliRunner.Run("demo", "--steps", "6", "--batch", "4", "--json");
+        var (code, stdout, stderr) = CliRunner.Run("demo", "--steps", "6", "--batch", "4", "--seq", "64", "--json");
         Assert.True(code == 0, stderr);
         using var doc = JsonDocument.Parse(stdout);
         var models = doc.RootElement.GetProperty("models").EnumerateArray().ToList();

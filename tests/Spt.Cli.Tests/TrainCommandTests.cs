@@ -309,7 +309,7 @@ public sealed class TrainSptCommandTests : IDisposable
     [Fact]
     public void Demo_runs_the_whole_job_and_prints_both_models()
     {
-        var (code, stdout, stderr) = CliRunner.Run("demo", "--steps", "6", "--batch", "4");
+        var (code, stdout, stderr) = CliRunner.Run("demo", "--steps", "6", "--batch", "4", "--seq", "64");
         Assert.True(code == 0, stderr);
         Assert.Matches(@"exact check: .* = \d\.\de[-+]\d", stdout);
         Assert.Contains("dense", stdout);

@@ -20,6 +20,29 @@ public sealed class TrainingDataTests : IDisposable
     }
 
     [Fact]
+    public void Seq2seq_jsonl_targets_keep_their_own_length_and_ids_pad_with_the_pad_id()
+    {
+        var path = Write("pairs.jsonl", "{\"input_ids\": [5, 6, 7], \"labels\": [8, 9, 10, 11, 12]}\n{\"input_ids\": [5, 6, 7, 8, 9, 10], \"labels\": [8]}\n");
+        var data = DataFiles.Load(path, new DataRequest { Target = TargetKind.Sequence, PadId = 3 });
+        Assert.Equal(6, data.SequenceLength);  // the longest source or target
+        Assert.Equal(3, data.PadId);
+        Assert.Equal(new long[] { 5, 6, 7, 3, 3, 3 }, data.Examples[0].InputIds);
+        Assert.Equal(new long[] { 1, 1, 1, 0, 0, 0 }, data.Examples[0].AttentionMask);
+        Assert.Equal(new long[] { 8, 9, 10, 11, 12, -100 }, data.Examples[0].Labels);
+        Assert.Equal(new long[] { 8, -100, -100, -100, -100, -100 }, data.Examples[1].Labels);
+
+        // Without targets a label sequence must still match its ids; with targets it must be there.
+        var e = Assert.Throws<DataException>(() => DataFiles.Load(path, new DataRequest()));
+        Assert.Contains("line 1: 'labels' has 5 entries, 'input_ids' 3", e.Message);
+        var noTarget = Write("sources.jsonl", "{\"input_ids\": [5, 6]}\n");
+        e = Assert.Throws<DataException>(() => DataFiles.Load(noTarget, new DataRequest { Target = TargetKind.Sequence }));
+        Assert.EndsWith("line 1: no 'labels' (the target sequence a seq2seq model learns)", e.Message);
+        var tooLong = Write("long.jsonl", "{\"input_ids\": [5], \"labels\": [1, 2, 3, 4, 5]}\n");
+        e = Assert.Throws<DataException>(() => DataFiles.Load(tooLong, new DataRequest { Target = TargetKind.Sequence, SequenceLength = 4 }));
+        Assert.Contains("a target of 5 tokens, longer than the sequence length 4", e.Message);
+    }
+
+    [Fact]
     public void Text_becomes_utf8_byte_tokens_in_consecutive_chunks()
     {
         var data = Dataset.Load(Write("a.txt", "abcdefghij\u00e9"), 4);

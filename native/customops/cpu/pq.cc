@@ -164,17 +164,22 @@ struct TopKProblem {
   const int16_t* level_of_count;  // [M + 1]: match count -> level (itself, or its bucket)
   int64_t max_level;
   int64_t field_bits;  // 4 or 8: codes packed this many bits each into 32-bit words; 0: not packed
+  const uint32_t* packed_keys;  // field_bits > 0: [B * Hkv, words, Sk] the key codes packed
 };
 
 // Codes packed into 32-bit words, `bits` per code (all codes below 2^bits), code m of a row in word m / per_word
 // at field m % per_word; unused fields are 0 in both query and key words, so they always "match" and are
 // subtracted. The match count of a query word q and a key word k is the number of zero fields of q ^ k.
 struct CodePacking {
-  int64_t bits, per_word, words;
-  CodePacking(int64_t field_bits, int64_t m) : bits(field_bits), per_word(32 / field_bits), words((m + per_word - 1) / per_word) {}
-  void Pack(const int32_t* codes, int64_t m, uint32_t* out) const {
-    for (int64_t w = 0; w < words; ++w) out[w] = 0;
-    for (int64_t i = 0; i < m; ++i) out[i / per_word] |= static_cast<uint32_t>(codes[i]) << ((i % per_word) * bits);
+  int64_t bits, per_word, words, shift;  // per_word = 2^shift fields per word
+  CodePacking(int64_t field_bits, int64_t m)
+      : bits(field_bits), per_word(32 / field_bits), words((m + per_word - 1) / per_word), shift(field_bits == 4 ? 3 : 2) {}
+  // out[w * stride] = word w of one row's codes.
+  void Pack(const int32_t* codes, int64_t m, uint32_t* out, int64_t stride = 1) const {
+    for (int64_t w = 0; w < words; ++w) out[w * stride] = 0;
+    for (int64_t i = 0; i < m; ++i) {
+      out[(i >> shift) * stride] |= static_cast<uint32_t>(codes[i]) << ((i & (per_word - 1)) * bits);
+    }
   }
 };
 
@@ -232,14 +237,8 @@ struct TopKScratch {
   // codes are small (a few bits each), which reads 8 (or 4) codes with one 32-bit compare.
   const int32_t* kc = w.codes_k + KvHeadOf(bh, d.H, d.Hkv) * d.Sk * d.M;
   const CodePacking pack(w.field_bits > 0 ? w.field_bits : 4, d.M);
-  auto* packed = reinterpret_cast<uint32_t*>(s.key_codes);
-  if (w.field_bits > 0) {
-    uint32_t words[32];
-    for (int64_t j = 0; j < key_end; ++j) {
-      pack.Pack(kc + j * d.M, d.M, words);
-      for (int64_t q = 0; q < pack.words; ++q) packed[q * d.Sk + j] = words[q];
-    }
-  } else {
+  const uint32_t* packed = w.field_bits > 0 ? w.packed_keys + KvHeadOf(bh, d.H, d.Hkv) * pack.words * d.Sk : nullptr;
+  if (w.field_bits == 0) {
     for (int64_t j = 0; j < key_end; ++j) {
       for (int64_t m = 0; m < d.M; ++m) s.key_codes[m * d.Sk + j] = kc[j * d.M + m];
     }
@@ -306,8 +305,20 @@ struct TopKScratch {
     // cannot fill to the best remaining keys of any class.
     constexpr int64_t kMaxLevels = 4;
     int64_t hist[4][kMaxLevels] = {};
-    for (int64_t j = first; j < limit; ++j) {
-      if (!keep || keep[j]) ++hist[j & 3][w.level_of_count[s.counts[j]]];
+    const int16_t* level = w.level_of_count;
+    {
+      int64_t j = first;
+      if (!keep) {
+        for (; j + 4 <= limit; j += 4) {  // one lane per class: no counter is bumped twice in a row
+          ++hist[j & 3][level[s.counts[j]]];
+          ++hist[(j + 1) & 3][level[s.counts[j + 1]]];
+          ++hist[(j + 2) & 3][level[s.counts[j + 2]]];
+          ++hist[(j + 3) & 3][level[s.counts[j + 3]]];
+        }
+      }
+      for (; j < limit; ++j) {
+        if (!keep || keep[j]) ++hist[j & 3][level[s.counts[j]]];
+      }
     }
     int64_t threshold[4], at_threshold[4];
     bool fits = w.max_level < kMaxLevels;
@@ -327,15 +338,33 @@ struct TopKScratch {
     }
     if (fits) {
       int64_t t = 0;
-      for (int64_t j = first; j < limit && t < d.L; ++j) {
-        const int64_t c = j & 3, lv = w.level_of_count[s.counts[j]];
+      // Branch-free: the key's index is written at the next slot and kept only when taken. Unrolled over the
+      // four classes so that their thresholds and tie budgets stay in registers.
+      auto step = [&](int64_t j, int64_t& thr, int64_t& at) {
+        const int64_t lv = level[s.counts[j]];
         const bool ok = !keep || keep[j];
-        const bool tie = ok && lv == threshold[c] && at_threshold[c] > 0;
-        const bool take = (ok && lv > threshold[c]) || tie;
-        at_threshold[c] -= tie;
+        const bool tie = ok && lv == thr && at > 0;
+        const bool take = (ok && lv > thr) || tie;
+        at -= tie;
         out[t] = static_cast<int32_t>(j);
         t += take;
+      };
+      int64_t thr[4] = {threshold[0], threshold[1], threshold[2], threshold[3]};
+      int64_t at[4] = {at_threshold[0], at_threshold[1], at_threshold[2], at_threshold[3]};
+      int64_t j = first;
+      // Head: up to the next multiple of 4, so that the unrolled body's lanes are classes 0..3.
+      for (; (j & 3) != 0 && j < limit && t < d.L; ++j) step(j, thr[j & 3], at[j & 3]);
+      int64_t t0 = thr[0], t1 = thr[1], t2 = thr[2], t3 = thr[3];
+      int64_t a0 = at[0], a1 = at[1], a2 = at[2], a3 = at[3];
+      for (; j + 4 <= limit && t + 4 <= d.L; j += 4) {
+        step(j, t0, a0);
+        step(j + 1, t1, a1);
+        step(j + 2, t2, a2);
+        step(j + 3, t3, a3);
       }
+      int64_t* tail_thr[4] = {&t0, &t1, &t2, &t3};
+      int64_t* tail_at[4] = {&a0, &a1, &a2, &a3};
+      for (; j < limit && t < d.L; ++j) step(j, *tail_thr[j & 3], *tail_at[j & 3]);
       for (; t < d.L; ++t) out[t] = -1;
       continue;
     }
@@ -391,7 +420,19 @@ void PQTopK(const PQTopKDims& d, TopKMode mode, bool causal, int64_t window, con
     }
   }
   const int64_t field_bits = lo < 0 || d.M > 128 ? 0 : hi < 16 ? 4 : hi < 256 ? 8 : 0;
-  const TopKProblem w{d, mode, causal, window, codes_q, codes_k, key_keep, indices, level_of_count.data(), max_level, field_bits};
+  // The key codes packed once per call ([B * Hkv, words, Sk]), shared by the row tasks.
+  std::vector<uint32_t> packed_keys;
+  if (field_bits > 0) {
+    const CodePacking pack(field_bits, d.M);
+    packed_keys.resize(static_cast<std::size_t>(d.B * d.Hkv * pack.words * d.Sk));
+    par.For(static_cast<std::size_t>(d.B * d.Hkv), [&](std::size_t kvh) {
+      uint32_t* out = packed_keys.data() + static_cast<int64_t>(kvh) * pack.words * d.Sk;
+      const int32_t* kc = codes_k + static_cast<int64_t>(kvh) * d.Sk * d.M;
+      for (int64_t j = 0; j < d.Sk; ++j) pack.Pack(kc + j * d.M, d.M, out + j, d.Sk);
+    });
+  }
+  const TopKProblem w{d, mode, causal, window, codes_q, codes_k, key_keep, indices, level_of_count.data(), max_level, field_bits,
+                      packed_keys.data()};
   par.For(static_cast<std::size_t>(d.B * d.H * blocks), [&](std::size_t task) {
     const int64_t bh = static_cast<int64_t>(task) / blocks, block = static_cast<int64_t>(task) % blocks;
     // Per-task scratch, reused by the task's rows.

@@ -213,7 +213,9 @@ TEST(SparseAttention, SlidingWindowEqualsDenseAttentionWithTheWindowMask) {
         for (int64_t row = 0; row < c.B * c.H * c.Sq; ++row) {
           const int64_t i = row % c.Sq;
           for (int64_t t = 0; t < c.Sk; ++t) {
-            if (!Kept(d, p, nullptr, i, idx[row * c.Sk + t])) EXPECT_EQ(probs[row * c.Sk + t], 0.f) << what;
+            if (!Kept(d, p, nullptr, i, idx[row * c.Sk + t])) {
+              EXPECT_EQ(probs[row * c.Sk + t], 0.f) << what;
+            }
           }
         }
       }

@@ -29,6 +29,9 @@ public sealed record DataRequest
 
     /// <summary>Label value without loss.</summary>
     public long IgnoreIndex { get; init; } = Dataset.DefaultIgnoreIndex;
+
+    /// <summary>The pad id of pre-tokenized JSONL (text records pad with the tokenizer's).</summary>
+    public long PadId { get; init; }
 }
 
 /// <summary>
@@ -72,7 +75,7 @@ public static class DataFiles
 
         if (ext is ".jsonl" or ".json" or ".ndjson")
         {
-            return Dataset.FromJsonl(path, request.SequenceLength, request.IgnoreIndex, targets: request.Target == TargetKind.Sequence);
+            return Dataset.FromJsonl(path, request.SequenceLength, request.IgnoreIndex, targets: request.Target == TargetKind.Sequence, padId: request.PadId);
         }
 
         if (request.Target != TargetKind.None)

@@ -191,9 +191,10 @@ public sealed class Dataset
     /// <remarks>
     /// With <paramref name="targets"/> (seq2seq), every line needs <c>labels</c>, the target sequence, which may be
     /// longer or shorter than <c>input_ids</c>; ids and labels are each padded to the sequence length (the longer of
-    /// the two longest when not given).
+    /// the two longest when not given). Ids are padded with <paramref name="padId"/>, which also fills a decoder's
+    /// inputs past the end of its target.
     /// </remarks>
-    public static Dataset FromJsonl(string path, int? sequenceLength, long ignoreIndex = DefaultIgnoreIndex, bool targets = false)
+    public static Dataset FromJsonl(string path, int? sequenceLength, long ignoreIndex = DefaultIgnoreIndex, bool targets = false, long padId = 0)
     {
         ReadNonEmpty(path);
         var rows = new List<(long[] Ids, long[]? Mask, long[]? Labels, long? Label, int Line)>();
@@ -275,6 +276,7 @@ public sealed class Dataset
 
             padded |= ids.Length < seq || mask is not null;
             var pIds = new long[seq];
+            Array.Fill(pIds, padId);
             var pMask = new long[seq];
             var pLabels = new long[seq];
             Array.Fill(pLabels, ignoreIndex);
@@ -295,7 +297,7 @@ public sealed class Dataset
             examples[i] = new Example(pIds, pMask, pLabels, label, $"line {line}");
         }
 
-        return new Dataset(examples, seq, path, DataFormat.Jsonl, padded);
+        return new Dataset(examples, seq, path, DataFormat.Jsonl, padded) { PadId = padId };
     }
 
     /// <summary>
