@@ -72,9 +72,10 @@ public static class OpGradients
             throw g.Fail("the attention bias (relative position / ALiBi) of SparseAttention is trained; the op takes no gradient into attn_bias, freeze it");
         var inputs = new Value?[AttentionOps.SparseAttentionGrad.Inputs.Count];
         inputs[AttentionOps.GradDY] = dy;
-        foreach (var i in (int[])[AttentionOps.Q, AttentionOps.K, AttentionOps.V, AttentionOps.Indices, AttentionOps.KeyPadding])
-            inputs[i + AttentionOps.GradShift] = i < n.Inputs.Count ? n.Inputs[i] : null;
+        foreach (var i in (int[])[AttentionOps.Q, AttentionOps.K, AttentionOps.V, AttentionOps.Indices])
+            inputs[i + AttentionOps.GradShift] = n.Inputs[i];
         inputs[AttentionOps.GradP] = g.SavedOutput(AttentionOps.P);
+        inputs[AttentionOps.GradKeyPadding] = AttentionOps.KeyPadding < n.Inputs.Count ? n.Inputs[AttentionOps.KeyPadding] : null;
         // dQ, dK, dV are the gradients of Q, K, V (positions 0, 1, 2 on both sides).
         int[] differentiable = [AttentionOps.Q, AttentionOps.K, AttentionOps.V];
         var outs = g.Emit(CustomOpLibrary.Domain, AttentionOps.SparseAttentionGrad.Name, TrimTrailingNulls(inputs),

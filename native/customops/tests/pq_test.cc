@@ -149,39 +149,6 @@ TEST(PQTopK, ExactMatchesBruteForceRanking) {
   }
 }
 
-// Sliding window: keys outside [pos - window + 1, pos] (causal) or [pos - window + 1, pos + window - 1] are never
-// selected; the rest is the exact ranking (both modes well formed).
-TEST(PQTopK, SlidingWindowMatchesBruteForceRanking) {
-  const ThreadParallel par(2);
-  for (const auto& tc : test::kTopKCases) {
-    PQTopKDims d = CheckPQTopKInputs({tc.B, tc.H, tc.Sq, tc.M}, {tc.B, tc.Hkv, tc.Sk, tc.M}, nullptr);
-    d.L = tc.L;
-    const auto cq = RandomCodes(tc.B * tc.H * tc.Sq, tc.M, 3, 61);
-    const auto ck = RandomCodes(tc.B * tc.Hkv * tc.Sk, tc.M, 3, 62);
-    const auto keep = RandomKeep(tc.B, tc.Sk, 63);
-    const std::vector<uint8_t>* mask = tc.masked ? &keep : nullptr;
-    for (int64_t window : {int64_t{1}, int64_t{3}, tc.Sk}) {
-      std::vector<int32_t> got(d.B * d.H * d.Sq * d.L, 7);
-      PQTopK(d, TopKMode::kExact, tc.causal, window, cq.data(), ck.data(), mask ? keep.data() : nullptr, got.data(), par);
-      EXPECT_EQ(got, BruteForceTopK(d, tc.causal, cq, ck, mask, window))
-          << "window=" << window << " B=" << tc.B << " H=" << tc.H << " Sq=" << tc.Sq << " Sk=" << tc.Sk << " L=" << tc.L;
-      std::vector<int32_t> bucketed(d.B * d.H * d.Sq * d.L);
-      PQTopK(d, TopKMode::kBucketed, tc.causal, window, cq.data(), ck.data(), mask ? keep.data() : nullptr,
-             bucketed.data(), par);
-      for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
-        for (int64_t i = 0; i < d.Sq; ++i) {
-          for (int64_t t = 0; t < d.L; ++t) {
-            const int32_t j = bucketed[(bh * d.Sq + i) * d.L + t];
-            if (j >= 0) {
-              EXPECT_TRUE(Eligible(d, tc.causal, mask, bh / d.H, i, j, window)) << "window=" << window;
-            }
-          }
-        }
-      }
-    }
-  }
-}
-
 // Brute force of the bucketed rule: slot class p % 4 takes the keys j % 4 == p % 4 ranked by (level desc, key
 // asc), the slots a class cannot fill go to the best remaining keys of any class, emitted ascending.
 std::vector<int32_t> BruteForceBucketed(const PQTopKDims& d, bool causal, const std::vector<int32_t>& cq,
@@ -237,6 +204,39 @@ TEST(PQTopK, PackedAndUnpackedCodesGiveTheBruteForceSelection) {
           PQTopK(d, TopKMode::kBucketed, causal, cq.data(), ck.data(), mask ? keep.data() : nullptr, bucketed.data(), par);
           EXPECT_EQ(exact, BruteForceTopK(d, causal, cq, ck, mask)) << "M=" << m << " scale=" << scale;
           EXPECT_EQ(bucketed, BruteForceBucketed(d, causal, cq, ck, mask)) << "M=" << m << " scale=" << scale;
+        }
+      }
+    }
+  }
+}
+
+// Sliding window: keys outside [pos - window + 1, pos] (causal) or [pos - window + 1, pos + window - 1] are never
+// selected; the rest is the exact ranking (both modes well formed).
+TEST(PQTopK, SlidingWindowMatchesBruteForceRanking) {
+  const ThreadParallel par(2);
+  for (const auto& tc : test::kTopKCases) {
+    PQTopKDims d = CheckPQTopKInputs({tc.B, tc.H, tc.Sq, tc.M}, {tc.B, tc.Hkv, tc.Sk, tc.M}, nullptr);
+    d.L = tc.L;
+    const auto cq = RandomCodes(tc.B * tc.H * tc.Sq, tc.M, 3, 61);
+    const auto ck = RandomCodes(tc.B * tc.Hkv * tc.Sk, tc.M, 3, 62);
+    const auto keep = RandomKeep(tc.B, tc.Sk, 63);
+    const std::vector<uint8_t>* mask = tc.masked ? &keep : nullptr;
+    for (int64_t window : {int64_t{1}, int64_t{3}, tc.Sk}) {
+      std::vector<int32_t> got(d.B * d.H * d.Sq * d.L, 7);
+      PQTopK(d, TopKMode::kExact, tc.causal, window, cq.data(), ck.data(), mask ? keep.data() : nullptr, got.data(), par);
+      EXPECT_EQ(got, BruteForceTopK(d, tc.causal, cq, ck, mask, window))
+          << "window=" << window << " B=" << tc.B << " H=" << tc.H << " Sq=" << tc.Sq << " Sk=" << tc.Sk << " L=" << tc.L;
+      std::vector<int32_t> bucketed(d.B * d.H * d.Sq * d.L);
+      PQTopK(d, TopKMode::kBucketed, tc.causal, window, cq.data(), ck.data(), mask ? keep.data() : nullptr,
+             bucketed.data(), par);
+      for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
+        for (int64_t i = 0; i < d.Sq; ++i) {
+          for (int64_t t = 0; t < d.L; ++t) {
+            const int32_t j = bucketed[(bh * d.Sq + i) * d.L + t];
+            if (j >= 0) {
+              EXPECT_TRUE(Eligible(d, tc.causal, mask, bh / d.H, i, j, window)) << "window=" << window;
+            }
+          }
         }
       }
     }

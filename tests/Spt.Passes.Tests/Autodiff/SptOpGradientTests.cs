@@ -41,6 +41,32 @@ public sealed class SptOpGradientTests
         Assert.True(error <= 1e-2, $"relative error {error:E2}");
     }
 
+    /// <summary>
+    /// SparseAttentionGrad reads the forward's inputs at their grad positions: P at its slot and the key padding mask
+    /// at its own (the mask once landed in P's slot and was overwritten, so the backward ran without it).
+    /// </summary>
+    [Fact]
+    public void SparseAttentionRuleFeedsTheKeyPaddingMaskAndPAtTheirGradPositions()
+    {
+        var (b, feeds) = Start(17, symbolic: false, ("q", [1, 2, 5, 4], -2, 2), ("k", [1, 2, 5, 4], -2, 2), ("v", [1, 2, 5, 4], -1, 1));
+        WithSpt(b);
+        var idx = new int[2 * 5 * 3];
+        for (int i = 0; i < idx.Length; i++)
+            idx[i] = i % 5;
+        var indices = b.Initializer(Tensor.Create("indices", idx, 1, 2, 5, 3));
+        var mask = b.Initializer(Tensor.Create("mask", new long[] { 1, 1, 1, 0, 1 }, 1, 5));
+        Value V(string n) => b.Graph.FindValue(n)!;
+        var node = b.Node("SparseAttention", [V("q"), V("k"), V("v"), indices, mask], 2, [("causal", 0L)], CustomOpLibrary.Domain);
+        double error = Run(new Case { Builder = b, Output = node.Outputs[0], Feeds = feeds, Differentiate = ["q", "k", "v"] }, h: 1e-3, customOps: true);
+        Assert.True(error <= 1e-2, $"relative error {error:E2}");
+
+        var grad = Assert.Single(b.Graph.Nodes, n => n.OpType == AttentionOps.SparseAttentionGrad.Name);
+        Assert.True(grad.Inputs.Count > AttentionOps.GradKeyPadding, "SparseAttentionGrad has no key padding mask input");
+        Assert.Same(node.Outputs[AttentionOps.P], grad.Inputs[AttentionOps.GradP]);
+        Assert.Same(mask, grad.Inputs[AttentionOps.GradKeyPadding]);
+        Assert.Same(indices, grad.Inputs[AttentionOps.Indices + AttentionOps.GradShift]);
+    }
+
     [Fact]
     public void PQLossRuleMatchesFiniteDifferences()
     {
