@@ -201,15 +201,16 @@ inline uint32_t NonzeroFields(uint32_t x) {
   }
 }
 
-// counts[j] = matching codes of query row (packed words qw) and key j, for j < limit; kw is [words, Sk].
+// counts[j] = matching codes of query row (packed words qw) and key j, for first <= j < limit (the keys the row may
+// see: a sliding window's start to its causal or window end); kw is [words, Sk].
 template <int kBits>
 inline void CountMatchesPacked(const uint32_t* qw, const uint32_t* kw, int64_t words, int64_t sk, int64_t fields,
-                               int64_t limit, int32_t* counts) {
-  for (int64_t j = 0; j < limit; ++j) counts[j] = static_cast<int32_t>(fields);
+                               int64_t first, int64_t limit, int32_t* counts) {
+  for (int64_t j = first; j < limit; ++j) counts[j] = static_cast<int32_t>(fields);
   for (int64_t w = 0; w < words; ++w) {
     const uint32_t q = qw[w];
     const uint32_t* col = kw + w * sk;
-    for (int64_t j = 0; j < limit; ++j) counts[j] -= static_cast<int32_t>(NonzeroFields<kBits>(q ^ col[j]));
+    for (int64_t j = first; j < limit; ++j) counts[j] -= static_cast<int32_t>(NonzeroFields<kBits>(q ^ col[j]));
   }
 }
 
@@ -253,21 +254,21 @@ struct TopKScratch {
       pack.Pack(qc, d.M, qw);
       const int64_t fields = pack.words * pack.per_word;
       if (w.field_bits == 4) {
-        CountMatchesPacked<4>(qw, packed, pack.words, d.Sk, fields, limit, s.counts);
+        CountMatchesPacked<4>(qw, packed, pack.words, d.Sk, fields, first, limit, s.counts);
       } else {
-        CountMatchesPacked<8>(qw, packed, pack.words, d.Sk, fields, limit, s.counts);
+        CountMatchesPacked<8>(qw, packed, pack.words, d.Sk, fields, first, limit, s.counts);
       }
       // The padding fields matched in every word: take them off.
       const int32_t pad = static_cast<int32_t>(fields - d.M);
       if (pad) {
-        for (int64_t j = 0; j < limit; ++j) s.counts[j] -= pad;
+        for (int64_t j = first; j < limit; ++j) s.counts[j] -= pad;
       }
     } else {
-      std::fill(s.counts, s.counts + limit, 0);
+      std::fill(s.counts + first, s.counts + limit, 0);
       for (int64_t m = 0; m < d.M; ++m) {
         const int32_t code = qc[m];
         const int32_t* col = s.key_codes + m * d.Sk;
-        for (int64_t j = 0; j < limit; ++j) s.counts[j] += col[j] == code;
+        for (int64_t j = first; j < limit; ++j) s.counts[j] += col[j] == code;
       }
     }
     int32_t* out = w.indices + (bh * d.Sq + i) * d.L;
