@@ -1,5 +1,7 @@
 #include "cpu/pq.h"
 
+#include "cpu/pq_lanes.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -54,8 +56,13 @@ PQDims CheckPQInputs(const char* op, const Shape& z, const Shape& codebook) {
 }
 
 void PQEncode(const PQDims& d, const float* z, const float* codebook, int32_t* codes, const Parallel& par) {
+  const bool lanes = lanes::LanesApply(d);
   par.For(static_cast<std::size_t>(CeilDiv(d.N, kRowsPerChunk)), [&](std::size_t chunk) {
     const int64_t n0 = static_cast<int64_t>(chunk) * kRowsPerChunk, n1 = std::min(d.N, n0 + kRowsPerChunk);
+    if (lanes) {
+      lanes::EncodeRows(d, z, codebook, n0, n1, codes);
+      return;
+    }
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t m = 0; m < d.M; ++m) {
         const float* zm = z + n * d.E + m * d.dc;
@@ -585,11 +592,16 @@ SPT_CPU_CLONES void GradRows(const PQDims& d, float g, const float* z, const Cod
 double PQLoss(const PQDims& d, const float* z, const float* codebook, const Parallel& par) {
   const int64_t chunks = CeilDiv(d.N, kRowsPerChunk);
   if (chunks == 0 || d.M == 0) return 0.0;
+  const bool lanes = lanes::LanesApply(d);
   const CodebookT w(d, codebook);
   std::vector<double> partial(static_cast<std::size_t>(chunks), 0.0);
   par.For(static_cast<std::size_t>(chunks), [&](std::size_t chunk) {
-    std::vector<float> scratch(static_cast<std::size_t>(2 * d.C + d.dc));
     const int64_t n0 = static_cast<int64_t>(chunk) * kRowsPerChunk, n1 = std::min(d.N, n0 + kRowsPerChunk);
+    if (lanes) {
+      partial[chunk] = lanes::LossRows(d, z, codebook, n0, n1);
+      return;
+    }
+    std::vector<float> scratch(static_cast<std::size_t>(2 * d.C + d.dc));
     partial[chunk] = LossRows(d, z, w, n0, n1, scratch);
   });
   double total = 0.0;
@@ -610,11 +622,17 @@ void PQLossGrad(const PQDims& d, float dloss, const float* z, const float* codeb
   // Per-chunk partial codebook gradients ([M, dc, C] each), summed in chunk order afterwards in double (no
   // atomics, deterministic).
   std::vector<float> partial(static_cast<std::size_t>(chunks * w_size), 0.f);
+  const bool lanes = lanes::LanesApply(d);
   par.For(static_cast<std::size_t>(chunks), [&](std::size_t chunk) {
-    std::vector<float> scratch(static_cast<std::size_t>(4 * d.C + 3 * d.dc));
     const int64_t n0 = static_cast<int64_t>(chunk) * kRowsPerChunk, n1 = std::min(d.N, n0 + kRowsPerChunk);
-    GradRows(d, g, z, w, n0, n1, detach_inputs ? nullptr : dz, partial.data() + static_cast<int64_t>(chunk) * w_size,
-             scratch);
+    float* out = detach_inputs ? nullptr : dz;
+    float* dwt = partial.data() + static_cast<int64_t>(chunk) * w_size;
+    if (lanes) {
+      lanes::GradRows(d, g, z, codebook, n0, n1, out, dwt);
+      return;
+    }
+    std::vector<float> scratch(static_cast<std::size_t>(4 * d.C + 3 * d.dc));
+    GradRows(d, g, z, w, n0, n1, out, dwt, scratch);
   });
   // Reduce the chunk partials and transpose back to [M, C, dc]; split over codebook rows so the reduction is
   // parallel yet order-fixed.

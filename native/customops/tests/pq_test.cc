@@ -473,18 +473,21 @@ TEST(PQLoss, MatchesDoubleReference) {
   }
 }
 
-TEST(PQLossGrad, MatchesFiniteDifferences) {
-  // Leading dims [2, 3, 4] are flattened; dloss != 1 checks the upstream scaling.
-  const int64_t m = 2, c = 5, dc = 3, e = m * dc;
-  const Shape zshape{2, 3, 4, e};
+// One body for both code paths: a general codebook (per-row loops) and the default 16 x 8 codebook (eight rows per
+// vector, pq_lanes.cc), the latter with a row count that leaves a partial group of lanes.
+void CheckLossGradAgainstFiniteDifferences(const Shape& lead, int64_t m, int64_t c, int64_t dc) {
+  Shape zshape = lead;
+  zshape.push_back(m * dc);
+  const int64_t e = m * dc;
   const auto d = CheckPQInputs("PQLossGrad", zshape, {m, c, dc});
   const auto zf = RandomNormal(d.N * e, 71), wf = RandomNormal(m * c * dc, 72);
-  const float dloss = 0.7f;
+  const float dloss = 0.7f;  // != 1: checks the upstream scaling
   std::vector<float> dz(d.N * e), dw(m * c * dc);
   PQLossGrad(d, dloss, zf.data(), wf.data(), false, dz.data(), dw.data(), ThreadParallel(3));
 
   auto z = test::ToDouble(zf), w = test::ToDouble(wf);
   auto loss = [&] { return dloss * ReferenceLoss(d, z, w); };
+  EXPECT_NEAR(PQLoss(d, zf.data(), wf.data(), Serial()), ReferenceLoss(d, z, w), 1e-5);
   const auto fd_z = test::FiniteDifference(z, loss);
   const auto fd_w = test::FiniteDifference(w, loss);
   EXPECT_LT(test::RelL2Error(dz, fd_z), 1e-3);
@@ -495,6 +498,16 @@ TEST(PQLossGrad, MatchesFiniteDifferences) {
   PQLossGrad(d, dloss, zf.data(), wf.data(), true, dz2.data(), dw2.data(), Serial());
   EXPECT_EQ(dz2, std::vector<float>(d.N * e, 0.f));
   EXPECT_LT(test::RelL2Error(dw2, fd_w), 1e-3);
+}
+
+TEST(PQLossGrad, MatchesFiniteDifferences) {
+  // Leading dims [2, 3, 4] are flattened.
+  CheckLossGradAgainstFiniteDifferences({2, 3, 4}, 2, 5, 3);
+}
+
+TEST(PQLossGrad, DefaultCodebookMatchesFiniteDifferences) {
+  // 13 rows: one full group of eight and a partial one of five.
+  CheckLossGradAgainstFiniteDifferences({13}, 2, 16, 8);
 }
 
 TEST(PQLossGrad, IsDeterministicAcrossWorkerCounts) {
