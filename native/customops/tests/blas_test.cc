@@ -4,21 +4,13 @@
 
 #include <cmath>
 #include <limits>
-#include <random>
 #include <vector>
 
 #include "cpu/blas.h"
+#include "tests/attention_test_util.h"
 
 namespace spt::cpu {
 namespace {
-
-std::vector<float> Random(std::size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> u(-1.f, 1.f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = u(gen);
-  return v;
-}
 
 struct GemmCase {
   int64_t m, n, k;
@@ -37,7 +29,7 @@ TEST(Sgemm, MatchesDoubleReference) {
     const int64_t a_rows = g.ta ? g.k : g.m, a_cols = g.ta ? g.m : g.k;
     const int64_t b_rows = g.tb ? g.n : g.k, b_cols = g.tb ? g.k : g.n;
     const int64_t lda = a_cols + g.pad, ldb = b_cols + g.pad, ldc = g.n + g.pad;
-    const auto a = Random(a_rows * lda, 1), b = Random(b_rows * ldb, 2), c0 = Random(g.m * ldc, 3);
+    const auto a = test::RandomNormal(a_rows * lda, 1), b = test::RandomNormal(b_rows * ldb, 2), c0 = test::RandomNormal(g.m * ldc, 3);
     std::vector<float> c = c0;
     // beta = 0: C's old values, NaN included, must not leak into the result.
     if (g.beta == 0.f) c.assign(c.size(), nan);
