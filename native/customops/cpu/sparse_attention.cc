@@ -63,6 +63,43 @@ struct RowSum {
   }
 };
 
+// p[t] = exp(p[t] - mx) (0 where p[t] = -inf, a skipped slot) for t < n, returning the sum. Eight values at a time
+// with a polynomial exp (x <= 0 here: x = logit - max): n = round(x log2 e), r = x - n ln 2 in two parts, a
+// degree-6 polynomial for e^r on |r| <= ln 2 / 2, times 2^k built from its bits; relative error below 1e-7,
+// like std::exp's float rounding, and results below 2^-126 flush to that bound (far under the row's sum, >= 1).
+// The partial sums are fp32 per lane and added in double at the end.
+[[gnu::always_inline]] inline double ExpShiftedAndSum(float* p, int64_t n, float mx) {
+  typedef float F8 __attribute__((vector_size(32)));
+  typedef int32_t I8 __attribute__((vector_size(32)));
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const F8 lo = F8{} - 87.0f;             // e^-87 ~ 1.6e-38: 2^k stays a normal float
+  const F8 rounder = F8{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  F8 acc = F8{};
+  for (int64_t t = 0; t < n; t += 8) {
+    const int64_t count = std::min<int64_t>(8, n - t);
+    F8 v;
+    for (int64_t u = 0; u < 8; ++u) v[u] = u < count ? p[t + u] : neg_inf;
+    F8 x = v - mx;
+    x = x < lo ? lo : x;
+    const F8 k = (x * 1.44269504088896341f + rounder) - rounder;
+    const F8 r = (x - k * 0.693359375f) + k * 2.12194440e-4f;  // ln 2 = 0.693359375 - 2.12194440e-4
+    F8 poly = F8{} + 1.9875691500e-4f;
+    poly = poly * r + 1.3981999507e-3f;
+    poly = poly * r + 8.3334519073e-3f;
+    poly = poly * r + 4.1665795894e-2f;
+    poly = poly * r + 1.6666665459e-1f;
+    poly = poly * r + 5.0000001201e-1f;
+    const I8 bits = (__builtin_convertvector(k, I8) + 127) << 23;
+    const F8 e = (poly * r * r + r + 1.0f) * reinterpret_cast<F8>(bits);
+    const F8 kept = v == neg_inf ? F8{} : e;
+    acc += kept;
+    for (int64_t u = 0; u < count; ++u) p[t + u] = kept[u];
+  }
+  double sum = 0.0;
+  for (int u = 0; u < 8; ++u) sum += acc[u];
+  return sum;
+}
+
 // Last key (inclusive) a query row may see under the causal rule and the sliding window, aligned to the end when
 // Sq != Sk.
 inline int64_t CausalLimit(const SparseAttentionDims& d, bool causal, int64_t window, int64_t i) {
@@ -214,10 +251,14 @@ template <typename T, int64_t kE = 0, int64_t kEv = 0>
       continue;
     }
     double sum = 0.0;
-    for (int64_t t = 0; t < d.L; ++t) {
-      const T e = pr[t] == neg_inf ? T(0) : std::exp(pr[t] - mx);
-      pr[t] = e;
-      sum += e;
+    if constexpr (std::is_same_v<T, float>) {
+      sum = ExpShiftedAndSum(pr, d.L, mx);
+    } else {
+      for (int64_t t = 0; t < d.L; ++t) {
+        const T e = pr[t] == neg_inf ? T(0) : std::exp(pr[t] - mx);
+        pr[t] = e;
+        sum += e;
+      }
     }
     const T inv = static_cast<T>(1.0 / sum);
     RowSum<T, kEv> ysum(yr, Ev);
