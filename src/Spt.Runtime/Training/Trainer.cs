@@ -81,7 +81,7 @@ public sealed class Trainer : IDisposable
         _loss = HostScalar();
         _taskLoss = HostScalar();
         _gradNorm = HostScalar();
-        _resident = new ResidentState(_sessions, Manifest.Parameters);
+        _resident = new ResidentState(_sessions, Manifest.Parameters, options.Accumulate);
         _parallel = options.Reducer is { } reducer ? new DataParallel(reducer, Manifest, train, options, Device) : null;
         _schedule = new LrSchedule(options.Schedule, options.LearningRate, checked((int)options.WarmupSteps), checked((int)options.Steps));
         _state = TrainerState.Initial(options.Seed);
