@@ -140,6 +140,47 @@ public sealed class TrainingTests : IDisposable
     }
 
     [Fact]
+    public void A_non_finite_gradient_norm_leaves_the_state_of_the_last_good_step()
+    {
+        // The row of 'W' in the embedding is so large that a batch with a 'W' has a finite loss but a gradient whose
+        // squared norm overflows: the optimizer runs, and its update must not become the current state.
+        var (train, _) = Corpus();
+        var rng = new Random(5);
+        var embedding = Enumerable.Range(0, 256 * 8).Select(_ => (float)((rng.NextDouble() - 0.5) * 0.2)).ToArray();
+        for (var k = 0; k < 8; k++)
+        {
+            embedding[('W' * 8) + k] = k % 2 == 0 ? 1e21f : -1e21f;
+        }
+
+        var artifact = TrainingArtifacts.Bigram(Dir("a"), embedding: embedding);
+        using var trainer = new Trainer(artifact, train, null, Options(steps: 50));
+        var good = new List<Model>();
+        try
+        {
+            var e = Assert.Throws<TrainingDivergedException>(() => trainer.Run(_ => good.Add(trainer.BuildCheckpoint())));
+
+            Assert.Equal(ArtifactContract.GradNorm, e.Quantity);
+            Assert.True(e.Step >= 3, $"diverged at step {e.Step}: the test wants good steps (both state buffers written) first");
+            Assert.Equal(e.Step - 1, trainer.Step);
+            Assert.Equal(e.Step - 1, good.Count);
+            using var now = trainer.BuildCheckpoint();
+            var last = good[^1].Graph.Initializers.ToDictionary(v => v.Name, v => v.Initializer!.ToFloatArray());
+            Assert.Equal(["E", "m.E", "v.E", "W", "m.W", "v.W"], now.Graph.Initializers.Select(v => v.Name));
+            foreach (var v in now.Graph.Initializers)
+            {
+                Assert.Equal(last[v.Name], v.Initializer!.ToFloatArray());
+            }
+        }
+        finally
+        {
+            foreach (var m in good)
+            {
+                m.Dispose();
+            }
+        }
+    }
+
+    [Fact]
     public void Checkpoints_round_trip_and_only_the_newest_are_kept()
     {
         var artifact = TrainingArtifacts.Bigram(Dir("a"));
