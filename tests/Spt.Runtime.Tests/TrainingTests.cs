@@ -181,6 +181,21 @@ public sealed class TrainingTests : IDisposable
     }
 
     [Fact]
+    public void A_trainer_without_held_out_data_still_evaluates_on_request()
+    {
+        // Without an eval set the eval session is created at the first evaluation; it must see the current parameters.
+        var artifact = TrainingArtifacts.Bigram(Dir("a"));
+        var (train, eval) = Corpus();
+        using var plain = new Trainer(artifact, train, null, Options(steps: 4));
+        using var evaluating = new Trainer(artifact, train, eval, Options(steps: 4));
+        plain.Run();
+        evaluating.Run();
+        Assert.True(plain.MaxInUseBytes() > 0);
+        Assert.Equal(evaluating.Evaluate(eval), plain.Evaluate(eval));
+        Assert.Throws<InvalidOperationException>(() => plain.Evaluate());
+    }
+
+    [Fact]
     public void Checkpoints_round_trip_and_only_the_newest_are_kept()
     {
         var artifact = TrainingArtifacts.Bigram(Dir("a"));
