@@ -177,6 +177,7 @@ public sealed class Trainer : IDisposable
         }
 
         var state = Checkpoint.LoadInto(stateFile, _resident, _options.Seed);
+        ReleaseHostCopies();
         if (initial)
         {
             // The artifact's checkpoint is the starting point, not a run position: keep the seed given now.
@@ -578,6 +579,13 @@ public sealed class Trainer : IDisposable
 
         return feeder;
     }
+
+    // The checkpoint's tensors (and, in the constructor, eval.onnx read for the limits) passed through the managed heap
+    // on their way to the resident state: hundreds of MB that are garbage now but stay committed, and resident, in the
+    // GC's free regions, which nothing in the step loop reuses. An aggressive collection returns them to the OS (dense
+    // 4-layer d768 decoder at S 512: peak RSS 450 MB lower); it costs one full GC of a small live heap.
+    private static void ReleaseHostCopies() =>
+        GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
 
     private static OrtValue HostScalar() => OrtValue.CreateTensorValueFromMemory(new float[1], []);
 
