@@ -1,7 +1,10 @@
 #include "cpu/pq.h"
 
+#include "cpu/pq_lanes.h"
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace spt::cpu {
@@ -54,8 +57,13 @@ PQDims CheckPQInputs(const char* op, const Shape& z, const Shape& codebook) {
 }
 
 void PQEncode(const PQDims& d, const float* z, const float* codebook, int32_t* codes, const Parallel& par) {
+  const bool lanes = lanes::LanesApply(d);
   par.For(static_cast<std::size_t>(CeilDiv(d.N, kRowsPerChunk)), [&](std::size_t chunk) {
     const int64_t n0 = static_cast<int64_t>(chunk) * kRowsPerChunk, n1 = std::min(d.N, n0 + kRowsPerChunk);
+    if (lanes) {
+      lanes::EncodeRows(d, z, codebook, n0, n1, codes);
+      return;
+    }
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t m = 0; m < d.M; ++m) {
         const float* zm = z + n * d.E + m * d.dc;
@@ -163,6 +171,7 @@ struct TopKProblem {
   int32_t* indices;
   const int16_t* level_of_count;  // [M + 1]: match count -> level (itself, or its bucket)
   int64_t max_level;
+  int64_t bucket_width;  // bucketed mode: match counts per level
   int64_t field_bits;  // 4 or 8: codes packed this many bits each into 32-bit words; 0: not packed
   const uint32_t* packed_keys;  // field_bits > 0: [B * Hkv, words, Sk] the key codes packed
 };
@@ -214,12 +223,50 @@ inline void CountMatchesPacked(const uint32_t* qw, const uint32_t* kw, int64_t w
   }
 }
 
+// Eight bytes of a level array as one little-endian word (byte b: the key at offset b).
+inline uint64_t LoadWord(const uint8_t* p) {
+  uint64_t x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
+
+// v in every byte of a word.
+constexpr uint64_t Bytes(uint64_t v) { return v * 0x0101010101010101ull; }
+
+// Bytes of x that are >= the corresponding byte of v, as the high bit of each byte (all values below 128: setting
+// the high bit before subtracting keeps every byte's borrow inside it).
+inline uint64_t AtLeast(uint64_t x, uint64_t v) {
+  constexpr uint64_t kHigh = 0x8080808080808080ull;
+  return ((x | kHigh) - v) & kHigh;
+}
+
+// lv[j] = 1 + min(3, counts[j] / width) for j in [first, limit): eight keys per step with vector extensions (the
+// int32 -> byte narrowing is not vectorized from the plain loop).
+inline void BiasedLevels(const int32_t* counts, int64_t first, int64_t limit, int32_t width, uint8_t* lv) {
+  typedef int32_t I8 __attribute__((vector_size(32)));
+  typedef uint8_t U8 __attribute__((vector_size(8)));
+  int64_t j = first;
+  for (; j + 8 <= limit; j += 8) {
+    I8 n;
+    std::memcpy(&n, counts + j, sizeof n);
+    // Comparisons give -1 where true.
+    const I8 level = I8{} + 1 - (n >= width) - (n >= 2 * width) - (n >= 3 * width);
+    const U8 bytes = __builtin_convertvector(level, U8);
+    std::memcpy(lv + j, &bytes, sizeof bytes);
+  }
+  for (; j < limit; ++j) {
+    const int32_t n = counts[j];
+    lv[j] = static_cast<uint8_t>(1 + (n >= width) + (n >= 2 * width) + (n >= 3 * width));
+  }
+}
+
 struct TopKScratch {
   int32_t* key_codes;  // [M, Sk] this head's key codes, subspace-major (packed: [words, Sk] uint32)
   int32_t* counts;     // [Sk]
   int16_t* levels;     // [Sk]
   uint8_t* marked;     // [Sk]
   int64_t* histogram;  // [4, max_level + 1]
+  uint8_t* key_levels;  // [Sk rounded up to 8] bucketed mode: biased level per key
 };
 
 // Query rows [i0, i1) of head bh.
@@ -305,21 +352,42 @@ struct TopKScratch {
     // ones at it). Otherwise (early rows, masked keys) the general path below also hands the slots a class
     // cannot fill to the best remaining keys of any class.
     constexpr int64_t kMaxLevels = 4;
-    int64_t hist[4][kMaxLevels] = {};
-    const int16_t* level = w.level_of_count;
+    // Each visible key's level, biased by one, as a byte (0: masked or outside [first, limit)), over whole 8-byte
+    // words from first rounded down: the histogram and the emission then read eight keys per 64-bit word. A word
+    // starts at a multiple of 8, so byte b of every word is class b % 4.
+    const int64_t w0 = first & ~int64_t{7}, w1 = (limit + 7) & ~int64_t{7};
+    uint8_t* lv = s.key_levels;
     {
-      int64_t j = first;
-      if (!keep) {
-        for (; j + 4 <= limit; j += 4) {  // one lane per class: no counter is bumped twice in a row
-          ++hist[j & 3][level[s.counts[j]]];
-          ++hist[(j + 1) & 3][level[s.counts[j + 1]]];
-          ++hist[(j + 2) & 3][level[s.counts[j + 2]]];
-          ++hist[(j + 3) & 3][level[s.counts[j + 3]]];
+      for (int64_t j = w0; j < first; ++j) lv[j] = 0;
+      BiasedLevels(s.counts, first, limit, static_cast<int32_t>(w.bucket_width), lv);
+      if (keep) {
+        for (int64_t j = first; j < limit; ++j) lv[j] = keep[j] ? lv[j] : uint8_t{0};
+      }
+      for (int64_t j = limit; j < w1; ++j) lv[j] = 0;
+    }
+    // ge[c][v]: keys of class c with biased level >= v (v = 1..4), counted per byte lane, flushed before a lane
+    // can overflow.
+    int64_t ge[4][kMaxLevels + 2] = {};
+    {
+      uint64_t acc[kMaxLevels + 1] = {};
+      int64_t pending = 0;
+      auto flush = [&] {
+        for (int64_t v = 1; v <= kMaxLevels; ++v) {
+          for (int64_t c = 0; c < 4; ++c) ge[c][v] += static_cast<int64_t>(((acc[v] >> (8 * c)) & 0xFF) + ((acc[v] >> (8 * c + 32)) & 0xFF));
+          acc[v] = 0;
         }
+        pending = 0;
+      };
+      for (int64_t j = w0; j < w1; j += 8) {
+        const uint64_t x = LoadWord(lv + j);
+        for (int64_t v = 1; v <= kMaxLevels; ++v) acc[v] += AtLeast(x, Bytes(static_cast<uint64_t>(v))) >> 7;
+        if (++pending == 255) flush();
       }
-      for (; j < limit; ++j) {
-        if (!keep || keep[j]) ++hist[j & 3][level[s.counts[j]]];
-      }
+      flush();
+    }
+    int64_t hist[4][kMaxLevels] = {};
+    for (int64_t c = 0; c < 4; ++c) {
+      for (int64_t l = 0; l < kMaxLevels; ++l) hist[c][l] = ge[c][l + 1] - ge[c][l + 2];
     }
     int64_t threshold[4], at_threshold[4];
     bool fits = w.max_level < kMaxLevels;
@@ -338,34 +406,38 @@ struct TopKScratch {
       }
     }
     if (fits) {
-      int64_t t = 0;
-      // Branch-free: the key's index is written at the next slot and kept only when taken. Unrolled over the
-      // four classes so that their thresholds and tie budgets stay in registers.
-      auto step = [&](int64_t j, int64_t& thr, int64_t& at) {
-        const int64_t lv = level[s.counts[j]];
-        const bool ok = !keep || keep[j];
-        const bool tie = ok && lv == thr && at > 0;
-        const bool take = (ok && lv > thr) || tie;
-        at -= tie;
-        out[t] = static_cast<int32_t>(j);
-        t += take;
-      };
-      int64_t thr[4] = {threshold[0], threshold[1], threshold[2], threshold[3]};
-      int64_t at[4] = {at_threshold[0], at_threshold[1], at_threshold[2], at_threshold[3]};
-      int64_t j = first;
-      // Head: up to the next multiple of 4, so that the unrolled body's lanes are classes 0..3.
-      for (; (j & 3) != 0 && j < limit && t < d.L; ++j) step(j, thr[j & 3], at[j & 3]);
-      int64_t t0 = thr[0], t1 = thr[1], t2 = thr[2], t3 = thr[3];
-      int64_t a0 = at[0], a1 = at[1], a2 = at[2], a3 = at[3];
-      for (; j + 4 <= limit && t + 4 <= d.L; j += 4) {
-        step(j, t0, a0);
-        step(j + 1, t1, a1);
-        step(j + 2, t2, a2);
-        step(j + 3, t3, a3);
+      // Per word: the keys above their class's threshold level are taken, the keys at it while the class's tie
+      // budget lasts (earliest first); the candidates are visited in ascending key order by their mask bits.
+      uint64_t at_thr = 0;  // byte b: class b % 4's biased threshold
+      for (int64_t b = 0; b < 8; ++b) at_thr |= static_cast<uint64_t>(threshold[b & 3] + 1) << (8 * b);
+      const uint64_t above_thr = at_thr + Bytes(1);
+      auto class_bits = [](int64_t c) { return 0x0000008000000080ull << (8 * c); };
+      uint64_t live = 0;  // classes with tie budget left
+      for (int64_t c = 0; c < 4; ++c) {
+        if (at_threshold[c] > 0) live |= class_bits(c);
       }
-      int64_t* tail_thr[4] = {&t0, &t1, &t2, &t3};
-      int64_t* tail_at[4] = {&a0, &a1, &a2, &a3};
-      for (; j < limit && t < d.L; ++j) step(j, *tail_thr[j & 3], *tail_at[j & 3]);
+      int64_t t = 0;
+      for (int64_t j = w0; j < w1 && t < d.L; j += 8) {
+        const uint64_t x = LoadWord(lv + j);
+        const uint64_t above = AtLeast(x, above_thr);
+        uint64_t ties = AtLeast(x, at_thr) & ~above & live;
+        uint64_t candidates = above | ties;
+        while (candidates != 0) {
+          const int bit = __builtin_ctzll(candidates);
+          const uint64_t mask = uint64_t{1} << bit;
+          candidates &= candidates - 1;
+          const int64_t b = bit >> 3;
+          if (ties & mask) {
+            const int64_t c = b & 3;
+            if (--at_threshold[c] == 0) {  // the class's budget is spent: its later ties are not taken
+              live &= ~class_bits(c);
+              candidates &= ~(ties & class_bits(c));
+              ties &= ~class_bits(c);
+            }
+          }
+          out[t++] = static_cast<int32_t>(j + b);
+        }
+      }
       for (; t < d.L; ++t) out[t] = -1;
       continue;
     }
@@ -432,7 +504,7 @@ void PQTopK(const PQTopKDims& d, TopKMode mode, bool causal, int64_t window, con
       for (int64_t j = 0; j < d.Sk; ++j) pack.Pack(kc + j * d.M, d.M, out + j, d.Sk);
     });
   }
-  const TopKProblem w{d, mode, causal, window, codes_q, codes_k, key_keep, indices, level_of_count.data(), max_level, field_bits,
+  const TopKProblem w{d, mode, causal, window, codes_q, codes_k, key_keep, indices, level_of_count.data(), max_level, bucket_width, field_bits,
                       packed_keys.data()};
   par.For(static_cast<std::size_t>(d.B * d.H * blocks), [&](std::size_t task) {
     const int64_t bh = static_cast<int64_t>(task) / blocks, block = static_cast<int64_t>(task) % blocks;
@@ -441,7 +513,8 @@ void PQTopK(const PQTopKDims& d, TopKMode mode, bool causal, int64_t window, con
     std::vector<int16_t> levels(static_cast<std::size_t>(d.Sk));
     std::vector<uint8_t> marked(static_cast<std::size_t>(d.Sk));
     std::vector<int64_t> histogram(static_cast<std::size_t>(4 * (max_level + 1)));
-    const TopKScratch s{ints.data(), ints.data() + d.M * d.Sk, levels.data(), marked.data(), histogram.data()};
+    std::vector<uint8_t> key_levels(static_cast<std::size_t>(d.Sk + 8));
+    const TopKScratch s{ints.data(), ints.data() + d.M * d.Sk, levels.data(), marked.data(), histogram.data(), key_levels.data()};
     TopKRows(w, bh, block * kRowsPerTask, std::min(d.Sq, (block + 1) * kRowsPerTask), s);
   });
 }
@@ -585,11 +658,16 @@ SPT_CPU_CLONES void GradRows(const PQDims& d, float g, const float* z, const Cod
 double PQLoss(const PQDims& d, const float* z, const float* codebook, const Parallel& par) {
   const int64_t chunks = CeilDiv(d.N, kRowsPerChunk);
   if (chunks == 0 || d.M == 0) return 0.0;
+  const bool lanes = lanes::LanesApply(d);
   const CodebookT w(d, codebook);
   std::vector<double> partial(static_cast<std::size_t>(chunks), 0.0);
   par.For(static_cast<std::size_t>(chunks), [&](std::size_t chunk) {
-    std::vector<float> scratch(static_cast<std::size_t>(2 * d.C + d.dc));
     const int64_t n0 = static_cast<int64_t>(chunk) * kRowsPerChunk, n1 = std::min(d.N, n0 + kRowsPerChunk);
+    if (lanes) {
+      partial[chunk] = lanes::LossRows(d, z, codebook, n0, n1);
+      return;
+    }
+    std::vector<float> scratch(static_cast<std::size_t>(2 * d.C + d.dc));
     partial[chunk] = LossRows(d, z, w, n0, n1, scratch);
   });
   double total = 0.0;
@@ -610,11 +688,17 @@ void PQLossGrad(const PQDims& d, float dloss, const float* z, const float* codeb
   // Per-chunk partial codebook gradients ([M, dc, C] each), summed in chunk order afterwards in double (no
   // atomics, deterministic).
   std::vector<float> partial(static_cast<std::size_t>(chunks * w_size), 0.f);
+  const bool lanes = lanes::LanesApply(d);
   par.For(static_cast<std::size_t>(chunks), [&](std::size_t chunk) {
-    std::vector<float> scratch(static_cast<std::size_t>(4 * d.C + 3 * d.dc));
     const int64_t n0 = static_cast<int64_t>(chunk) * kRowsPerChunk, n1 = std::min(d.N, n0 + kRowsPerChunk);
-    GradRows(d, g, z, w, n0, n1, detach_inputs ? nullptr : dz, partial.data() + static_cast<int64_t>(chunk) * w_size,
-             scratch);
+    float* out = detach_inputs ? nullptr : dz;
+    float* dwt = partial.data() + static_cast<int64_t>(chunk) * w_size;
+    if (lanes) {
+      lanes::GradRows(d, g, z, codebook, n0, n1, out, dwt);
+      return;
+    }
+    std::vector<float> scratch(static_cast<std::size_t>(4 * d.C + 3 * d.dc));
+    GradRows(d, g, z, w, n0, n1, out, dwt, scratch);
   });
   // Reduce the chunk partials and transpose back to [M, C, dc]; split over codebook rows so the reduction is
   // parallel yet order-fixed.

@@ -168,6 +168,7 @@ struct Problem {
   const int64_t* offsets;  // [B * Hkv, Sk + 1] key-major pattern
   const int32_t* entries;  // [B * Hkv, G * Sq * L]
   const T* key_norm;       // [B * Hkv, Sk] |k_j|_2 (backward with a clamp), else null
+  int64_t ds_first_row = 0;  // ds holds rows (bh * Sq + i) from this one on
 };
 
 // The row and key loops take the head dims as template arguments when they are common sizes (kE, kEv > 0), so
@@ -229,8 +230,10 @@ template <typename T, int64_t kE = 0, int64_t kEv = 0>
   }
 }
 
-// Backward for rows [i0, i1) of head bh: ds (kept for dK) and dQ. `pass` is scratch for L flags.
-template <typename T, int64_t kE = 0, int64_t kEv = 0>
+// Backward for rows [i0, i1) of head bh: ds and dQ. With kScatter the rows also add their terms to dK and dV
+// (ds_t q_i into dK_j, p_t dy_i into dV_j: the caller owns the kv head's dK and dV rows and has zeroed them);
+// without it ds is kept for BackwardKeys. `pass` is scratch for L flags.
+template <typename T, int64_t kE = 0, int64_t kEv = 0, bool kScatter = false>
 [[gnu::always_inline]] inline void BackwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1,
                                                 uint8_t* pass) {
   const SparseAttentionDims& d = w.d;
@@ -239,6 +242,8 @@ template <typename T, int64_t kE = 0, int64_t kEv = 0>
   const T* kb = w.k + kvh * d.Sk * E;
   const T* vb = w.v + kvh * d.Sk * Ev;
   const T* kn = w.key_norm ? w.key_norm + kvh * d.Sk : nullptr;
+  T* dkb = w.dk + kvh * d.Sk * E;
+  T* dvb = w.dv + kvh * d.Sk * Ev;
   const T safe_clamp = w.clamp * T(1 - 1e-3);
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t row = bh * d.Sq + i;
@@ -246,7 +251,7 @@ template <typename T, int64_t kE = 0, int64_t kEv = 0>
     const T* dyi = w.dy + row * Ev;
     const T* pr = w.p + row * d.L;
     const int32_t* idx = w.indices + row * d.L;
-    T* dsr = w.ds + row * d.L;
+    T* dsr = w.ds + (row - w.ds_first_row) * d.L;
     const T bound_scale = w.clamp > 0 ? std::fabs(w.scale) * std::sqrt(Dot(qi, qi, E)) : T(0);
     T* dqi = w.dq + row * E;
     // First pass: dp_t = <dy_i, v_j> (into dsr), c_i = sum_t p_t dp_t (plain sum, no floor), and the clamp mask
@@ -273,6 +278,11 @@ template <typename T, int64_t kE = 0, int64_t kEv = 0>
     std::fill(dqi, dqi + E, T(0));
     RowSum<T, kE> dqsum(dqi, E);
     for (int64_t t = 0; t < d.L; ++t) {
+      if constexpr (kScatter) {
+        // The same terms, in the same (row, slot) order per key, as BackwardKeys adds.
+        const int64_t j = idx[t];
+        if (j >= 0 && pr[t] != T(0)) Axpy(pr[t], dyi, dvb + j * Ev, Ev);
+      }
       if (!pass[t]) {
         dsr[t] = T(0);
         continue;
@@ -280,6 +290,9 @@ template <typename T, int64_t kE = 0, int64_t kEv = 0>
       const T g = pr[t] * static_cast<T>(dsr[t] - c) * w.scale;
       dsr[t] = g;
       dqsum.Add(g, kb + static_cast<int64_t>(idx[t]) * E);
+      if constexpr (kScatter) {
+        if (g != T(0)) Axpy(g, qi, dkb + static_cast<int64_t>(idx[t]) * E, E);
+      }
     }
     dqsum.Store();
   }
@@ -324,6 +337,10 @@ SPT_CPU_CLONES void ForwardRowsF32(const Problem<float>& w, int64_t bh, int64_t 
 SPT_CPU_CLONES void BackwardRowsF32(const Problem<float>& w, int64_t bh, int64_t i0, int64_t i1, uint8_t* pass) {
   if (w.d.E == 64 && w.d.Ev == 64) BackwardRows<float, 64, 64>(w, bh, i0, i1, pass); else BackwardRows(w, bh, i0, i1, pass);
 }
+SPT_CPU_CLONES void BackwardScatterRowsF32(const Problem<float>& w, int64_t bh, int64_t i0, int64_t i1, uint8_t* pass) {
+  if (w.d.E == 64 && w.d.Ev == 64) BackwardRows<float, 64, 64, true>(w, bh, i0, i1, pass);
+  else BackwardRows<float, 0, 0, true>(w, bh, i0, i1, pass);
+}
 SPT_CPU_CLONES void BackwardKeysF32(const Problem<float>& w, int64_t bh, int64_t j0, int64_t j1) {
   if (w.d.E == 64 && w.d.Ev == 64) BackwardKeys<float, 64, 64>(w, bh, j0, j1); else BackwardKeys(w, bh, j0, j1);
 }
@@ -335,6 +352,11 @@ void RunForwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1) {
 template <typename T>
 void RunBackwardRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1, uint8_t* pass) {
   if constexpr (std::is_same_v<T, float>) BackwardRowsF32(w, bh, i0, i1, pass); else BackwardRows(w, bh, i0, i1, pass);
+}
+template <typename T>
+void RunBackwardScatterRows(const Problem<T>& w, int64_t bh, int64_t i0, int64_t i1, uint8_t* pass) {
+  if constexpr (std::is_same_v<T, float>) BackwardScatterRowsF32(w, bh, i0, i1, pass);
+  else BackwardRows<T, 0, 0, true>(w, bh, i0, i1, pass);
 }
 template <typename T>
 void RunBackwardKeys(const Problem<T>& w, int64_t bh, int64_t j0, int64_t j1) {
@@ -363,6 +385,42 @@ void SparseAttentionBackward(const SparseAttentionDims& d, const SparseAttention
                              T* dv, const Parallel& par) {
   const int64_t bh_count = d.B * d.H, kv_count = d.B * d.Hkv, nnz = d.Group() * d.Sq * d.L;
 
+  // |k_j| per kv head, for the clamp's bound in BackwardRows.
+  std::vector<T> key_norm(params.clamp > 0 ? static_cast<std::size_t>(kv_count * d.Sk) : 0);
+  if (params.clamp > 0) {
+    par.For(static_cast<std::size_t>(kv_count), [&](std::size_t kvh) {
+      for (int64_t j = 0; j < d.Sk; ++j) {
+        const T* kj = k + (static_cast<int64_t>(kvh) * d.Sk + j) * d.E;
+        key_norm[kvh * d.Sk + j] = std::sqrt(Dot(kj, kj, d.E));
+      }
+    });
+  }
+  const T* kn = params.clamp > 0 ? key_norm.data() : nullptr;
+
+  // With enough kv heads to keep every worker busy, one task per kv head runs all of its query rows and adds their
+  // dK and dV terms in place (no key-major transpose, no second pass that gathers Q and dY rows per key). With
+  // fewer (MQA, batch 1 on many threads), the rows run in blocks and a key-major pass sums dK and dV.
+  if (kv_count >= 2 * static_cast<int64_t>(par.Workers())) {
+    const Problem<T> w{d,  static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, params.window, q, k, v, dy, p,
+                       nullptr, {}, indices, nullptr, nullptr, nullptr, dq, dk, dv, nullptr, nullptr, kn};
+    par.For(static_cast<std::size_t>(kv_count), [&](std::size_t task) {
+      const int64_t kvh = static_cast<int64_t>(task);
+      std::fill(dk + kvh * d.Sk * d.E, dk + (kvh + 1) * d.Sk * d.E, T(0));
+      std::fill(dv + kvh * d.Sk * d.Ev, dv + (kvh + 1) * d.Sk * d.Ev, T(0));
+      std::vector<uint8_t> pass(static_cast<std::size_t>(d.L));
+      std::vector<T> ds(static_cast<std::size_t>(d.Sq * d.L));
+      // ds of one query head's rows at a time.
+      Problem<T> local = w;
+      local.ds = ds.data();
+      const int64_t first_bh = (kvh / d.Hkv) * d.H + (kvh % d.Hkv) * d.Group();
+      for (int64_t g = 0; g < d.Group(); ++g) {
+        local.ds_first_row = (first_bh + g) * d.Sq;
+        RunBackwardScatterRows(local, first_bh + g, 0, d.Sq, pass.data());
+      }
+    });
+    return;
+  }
+
   // Key-major copy of each (b, kv head) pattern over its G query heads: offsets [B * Hkv, Sk + 1], entries
   // [B * Hkv, G * Sq * L] holding g * Sq * L + i * L + t, in ascending (g, i, t) order within each key
   // (counting sort, stable).
@@ -386,21 +444,9 @@ void SparseAttentionBackward(const SparseAttentionDims& d, const SparseAttention
     off[0] = 0;
   });
 
-  // |k_j| per kv head, for the clamp's bound in BackwardRows.
-  std::vector<T> key_norm(params.clamp > 0 ? static_cast<std::size_t>(kv_count * d.Sk) : 0);
-  if (params.clamp > 0) {
-    par.For(static_cast<std::size_t>(kv_count), [&](std::size_t kvh) {
-      for (int64_t j = 0; j < d.Sk; ++j) {
-        const T* kj = k + (static_cast<int64_t>(kvh) * d.Sk + j) * d.E;
-        key_norm[kvh * d.Sk + j] = std::sqrt(Dot(kj, kj, d.E));
-      }
-    });
-  }
-
   std::vector<T> ds(static_cast<std::size_t>(bh_count * d.Sq * d.L));  // [BH, Sq, L]
   const Problem<T> w{d,  static_cast<T>(params.scale), static_cast<T>(params.clamp), params.causal, params.window, q, k, v, dy, p,
-                     nullptr, {}, indices, nullptr, nullptr, ds.data(), dq, dk, dv, offsets.data(), entries.data(),
-                     params.clamp > 0 ? key_norm.data() : nullptr};
+                     nullptr, {}, indices, nullptr, nullptr, ds.data(), dq, dk, dv, offsets.data(), entries.data(), kn};
   const int64_t row_blocks = CeilDiv(d.Sq, kRowsPerTask);
   par.For(static_cast<std::size_t>(bh_count * row_blocks), [&](std::size_t task) {
     const int64_t bh = static_cast<int64_t>(task) / row_blocks, block = static_cast<int64_t>(task) % row_blocks;

@@ -332,6 +332,71 @@ TEST(PQTopK, BucketedIsWellFormedWithMaskAndUnevenL) {
   }
 }
 
+// Brute force of the bucketed rule: level = min(3, matches / max(1, M / 4)); slot p < L belongs to class p % 4, and
+// class c takes its quota of keys j % 4 == c by (level desc, key asc); slots a class cannot fill go to the best
+// remaining keys of any class by the same order. Emitted ascending, then -1.
+std::vector<int32_t> BruteForceBucketed(const PQTopKDims& d, bool causal, const std::vector<int32_t>& cq,
+                                        const std::vector<int32_t>& ck, const std::vector<uint8_t>* keep,
+                                        int64_t window) {
+  const int64_t width = std::max<int64_t>(1, d.M / 4);
+  std::vector<int32_t> out(d.B * d.H * d.Sq * d.L, -1);
+  for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
+    for (int64_t i = 0; i < d.Sq; ++i) {
+      std::vector<std::pair<int64_t, int64_t>> ranked[4];  // per class: (-level, j)
+      for (int64_t j = 0; j < d.Sk; ++j) {
+        if (!Eligible(d, causal, keep, bh / d.H, i, j, window)) continue;
+        ranked[j % 4].push_back({-std::min<int64_t>(3, Matches(d, cq, ck, bh, i, j) / width), j});
+      }
+      std::vector<std::pair<int64_t, int64_t>> rest;
+      std::vector<int32_t> keys;
+      int64_t eligible = 0;
+      for (int64_t c = 0; c < 4; ++c) {
+        std::sort(ranked[c].begin(), ranked[c].end());
+        eligible += static_cast<int64_t>(ranked[c].size());
+        const std::size_t quota = c < d.L ? static_cast<std::size_t>((d.L - c + 3) / 4) : 0;
+        for (std::size_t r = 0; r < ranked[c].size(); ++r) {
+          if (r < quota) keys.push_back(static_cast<int32_t>(ranked[c][r].second));
+          else rest.push_back(ranked[c][r]);
+        }
+      }
+      std::sort(rest.begin(), rest.end());
+      for (const auto& r : rest) {
+        if (static_cast<int64_t>(keys.size()) >= std::min(d.L, eligible)) break;
+        keys.push_back(static_cast<int32_t>(r.second));
+      }
+      std::sort(keys.begin(), keys.end());
+      std::copy(keys.begin(), keys.end(), out.begin() + (bh * d.Sq + i) * d.L);
+    }
+  }
+  return out;
+}
+
+// Bucketed selection against the brute force: level widths 1, 2 and 4 (M = 6, 8, 16), packed and unpacked codes,
+// causal, windowed and masked rows, Sq != Sk, and rows whose start is not a multiple of 8.
+TEST(PQTopK, BucketedMatchesBruteForceRule) {
+  struct Case {
+    int64_t m, sq, sk, l, window;
+    int32_t range;
+  };
+  for (const Case c : {Case{8, 37, 37, 9, 0, 3}, Case{8, 20, 45, 12, 0, 2}, Case{6, 30, 30, 7, 11, 2},
+                       Case{16, 40, 40, 10, 0, 2}, Case{8, 64, 64, 16, 0, 300}, Case{8, 50, 50, 5, 19, 3}}) {
+    PQTopKDims d = CheckPQTopKInputs({2, 3, c.sq, c.m}, {2, 3, c.sk, c.m}, nullptr);
+    d.L = c.l;
+    const auto cq = RandomCodes(2 * 3 * c.sq, c.m, c.range, 51), ck = RandomCodes(2 * 3 * c.sk, c.m, c.range, 52);
+    const auto keep = RandomKeep(2, c.sk, 53);
+    for (bool causal : {true, false}) {
+      for (const std::vector<uint8_t>* k : {static_cast<const std::vector<uint8_t>*>(nullptr), &keep}) {
+        std::vector<int32_t> idx(2 * 3 * c.sq * c.l);
+        PQTopK(d, TopKMode::kBucketed, causal, c.window, cq.data(), ck.data(), k ? k->data() : nullptr, idx.data(),
+               ThreadParallel(2));
+        EXPECT_EQ(idx, BruteForceBucketed(d, causal, cq, ck, k, c.window))
+            << "M " << c.m << " Sq " << c.sq << " Sk " << c.sk << " L " << c.l << " window " << c.window << " causal " << causal
+            << " mask " << (k != nullptr);
+      }
+    }
+  }
+}
+
 // A residue class with fewer eligible keys than its quota keeps all of them, level 0 included; only the slots it
 // cannot fill go to the other classes (a regression: the class once kept just one of its two level-0 keys).
 TEST(PQTopK, BucketedClassShortOfItsQuotaKeepsAllItsKeys) {
@@ -473,18 +538,21 @@ TEST(PQLoss, MatchesDoubleReference) {
   }
 }
 
-TEST(PQLossGrad, MatchesFiniteDifferences) {
-  // Leading dims [2, 3, 4] are flattened; dloss != 1 checks the upstream scaling.
-  const int64_t m = 2, c = 5, dc = 3, e = m * dc;
-  const Shape zshape{2, 3, 4, e};
+// One body for both code paths: a general codebook (per-row loops) and the default 16 x 8 codebook (eight rows per
+// vector, pq_lanes.cc), the latter with a row count that leaves a partial group of lanes.
+void CheckLossGradAgainstFiniteDifferences(const Shape& lead, int64_t m, int64_t c, int64_t dc) {
+  Shape zshape = lead;
+  zshape.push_back(m * dc);
+  const int64_t e = m * dc;
   const auto d = CheckPQInputs("PQLossGrad", zshape, {m, c, dc});
   const auto zf = RandomNormal(d.N * e, 71), wf = RandomNormal(m * c * dc, 72);
-  const float dloss = 0.7f;
+  const float dloss = 0.7f;  // != 1: checks the upstream scaling
   std::vector<float> dz(d.N * e), dw(m * c * dc);
   PQLossGrad(d, dloss, zf.data(), wf.data(), false, dz.data(), dw.data(), ThreadParallel(3));
 
   auto z = test::ToDouble(zf), w = test::ToDouble(wf);
   auto loss = [&] { return dloss * ReferenceLoss(d, z, w); };
+  EXPECT_NEAR(PQLoss(d, zf.data(), wf.data(), Serial()), ReferenceLoss(d, z, w), 1e-5);
   const auto fd_z = test::FiniteDifference(z, loss);
   const auto fd_w = test::FiniteDifference(w, loss);
   EXPECT_LT(test::RelL2Error(dz, fd_z), 1e-3);
@@ -495,6 +563,16 @@ TEST(PQLossGrad, MatchesFiniteDifferences) {
   PQLossGrad(d, dloss, zf.data(), wf.data(), true, dz2.data(), dw2.data(), Serial());
   EXPECT_EQ(dz2, std::vector<float>(d.N * e, 0.f));
   EXPECT_LT(test::RelL2Error(dw2, fd_w), 1e-3);
+}
+
+TEST(PQLossGrad, MatchesFiniteDifferences) {
+  // Leading dims [2, 3, 4] are flattened.
+  CheckLossGradAgainstFiniteDifferences({2, 3, 4}, 2, 5, 3);
+}
+
+TEST(PQLossGrad, DefaultCodebookMatchesFiniteDifferences) {
+  // 13 rows: one full group of eight and a partial one of five.
+  CheckLossGradAgainstFiniteDifferences({13}, 2, 16, 8);
 }
 
 TEST(PQLossGrad, IsDeterministicAcrossWorkerCounts) {

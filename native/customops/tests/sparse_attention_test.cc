@@ -497,6 +497,8 @@ TEST(SparseAttentionGrad, RandomIndicesWithActiveClampMatchFiniteDifferences) {
   }
 }
 
+// Also the two dK/dV schemes against each other: serially the four kv heads are enough for one task per kv head
+// (terms added in the row pass); on four workers they are not, and the key-major pass sums them.
 TEST(SparseAttentionGrad, IsDeterministicAcrossWorkerCounts) {
   auto d = CheckSparseAttentionInputs("SparseAttentionGrad", {2, 2, 70, 16}, {2, 2, 70, 16}, {2, 2, 70, 16},
                                       {2, 2, 70, 9}, nullptr);
