@@ -279,13 +279,7 @@ internal static class BenchCommand
         command.SetAction(parse => RankLaunch.Guard(context, parse, (ranks, output) =>
         {
             var dir = parse.GetRequiredValue(artifact);
-            var manifest = TrainingManifest.Load(dir);
-            long vocab;
-            using (var eval = Model.Load(Path.Combine(dir, manifest.EvalGraph)))
-            {
-                vocab = ModelLimits.Of(eval.Graph, manifest.Input(DataRole.InputIds)?.Name ?? "input_ids").Vocabulary ?? Dataset.ByteVocabulary;
-            }
-
+            var vocab = Vocabulary(dir);
             var total = parse.GetValue(steps) + parse.GetValue(warmup);
             var data = Dataset.Synthetic(parse.GetValue(batch) * total, parse.GetValue(seq), vocab, seed: 1);
             var options = new TrainerOptions
@@ -334,6 +328,15 @@ internal static class BenchCommand
             return ExitCodes.Ok;
         }));
         return command;
+    }
+
+    // In a method of its own: a local of the (once-run, unoptimized) worker action would keep eval.onnx's model, and
+    // its constants, reachable for the whole measurement.
+    private static long Vocabulary(string artifactDirectory)
+    {
+        var manifest = TrainingManifest.Load(artifactDirectory);
+        using var eval = Model.Load(Path.Combine(artifactDirectory, manifest.EvalGraph));
+        return ModelLimits.Of(eval.Graph, manifest.Input(DataRole.InputIds)?.Name ?? "input_ids").Vocabulary ?? Dataset.ByteVocabulary;
     }
 
     private static JsonObject RunWorker(string artifact, int seq, int batch, int steps, int warmup, int threads, string device, int ranks = 1, string? profilePrefix = null)

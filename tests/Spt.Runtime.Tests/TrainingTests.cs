@@ -63,13 +63,17 @@ public sealed class TrainingTests : IDisposable
         Assert.True(trainer.MaxInUseBytes() > 0);
     }
 
-    [Fact]
-    public void Accumulating_two_micro_batches_equals_one_batch_of_twice_the_size()
+    [Theory]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void Accumulating_micro_batches_equals_one_batch_of_their_total_size(int accumulate)
     {
+        // One micro-batch per step keeps a single gradient accumulator, more ping-pong between two: both must give the
+        // same sums, step after step.
         var artifact = TrainingArtifacts.Bigram(Dir("a"));
         var (train, _) = Corpus();
-        using var accumulated = new Trainer(artifact, train, null, Options(steps: 3, batch: 2, accumulate: 2));
-        using var single = new Trainer(artifact, train, null, Options(steps: 3, batch: 4, accumulate: 1));
+        using var accumulated = new Trainer(artifact, train, null, Options(steps: 3, batch: 2, accumulate: accumulate));
+        using var single = new Trainer(artifact, train, null, Options(steps: 3, batch: 2 * accumulate, accumulate: 1));
         var a = accumulated.Run();
         var s = single.Run();
         Assert.True(Math.Abs(s.FirstLoss - a.FirstLoss) < 1e-5, $"{s.FirstLoss} vs {a.FirstLoss}");
@@ -133,6 +137,62 @@ public sealed class TrainingTests : IDisposable
         using var state = Model.Load(Path.Combine(latest!, Checkpoint.FileName));
         Assert.Equal(e.Step - 1, Checkpoint.ReadState(state, 0).Step);
         Assert.Contains("\"error\"", File.ReadAllLines(Dir("m.jsonl"))[^1]);
+    }
+
+    [Fact]
+    public void A_non_finite_gradient_norm_leaves_the_state_of_the_last_good_step()
+    {
+        // The row of 'W' in the embedding is so large that a batch with a 'W' has a finite loss but a gradient whose
+        // squared norm overflows: the optimizer runs, and its update must not become the current state.
+        var (train, _) = Corpus();
+        var rng = new Random(5);
+        var embedding = Enumerable.Range(0, 256 * 8).Select(_ => (float)((rng.NextDouble() - 0.5) * 0.2)).ToArray();
+        for (var k = 0; k < 8; k++)
+        {
+            embedding[('W' * 8) + k] = k % 2 == 0 ? 1e21f : -1e21f;
+        }
+
+        var artifact = TrainingArtifacts.Bigram(Dir("a"), embedding: embedding);
+        using var trainer = new Trainer(artifact, train, null, Options(steps: 50));
+        var good = new List<Model>();
+        try
+        {
+            var e = Assert.Throws<TrainingDivergedException>(() => trainer.Run(_ => good.Add(trainer.BuildCheckpoint())));
+
+            Assert.Equal(ArtifactContract.GradNorm, e.Quantity);
+            Assert.True(e.Step >= 3, $"diverged at step {e.Step}: the test wants good steps (both state buffers written) first");
+            Assert.Equal(e.Step - 1, trainer.Step);
+            Assert.Equal(e.Step - 1, good.Count);
+            using var now = trainer.BuildCheckpoint();
+            var last = good[^1].Graph.Initializers.ToDictionary(v => v.Name, v => v.Initializer!.ToFloatArray());
+            Assert.Equal(["E", "m.E", "v.E", "W", "m.W", "v.W"], now.Graph.Initializers.Select(v => v.Name));
+            foreach (var v in now.Graph.Initializers)
+            {
+                Assert.Equal(last[v.Name], v.Initializer!.ToFloatArray());
+            }
+        }
+        finally
+        {
+            foreach (var m in good)
+            {
+                m.Dispose();
+            }
+        }
+    }
+
+    [Fact]
+    public void A_trainer_without_held_out_data_still_evaluates_on_request()
+    {
+        // Without an eval set the eval session is created at the first evaluation; it must see the current parameters.
+        var artifact = TrainingArtifacts.Bigram(Dir("a"));
+        var (train, eval) = Corpus();
+        using var plain = new Trainer(artifact, train, null, Options(steps: 4));
+        using var evaluating = new Trainer(artifact, train, eval, Options(steps: 4));
+        plain.Run();
+        evaluating.Run();
+        Assert.True(plain.MaxInUseBytes() > 0);
+        Assert.Equal(evaluating.Evaluate(eval), plain.Evaluate(eval));
+        Assert.Throws<InvalidOperationException>(() => plain.Evaluate());
     }
 
     [Fact]

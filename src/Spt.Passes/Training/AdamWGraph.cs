@@ -32,16 +32,18 @@ public static class AdamWGraph
                 b.Input(ArtifactContract.FirstMoment(name), ElementType.Float, dims), b.Input(ArtifactContract.SecondMoment(name), ElementType.Float, dims)));
         }
 
-        // g = grad * grad_scale; ||g|| over all parameters.
-        var grads = ps.Select(p => { e.Prefix = "adamw/" + p.Name; return e.Op("Mul", p.G, gradScale); }).ToList();
+        // g = grad * grad_scale; ||g|| = |grad_scale| * ||grad|| over all parameters. The scale is applied per parameter
+        // in its update, not up front: scaled copies of all gradients would be alive together until the norm is known
+        // (as many bytes as the parameters). Exact for a power-of-two scale (1 without accumulation).
         e.Prefix = "adamw/norm";
-        var squares = grads.Select(g => e.ReduceSum(e.Op("Mul", g, g), null, keepDims: false)).ToList();
-        var norm = e.Op("Sqrt", squares.Count == 0 ? e.Scalar(0f) : e.Sum(squares));
-        Value? clip = null;
+        var squares = ps.Select(p => e.ReduceSum(e.Op("Mul", p.G, p.G), null, keepDims: false)).ToList();
+        var norm = e.Op("Mul", e.Op("Sqrt", squares.Count == 0 ? e.Scalar(0f) : e.Sum(squares)), e.Op("Abs", gradScale));
+        var coef = gradScale;
         if (o.MaxGradNorm > 0)
         {
             // torch: coef = min(1, max_norm / (norm + 1e-6))
-            clip = e.Op("Min", e.Op("Div", e.Scalar(o.MaxGradNorm), e.Op("Add", norm, e.Scalar(1e-6f))), e.Scalar(1f));
+            var clip = e.Op("Min", e.Op("Div", e.Scalar(o.MaxGradNorm), e.Op("Add", norm, e.Scalar(1e-6f))), e.Scalar(1f));
+            coef = e.Op("Mul", gradScale, clip);
         }
 
         // Bias corrections and the per-step scalars.
@@ -52,9 +54,9 @@ public static class AdamWGraph
 
         for (int i = 0; i < ps.Count; i++)
         {
-            var (name, p, _, m, v) = ps[i];
+            var (name, p, grad, m, v) = ps[i];
             e.Prefix = "adamw/" + name;
-            var g = clip == null ? grads[i] : e.Op("Mul", grads[i], clip);
+            var g = e.Op("Mul", grad, coef);
             // p <- p (1 - lr wd); m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2
             var decayed = e.Op("Mul", p, decay);
             var m1 = e.Op("Add", e.Op("Mul", m, e.Scalar(o.Beta1)), e.Op("Mul", g, e.Scalar(1 - o.Beta1)));

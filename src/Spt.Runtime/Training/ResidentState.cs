@@ -8,19 +8,25 @@ namespace Spt.Runtime.Training;
 /// <summary>
 /// The device-resident training state: every parameter, and for trainable ones the AdamW moments and gradient
 /// accumulators, in tensors from the sessions' device allocator for the whole run. Trainable tensors have two
-/// buffers each and ping-pong: the optimizer reads <c>p</c>, <c>m</c>, <c>v</c> from one buffer and writes
-/// <c>new.*</c> into the other; the grad graph adds each micro-batch's gradient to <c>grad_acc</c> into the other
-/// accumulator buffer (the first micro-batch reads a shared zero tensor). Frozen parameters have one buffer.
+/// buffers each of value and moments and ping-pong: the optimizer reads <c>p</c>, <c>m</c>, <c>v</c> from one buffer
+/// and writes <c>new.*</c> into the other, which becomes current only after a good run. The grad graph adds each
+/// micro-batch's gradient to <c>grad_acc</c> into the other accumulator buffer (the first micro-batch reads a shared
+/// zero tensor); with one micro-batch per step that is the only read, so there is a single accumulator buffer.
+/// Frozen parameters have one buffer.
 /// </summary>
 internal sealed class ResidentState : IDisposable
 {
     private readonly TrainingSessions _sessions;
     private readonly Dictionary<string, OrtValue> _zeros = [];
 
-    public ResidentState(TrainingSessions sessions, IEnumerable<ParameterSpec> parameters)
+    /// <param name="sessions">The sessions whose device allocator holds the state.</param>
+    /// <param name="parameters">The artifact's parameters.</param>
+    /// <param name="microBatches">Micro-batches per optimizer step (gradient accumulation): above 1 the accumulators are double-buffered.</param>
+    public ResidentState(TrainingSessions sessions, IEnumerable<ParameterSpec> parameters, int microBatches)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(microBatches, 1);
         _sessions = sessions;
-        Parameters = [.. parameters.Select(spec => new ResidentParameter(spec, sessions))];
+        Parameters = [.. parameters.Select(spec => new ResidentParameter(spec, sessions, accumulators: microBatches > 1 ? 2 : 1))];
     }
 
     public IReadOnlyList<ResidentParameter> Parameters { get; }
@@ -81,13 +87,21 @@ internal sealed class ResidentState : IDisposable
         }
     }
 
-    /// <summary>grad.onnx: reads the running sums (zeros for the first micro-batch), writes into the other buffers.</summary>
+    /// <summary>
+    /// grad.onnx: reads the running sums (zeros for the first micro-batch), writes into the other buffers (the only
+    /// buffer when there is one micro-batch per step).
+    /// </summary>
     public void BindAccumulators(OrtIoBinding binding, bool first)
     {
         foreach (var p in Trainable)
         {
+            if (!first && p.Acc!.Length == 1)
+            {
+                throw new InvalidOperationException("the resident state was allocated for one micro-batch per step");
+            }
+
             binding.BindInput(ArtifactContract.Accumulator(p.Spec.Name), first ? Zeros(p.Spec) : p.Acc![p.AccCurrent]);
-            binding.BindOutput(ArtifactContract.AccumulatorOutput(p.Spec.Name), p.Acc![1 - p.AccCurrent]);
+            binding.BindOutput(ArtifactContract.AccumulatorOutput(p.Spec.Name), p.Acc![p.AccNext]);
         }
     }
 
@@ -96,7 +110,7 @@ internal sealed class ResidentState : IDisposable
     {
         foreach (var p in Trainable)
         {
-            p.AccCurrent = 1 - p.AccCurrent;
+            p.AccCurrent = p.AccNext;
         }
     }
 
@@ -153,12 +167,15 @@ internal sealed class ResidentState : IDisposable
         return zeros;
     }
 
-    /// <summary>One parameter's resident tensors: value (and for trainable ones m, v, grad accumulators), double-buffered.</summary>
+    /// <summary>
+    /// One parameter's resident tensors: value (and for trainable ones m, v, double-buffered, and one or two gradient
+    /// accumulator buffers).
+    /// </summary>
     internal sealed class ResidentParameter : IDisposable
     {
         private readonly TrainingSessions _sessions;
 
-        public ResidentParameter(ParameterSpec spec, TrainingSessions sessions)
+        public ResidentParameter(ParameterSpec spec, TrainingSessions sessions, int accumulators)
         {
             Spec = spec;
             _sessions = sessions;
@@ -169,7 +186,7 @@ internal sealed class ResidentState : IDisposable
             {
                 M = [sessions.Allocate(spec.ElementType, shape), sessions.Allocate(spec.ElementType, shape)];
                 V = [sessions.Allocate(spec.ElementType, shape), sessions.Allocate(spec.ElementType, shape)];
-                Acc = [sessions.Allocate(spec.ElementType, shape), sessions.Allocate(spec.ElementType, shape)];
+                Acc = [.. Enumerable.Range(0, accumulators).Select(_ => sessions.Allocate(spec.ElementType, shape))];
             }
         }
 
@@ -188,6 +205,9 @@ internal sealed class ResidentState : IDisposable
 
         /// <summary>Which accumulator buffer holds the running gradient sum.</summary>
         public int AccCurrent { get; set; }
+
+        /// <summary>The accumulator buffer the next grad run writes.</summary>
+        public int AccNext => (AccCurrent + 1) % Acc!.Length;
 
         public void Load(Tensor value, Tensor? m, Tensor? v, string file)
         {

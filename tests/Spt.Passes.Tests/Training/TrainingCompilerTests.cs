@@ -166,6 +166,27 @@ public sealed class TrainingCompilerTests
         Assert.Equal(0.9f, outs["new.a"].ToFloatArray()[0], 4);
         Assert.Equal(1f, outs["new.a"].ToFloatArray()[1], 6);
     }
+
+    [Fact]
+    public void The_gradient_scale_applies_to_the_norm_and_the_update_without_clipping()
+    {
+        var opt = AdamWGraph.Build([("a", [2]), ("b", [1])], new AdamWOptions { MaxGradNorm = 0f, WeightDecay = 0f });
+        using var run = new OrtRunner(opt);
+        var outs = run.Run(new Dictionary<string, Tensor>
+        {
+            ["lr"] = Tensor.Scalar("", 0.1f), ["step"] = Tensor.Scalar("", 1f), ["grad_scale"] = Tensor.Scalar("", 0.25f),
+            ["a"] = Tensor.Create("", new[] { 1f, 1f }, 2), ["grad.a"] = Tensor.Create("", new[] { 12f, 0f }, 2),
+            ["m.a"] = Tensor.Create("", new[] { 0f, 0f }, 2), ["v.a"] = Tensor.Create("", new[] { 0f, 0f }, 2),
+            ["b"] = Tensor.Create("", new[] { 1f }, 1), ["grad.b"] = Tensor.Create("", new[] { 16f }, 1),
+            ["m.b"] = Tensor.Create("", new[] { 0f }, 1), ["v.b"] = Tensor.Create("", new[] { 0f }, 1),
+        });
+        // scaled grads (3, 0) and (4): norm 5, not clipped; m = 0.1 g, v = 0.001 g^2.
+        Assert.Equal(5f, outs["grad_norm"].ToFloatArray()[0], 5);
+        Assert.Equal(0.3f, outs["new.m.a"].ToFloatArray()[0], 6);
+        Assert.Equal(0.4f, outs["new.m.b"].ToFloatArray()[0], 6);
+        Assert.Equal(0.016f, outs["new.v.b"].ToFloatArray()[0], 6);
+        Assert.Equal(0.9f, outs["new.b"].ToFloatArray()[0], 4);
+    }
 }
 
 /// <summary>compile-training over every fixture model: stock-op models compile; contrib-op models fail naming the op.</summary>
