@@ -103,8 +103,14 @@ public sealed class GradientContext : IGradientContext
     /// known) to the shape of <paramref name="input"/>: sums the broadcast axes. Statically when the input's shape is
     /// known, else with Shape/Equal/NonZero computing the axes at run time (opset 13+).
     /// </summary>
-    public Value ReduceTo(Value grad, Value input, int? gradRank)
+    public Value ReduceTo(Value grad, Value input, int? gradRank, int matrixAxes = 0)
     {
+        if (SymbolicReductionAxes(input, gradRank, matrixAxes) is { } decided)
+        {
+            var (lead, axes) = decided;
+            var reduced = lead == 0 ? grad : Emit.ReduceSum(grad, [.. Enumerable.Range(0, lead).Select(i => (long)i)], keepDims: false);
+            return axes.Length == 0 ? reduced : Emit.ReduceSum(reduced, axes, keepDims: true);
+        }
         int? ra = Rank(input);
         if (Facts.StaticShape(input) is { } sa && gradRank is { } rz && rz >= sa.Length)
         {
@@ -141,6 +147,45 @@ public sealed class GradientContext : IGradientContext
         var padded = Op("Concat", [ones, sInput], ("axis", 0L));
         var axesDyn = Op("Reshape", Op("NonZero", Op("Not", Op("Equal", padded, sz))), Emit.Ints(-1));
         return Op("Reshape", Emit.ReduceSumDynamic(grad, axesDyn), sInput);
+    }
+
+    /// <summary>
+    /// The broadcast axes of <paramref name="input"/> against this node's output 0 (whose shape the gradient has, but
+    /// for the last <paramref name="matrixAxes"/> axes of a MatMul operand, which are never broadcast), decided from
+    /// symbolic shapes: the leading axes the input lacks, then (counted after those) the axes where the input has
+    /// size 1 and the output may not. Null when some axis cannot be decided (an unknown dim, or a symbol the output
+    /// does not share), which leaves it to run time.
+    /// </summary>
+    private (int Lead, long[] Axes)? SymbolicReductionAxes(Value input, int? gradRank, int matrixAxes)
+    {
+        if (Node.Outputs.Count == 0 || Facts.Dims(input) is not { } si || Facts.Dims(Y()) is not { } sy ||
+            gradRank != sy.Count || sy.Count < si.Count)
+        {
+            return null;
+        }
+
+        int lead = sy.Count - si.Count;
+        var axes = new List<long>();
+        for (int i = 0; i < si.Count - matrixAxes; i++)
+        {
+            Dim a = si[i], y = sy[lead + i];
+            if (a.Value == 1)
+            {
+                if (y.Value != 1)
+                    axes.Add(i);  // a broadcast axis (summing a size-1 axis is harmless if it is one at run time)
+            }
+            else if (a.Value is > 1 || y.Value == 1 || (!string.IsNullOrEmpty(a.Param) && a.Param == y.Param))
+            {
+                // Not broadcast: a size above 1 is the output's size, an output of size 1 means the input's is 1,
+                // and a symbol the output shares is the same size.
+            }
+            else
+            {
+                return null;
+            }
+        }
+
+        return (lead, [.. axes]);
     }
 
     /// <summary>Swaps the last two axes of a value of rank <paramref name="rank"/> (Einsum when the rank is unknown).</summary>

@@ -41,6 +41,9 @@ public sealed class ShapeFacts
         return null;
     }
 
+    /// <summary>The dims of <paramref name="v"/> (each a size, a symbol or unknown), or null when even the rank is unknown.</summary>
+    public IReadOnlyList<Dim>? Dims(Value? v) => v is null ? null : _analysis.ShapeOf(v) ?? v.Shape;
+
     /// <summary>Records that <paramref name="v"/> has rank <paramref name="rank"/> (for values created later).</summary>
     public void SetRank(Value v, int? rank)
     {

@@ -506,8 +506,8 @@ public static class StandardGradients
             });
             return;
         }
-        g.Grad(0, () => g.ReduceTo(g.Op("MatMul", dy, g.TransposeLast2(b, rb)), a, ry));
-        g.Grad(1, () => g.ReduceTo(g.Op("MatMul", g.TransposeLast2(a, ra), dy), b, ry));
+        g.Grad(0, () => g.ReduceTo(g.Op("MatMul", dy, g.TransposeLast2(b, rb)), a, ry, matrixAxes: 2));
+        g.Grad(1, () => g.ReduceTo(g.Op("MatMul", g.TransposeLast2(a, ra), dy), b, ry, matrixAxes: 2));
     }
 
     // y = alpha * a' @ b' + beta * c, a' = transA ? a^T : a, b' = transB ? b^T : b

@@ -54,6 +54,80 @@ public sealed class BackwardStructureTests
             Assert.Equal(expected[i], d[i], 4);
     }
 
+    // y = x + t with symbolic dims, loss = sum(y * x): dL/dx = x + y, dL/dt = the sum of x over t's broadcast axes.
+    private static (Model Model, Value X, Value T, BackwardResult Result) BroadcastAdd(object[] xDims, object[] tDims)
+    {
+        var b = new GraphBuilder(17);
+        var x = b.Input("x", ElementType.Float, xDims);
+        var t = b.Input("t", ElementType.Float, tDims);
+        var y = b.Op("Add", x, t);
+        var loss = b.Op("ReduceSum", [b.Op("Mul", y, x)], ("keepdims", 0L));
+        b.Output(loss, "loss");
+        var model = b.Build();
+        return (model, x, t, new BackwardBuilder().Build(model.Graph, loss, [x, t]));
+    }
+
+    private static int GradNodes(Model model, string opType) =>
+        model.Graph.Nodes.Count(n => n.OpType == opType && n.Name.StartsWith("grad/Add", StringComparison.Ordinal));
+
+    [Fact]
+    public void BroadcastGradientsDecidedFromSharedSymbolsNeedNoRunTimeShapes()
+    {
+        // x [B, H, S, S] + t [1, 1, S, S] (a mask-like term) and + t [S] (a bias-like term): the axes to sum are known
+        // from the symbols, so the Add's rule emits no Shape/NonZero and sums t's gradient statically.
+        foreach (object[] tDims in new[] { new object[] { 1L, 1L, "S", "S" }, new object[] { "S" } })
+        {
+            var (model, x, t, result) = BroadcastAdd(["B", "H", "S", "S"], tDims);
+            Assert.Equal(0, GradNodes(model, "NonZero"));
+            Assert.Equal(0, GradNodes(model, "Shape"));
+            Assert.Equal(1, GradNodes(model, "ReduceSum"));  // one static sum: axes 0, 1 (kept) or the three leading axes
+
+            var gx = result.Gradients[x]!;
+            var gt = result.Gradients[t]!;
+            model.Graph.Edit().AddOutput(gx);
+            model.Graph.Edit().AddOutput(gt);
+            const int batch = 2, heads = 3, seq = 4;
+            var xv = GradientCheck.Random(batch * heads * seq * seq, -1, 1, 5);
+            long[] tShape = tDims.Length == 4 ? [1, 1, seq, seq] : [seq];
+            var tv = GradientCheck.Random((int)tShape.Aggregate(1L, (a, c) => a * c), -1, 1, 6);
+            using var run = new OrtRunner(model);
+            var outs = run.Run(new Dictionary<string, Tensor>
+            {
+                ["x"] = Tensor.Create("x", xv, batch, heads, seq, seq),
+                ["t"] = Tensor.Create("t", tv, tShape),
+            });
+            var dx = outs[gx.Name].ToFloatArray();
+            var dt = outs[gt.Name].ToFloatArray();
+            var want = new double[tv.Length];
+            for (int e = 0; e < xv.Length; e++)
+            {
+                int ti = tDims.Length == 4 ? e % (seq * seq) : e % seq;
+                Assert.Equal(2 * xv[e] + tv[ti], dx[e], 4);
+                want[ti] += xv[e];
+            }
+            for (int i = 0; i < tv.Length; i++)
+                Assert.Equal(want[i], dt[i], 4);
+        }
+    }
+
+    [Fact]
+    public void BroadcastGradientsOfUnrelatedSymbolsAreSummedAtRunTime()
+    {
+        // t [1, 1, P, Q]: nothing says P = S, so the axes are found at run time; with P = Q = 1 they are summed.
+        var (model, _, t, result) = BroadcastAdd(["B", "H", "S", "S"], [1L, 1L, "P", "Q"]);
+        Assert.True(GradNodes(model, "NonZero") > 0);
+        var gt = result.Gradients[t]!;
+        model.Graph.Edit().AddOutput(gt);
+        var xv = GradientCheck.Random(2 * 2 * 3 * 3, -1, 1, 7);
+        using var run = new OrtRunner(model);
+        var outs = run.Run(new Dictionary<string, Tensor>
+        {
+            ["x"] = Tensor.Create("x", xv, 2, 2, 3, 3),
+            ["t"] = Tensor.Create("t", new[] { 0.5f }, 1, 1, 1, 1),
+        });
+        Assert.Equal(xv.Sum(v => (double)v), outs[gt.Name].ToFloatArray().Single(), 3);
+    }
+
     [Fact]
     public void NamesAreDeterministic()
     {
