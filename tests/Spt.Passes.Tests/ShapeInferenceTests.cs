@@ -29,6 +29,29 @@ public sealed class ShapeInferenceTests
     }
 
     [Fact]
+    public void AMaskBufferSlicedToTheSequenceBroadcastsToTheSequence()
+    {
+        // torch's causal-mask buffer sliced to the sequence length, mask[:, :, :S, :S], added to [B, H, S, S] scores:
+        // the slice is min(S, 64), which only broadcasts against S when it is S (or S is 1), so the sum is [B, H, S, S].
+        // Against another symbol nothing is known.
+        var b = new GraphBuilder(17);
+        var ids = b.Input("ids", ElementType.Int64, "B", "S");
+        var scores = b.Input("scores", ElementType.Float, "B", 4, "S", "S");
+        var other = b.Input("other", ElementType.Float, "B", 4, "T", "T");
+        var mask = b.Initializer("mask", new float[64 * 64], 1, 1, 64, 64);
+        var len = b.Op("Unsqueeze", b.Op("Gather", b.Op("Shape", ids), b.Initializer(Tensor.Scalar("one", 1L))), b.Initializer("ax", [0L], 1));
+        var ends = b.Op("Concat", [len, len], ("axis", 0L));
+        var sliced = b.Op("Slice", mask, b.Initializer("starts", [0L, 0L], 2), ends, b.Initializer("axes", [2L, 3L], 2));
+        var masked = b.Op("Add", scores, sliced);
+        var unrelated = b.Op("Add", other, sliced);
+        using var model = b.Build();
+        var a = new ShapeAnalysis(model.Graph);
+        Assert.Matches(@"^\[1,1,\?\d*,\?\d*\]$", Text(a, sliced));
+        Assert.Equal("[B,4,S,S]", Text(a, masked));
+        Assert.Matches(@"^\[B,4,\?\d*,\?\d*\]$", Text(a, unrelated));
+    }
+
+    [Fact]
     public void ExpandWithMinusOneAsTorchWritesIt()
     {
         // cls.expand(x.shape[0], -1, -1): shape = Concat(Shape(x)[0], -1, -1); Where(Equal(shape, -1), 1, shape).

@@ -30,6 +30,10 @@ public sealed class ShapeAnalysis
     private readonly Dictionary<Value, Dim[]?> _shapes = [];
     private readonly Dictionary<Value, Dim[]> _elements = [];
     private readonly HashSet<Node> _visited = [];
+    // Fresh dims that are min(end, size) of a Slice from 0 to a symbolic end: where such a dim meets that end in a
+    // broadcast, the result is the end (the slice is either the end's size or, clamped, must be 1 for the broadcast
+    // to hold, as in torch's causal-mask buffer sliced to the sequence length).
+    private readonly Dictionary<string, Dim> _sliceEnds = new(StringComparer.Ordinal);
     private int _fresh;
 
     /// <summary>An analysis of <paramref name="graph"/>, computed value by value as asked.</summary>
@@ -957,7 +961,8 @@ public sealed class ShapeAnalysis
         {
             var x = i - (rank - a.Length) >= 0 ? a[i - (rank - a.Length)] : new Dim(1);
             var y = i - (rank - b.Length) >= 0 ? b[i - (rank - b.Length)] : new Dim(1);
-            result[i] = x == y ? x : x.Value == 1 ? y : y.Value == 1 ? x : x.IsKnown ? x : y.IsKnown ? y : expand ? x : Fresh();
+            result[i] = x == y ? x : x.Value == 1 ? y : y.Value == 1 ? x : x.IsKnown ? x : y.IsKnown ? y : expand ? x
+                : IsSliceTo(y, x) ? x : IsSliceTo(x, y) ? y : Fresh();
         }
         return result;
     }
@@ -1041,6 +1046,10 @@ public sealed class ShapeAnalysis
         return result;
     }
 
+    // Whether d is a Slice's min(end, size) dim for this end.
+    private bool IsSliceTo(Dim d, Dim end) =>
+        d.Param is { } p && _sliceEnds.TryGetValue(p, out var e) && e == end && !string.IsNullOrEmpty(end.Param);
+
     private Dim[]? SliceShape(Node n, Dim[]? x)
     {
         if (x is null)
@@ -1069,8 +1078,25 @@ public sealed class ShapeAnalysis
         var result = (Dim[])x.Clone();
         if (starts is null || ends is null)
         {
-            foreach (var a in axes)
-                result[NormAxis(a, x.Length)] = Fresh();
+            // Ends known only symbolically (a size read from a shape): from 0 with step 1, the dim is min(end, size),
+            // which is the end itself when the size is that same symbol.
+            var symbolicEnds = ends is null && n.GetInts("starts") is null && n.Inputs.Count > 2 ? E(n.Inputs[2]) : null;
+            for (int i = 0; i < axes.Length; i++)
+            {
+                int axis = NormAxis(axes[i], x.Length);
+                var fresh = Fresh();
+                if (starts is { } st && symbolicEnds is { } se && i < st.Length && i < se.Length && st[i] == 0 &&
+                    (steps is null || steps[i] == 1) && se[i] is { IsKnown: false, Param: { Length: > 0 } } end && !end.Param.StartsWith("?v", StringComparison.Ordinal))
+                {
+                    if (x[axis] == end)
+                    {
+                        result[axis] = end;
+                        continue;
+                    }
+                    _sliceEnds[fresh.Param!] = end;
+                }
+                result[axis] = fresh;
+            }
             return axes.Length == 0 ? Unknown(x.Length) : result;
         }
         for (int i = 0; i < axes.Length; i++)
