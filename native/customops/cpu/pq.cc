@@ -260,13 +260,53 @@ inline void BiasedLevels(const int32_t* counts, int64_t first, int64_t limit, in
   }
 }
 
+// lv[j] = counts[j] + 1 for j in [first, limit) (counts below 127), eight keys per step.
+inline void BiasedCounts(const int32_t* counts, int64_t first, int64_t limit, uint8_t* lv) {
+  typedef int32_t I8 __attribute__((vector_size(32)));
+  typedef uint8_t U8 __attribute__((vector_size(8)));
+  int64_t j = first;
+  for (; j + 8 <= limit; j += 8) {
+    I8 n;
+    std::memcpy(&n, counts + j, sizeof n);
+    const U8 bytes = __builtin_convertvector(n + 1, U8);
+    std::memcpy(lv + j, &bytes, sizeof bytes);
+  }
+  for (; j < limit; ++j) lv[j] = static_cast<uint8_t>(counts[j] + 1);
+}
+
+// ge[v] = the bytes of lv[0, n) that are >= v, for v = 1 .. max_v (ge[max_v + 1] = 0); 32 bytes per step, with
+// per-lane byte counters flushed before they can overflow. lv must be readable (and zero) up to n rounded up to 32.
+inline void CountAtLeast(const uint8_t* lv, int64_t n, int64_t max_v, int64_t* ge) {
+  typedef uint8_t U32 __attribute__((vector_size(32)));
+  for (int64_t v = 0; v <= max_v + 1; ++v) ge[v] = 0;
+  for (int64_t v = 1; v <= max_v; ++v) {
+    U32 acc = U32{};
+    int64_t pending = 0;
+    auto flush = [&] {
+      int64_t sum = 0;
+      for (int b = 0; b < 32; ++b) sum += acc[b];
+      ge[v] += sum;
+      acc = U32{};
+      pending = 0;
+    };
+    const uint8_t bound = static_cast<uint8_t>(v);
+    for (int64_t j = 0; j < n; j += 32) {
+      U32 x;
+      std::memcpy(&x, lv + j, sizeof x);
+      acc -= reinterpret_cast<U32>(x >= bound);  // true is all ones: subtracting it adds one
+      if (++pending == 255) flush();
+    }
+    flush();
+  }
+}
+
 struct TopKScratch {
   int32_t* key_codes;  // [M, Sk] this head's key codes, subspace-major (packed: [words, Sk] uint32)
   int32_t* counts;     // [Sk]
   int16_t* levels;     // [Sk]
   uint8_t* marked;     // [Sk]
   int64_t* histogram;  // [4, max_level + 1]
-  uint8_t* key_levels;  // [Sk rounded up to 8] bucketed mode: biased level per key
+  uint8_t* key_levels;  // [Sk + 48] biased level (bucketed) or match count (exact) per key, zero-padded
 };
 
 // Query rows [i0, i1) of head bh.
@@ -319,6 +359,49 @@ struct TopKScratch {
       }
     }
     int32_t* out = w.indices + (bh * d.Sq + i) * d.L;
+    if (w.mode == TopKMode::kExact && d.M < 127) {
+      // Each visible key's match count plus one as a byte (0: masked or outside [first, limit)), over whole words
+      // from first rounded down; the histogram counts 32 keys per vector step and the emission visits the
+      // candidates of eight keys per 64-bit word by their mask bits.
+      const int64_t w0 = first & ~int64_t{7}, w1 = (limit + 7) & ~int64_t{7};
+      uint8_t* lv = s.key_levels;
+      for (int64_t j = w0; j < first; ++j) lv[j] = 0;
+      BiasedCounts(s.counts, first, limit, lv);
+      if (keep) {
+        for (int64_t j = first; j < limit; ++j) lv[j] = keep[j] ? lv[j] : uint8_t{0};
+      }
+      for (int64_t j = limit; j < w1 + 32; ++j) lv[j] = 0;  // the vector steps below read up to 32 past w1
+      // ge[v]: keys with count >= v - 1 (biased byte >= v), v = 1 .. M + 1.
+      int64_t* ge = s.histogram;
+      CountAtLeast(lv + w0, w1 - w0, d.M + 1, ge);
+      // Threshold: the largest count t with at least L keys at or above it (every key when fewer are eligible).
+      int64_t threshold = d.M;
+      while (threshold > 0 && ge[threshold + 1] < d.L) --threshold;
+      const int64_t above_count = threshold + 2 <= d.M + 1 ? ge[threshold + 2] : 0;
+      int64_t at_threshold = std::min<int64_t>(d.L - above_count, ge[threshold + 1] - above_count);
+      const uint64_t tie_bytes = Bytes(static_cast<uint64_t>(threshold + 1));
+      const uint64_t above_bytes = tie_bytes + Bytes(1);
+      uint64_t live = at_threshold > 0 ? ~uint64_t{0} : 0;
+      int64_t t = 0;
+      for (int64_t j = w0; j < w1 && t < d.L; j += 8) {
+        const uint64_t x = LoadWord(lv + j);
+        const uint64_t above = AtLeast(x, above_bytes);
+        uint64_t ties = AtLeast(x, tie_bytes) & ~above & live;
+        uint64_t candidates = above | ties;
+        while (candidates != 0 && t < d.L) {
+          const int bit = __builtin_ctzll(candidates);
+          const uint64_t mask = uint64_t{1} << bit;
+          candidates &= candidates - 1;
+          if ((ties & mask) && --at_threshold == 0) {  // the tie budget is spent: later ties are not taken
+            live = 0;
+            candidates &= ~ties;
+          }
+          out[t++] = static_cast<int32_t>(j + (bit >> 3));
+        }
+      }
+      for (; t < d.L; ++t) out[t] = -1;
+      continue;
+    }
     if (w.mode == TopKMode::kExact) {
       // One pass for the count histogram, one to emit: every key above the threshold count and the earliest
       // ones at it, in ascending key order.
@@ -512,8 +595,8 @@ void PQTopK(const PQTopKDims& d, TopKMode mode, bool causal, int64_t window, con
     std::vector<int32_t> ints(static_cast<std::size_t>((d.M + 1) * d.Sk));
     std::vector<int16_t> levels(static_cast<std::size_t>(d.Sk));
     std::vector<uint8_t> marked(static_cast<std::size_t>(d.Sk));
-    std::vector<int64_t> histogram(static_cast<std::size_t>(4 * (max_level + 1)));
-    std::vector<uint8_t> key_levels(static_cast<std::size_t>(d.Sk + 8));
+    std::vector<int64_t> histogram(static_cast<std::size_t>(std::max<int64_t>(4 * (max_level + 1), d.M + 3)));
+    std::vector<uint8_t> key_levels(static_cast<std::size_t>(d.Sk + 48));
     const TopKScratch s{ints.data(), ints.data() + d.M * d.Sk, levels.data(), marked.data(), histogram.data(), key_levels.data()};
     TopKRows(w, bh, block * kRowsPerTask, std::min(d.Sq, (block + 1) * kRowsPerTask), s);
   });
