@@ -199,6 +199,57 @@ def build_program(model_path, lora_rank):
     return run, inputs, trainable, vocab
 
 
+def blas_info():
+    """The BLAS library this process has loaded (torch's matmuls) and, for OpenBLAS, the kernel set it chose.
+
+    Debian's python3-torch calls whatever libblas.so.3 the alternatives system points at: the netlib reference BLAS
+    (tens of times slower) unless an optimized one such as libopenblas0-pthread is installed, and OpenBLAS 0.3.21
+    picks its kernels from a table of known CPUs, falling back to SSE3 ("Prescott") on newer ones unless
+    OPENBLAS_CORETYPE names a kernel set (SkylakeX for AVX-512, Haswell for AVX2)."""
+    import ctypes
+    paths = set()
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            for line in maps:
+                path = line.split()[-1] if len(line.split()) >= 6 else ""
+                if "blas" in os.path.basename(path).lower():
+                    paths.add(os.path.realpath(path))
+    except OSError:
+        return {"library": "unknown", "core": None}
+    core = None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+            get = lib.openblas_get_corename
+            get.restype = ctypes.c_char_p
+            core = get().decode()
+            return {"library": path, "core": core}
+        except (OSError, AttributeError):
+            continue
+    return {"library": ", ".join(sorted(paths)) or "none found", "core": core}
+
+
+def blas_warning(info):
+    flags = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    library = info.get("library", "")
+    if "openblas" not in library.lower():
+        return (f"PyTorch's BLAS is {library} (not an optimized one): its matmuls will be very slow; install an "
+                "optimized BLAS (Debian: apt-get install libopenblas0-pthread)")
+    wanted = "SkylakeX" if "avx512f" in flags else "Haswell" if "avx2" in flags else None
+    if wanted and (info.get("core") or "").lower() in ("prescott", "core2", "nehalem", "generic", "katmai", "coppermine"):
+        return (f"OpenBLAS chose its '{info.get('core')}' kernels on a CPU with {'AVX-512' if wanted == 'SkylakeX' else 'AVX2'}: "
+                f"set OPENBLAS_CORETYPE={wanted} for PyTorch at this machine's speed")
+    return None
+
+
 def worker(model, variant, seq, steps, warmup, lora_rank, batch, threads):
     import torch
 
@@ -227,7 +278,7 @@ def worker(model, variant, seq, steps, warmup, lora_rank, batch, threads):
         "median_step_s": statistics.median(times), "min_step_s": min(times), "max_step_s": max(times),
         "median_step_cpu_s": statistics.median(cpu_times), "threads": threads,
         "startup_s": startup, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "trainable": sum(p.numel() for p in trainable), "last_loss": float(loss),
+        "trainable": sum(p.numel() for p in trainable), "last_loss": float(loss), "blas": blas_info(),
     }))
 
 
@@ -310,9 +361,16 @@ def main():
     def ratio(a, b, key="median_step_s"):
         return f"{a[key] / b[key]:.2f}x" if a and b and a.get(key) and b.get(key) else "n/a"
 
+    warned = False
     for seq in lengths:
         full = measure(args.model, "full", seq, args)
         lora = measure(args.model, "lora", seq, args)
+        if not warned:
+            warned = True
+            blas = full.get("blas", {})
+            print(f"PyTorch BLAS: {blas.get('library')} (kernels: {blas.get('core') or 'n/a'})", file=sys.stderr)
+            if (warning := blas_warning(blas)) is not None:
+                print(f"pytorch_compare: warning: {warning}", file=sys.stderr)
         row = rows.get(seq, {})
         dense, dense_lora, spt_lora = row.get("dense"), row.get("dense-lora"), row.get("spt-lora")
         print("| " + " | ".join([str(seq), ms(full), ms(lora), ms(full, "median_step_cpu_s"), ms(lora, "median_step_cpu_s"), ms(dense), ms(dense_lora), ms(spt_lora),
