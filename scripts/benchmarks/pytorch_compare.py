@@ -18,7 +18,8 @@ CPU time of a --threads 1 run stays close to the idle machine's step time.
 
 Without --sptc-json it runs `sptc bench MODEL --seq ... --lora R --variants dense,dense-lora,spt-lora,spt`
 first (the --sptc command, default the Release build in this checkout). Needs Debian's python3-torch and
-python3-onnx (the system /usr/bin/python3).
+python3-onnx (the system /usr/bin/python3), and an optimized BLAS under torch (libopenblas0-pthread; on CPUs newer
+than Debian's OpenBLAS knows, OPENBLAS_CORETYPE=SkylakeX or Haswell): the script prints the BLAS and warns.
 """
 import argparse
 import json
