@@ -240,38 +240,28 @@ inline uint64_t AtLeast(uint64_t x, uint64_t v) {
   return ((x | kHigh) - v) & kHigh;
 }
 
-// lv[j] = 1 + min(3, counts[j] / width) for j in [first, limit): eight keys per step with vector extensions (the
-// int32 -> byte narrowing is not vectorized from the plain loop).
-inline void BiasedLevels(const int32_t* counts, int64_t first, int64_t limit, int32_t width, uint8_t* lv) {
+// The keys [first, limit) of a row as bytes, eight per step (a plain loop does not vectorize the int32 -> byte
+// narrowing): lv[j] = counts[j] + 1 when width is 0 (exact mode), else 1 + min(3, counts[j] / width) (bucketed).
+inline void CountsToBytes(const int32_t* counts, int64_t first, int64_t limit, int32_t width, uint8_t* lv) {
   typedef int32_t I8 __attribute__((vector_size(32)));
   typedef uint8_t U8 __attribute__((vector_size(8)));
+  auto convert = [width](I8 n) {
+    // Comparisons of vectors give -1 where true.
+    return __builtin_convertvector(width == 0 ? n + 1 : 1 - (n >= width) - (n >= 2 * width) - (n >= 3 * width), U8);
+  };
   int64_t j = first;
   for (; j + 8 <= limit; j += 8) {
     I8 n;
     std::memcpy(&n, counts + j, sizeof n);
-    // Comparisons give -1 where true.
-    const I8 level = I8{} + 1 - (n >= width) - (n >= 2 * width) - (n >= 3 * width);
-    const U8 bytes = __builtin_convertvector(level, U8);
+    const U8 bytes = convert(n);
     std::memcpy(lv + j, &bytes, sizeof bytes);
   }
-  for (; j < limit; ++j) {
-    const int32_t n = counts[j];
-    lv[j] = static_cast<uint8_t>(1 + (n >= width) + (n >= 2 * width) + (n >= 3 * width));
+  if (j < limit) {  // the last partial group, through a zero-padded copy
+    I8 n = I8{};
+    for (int64_t u = 0; u < limit - j; ++u) n[u] = counts[j + u];
+    const U8 bytes = convert(n);
+    for (int64_t u = 0; u < limit - j; ++u) lv[j + u] = bytes[u];
   }
-}
-
-// lv[j] = counts[j] + 1 for j in [first, limit) (counts below 127), eight keys per step.
-inline void BiasedCounts(const int32_t* counts, int64_t first, int64_t limit, uint8_t* lv) {
-  typedef int32_t I8 __attribute__((vector_size(32)));
-  typedef uint8_t U8 __attribute__((vector_size(8)));
-  int64_t j = first;
-  for (; j + 8 <= limit; j += 8) {
-    I8 n;
-    std::memcpy(&n, counts + j, sizeof n);
-    const U8 bytes = __builtin_convertvector(n + 1, U8);
-    std::memcpy(lv + j, &bytes, sizeof bytes);
-  }
-  for (; j < limit; ++j) lv[j] = static_cast<uint8_t>(counts[j] + 1);
 }
 
 // ge[v] = the bytes of lv[0, n) that are >= v, for v = 1 .. max_v (ge[max_v + 1] = 0); 32 bytes per step, with
@@ -366,7 +356,7 @@ struct TopKScratch {
       const int64_t w0 = first & ~int64_t{7}, w1 = (limit + 7) & ~int64_t{7};
       uint8_t* lv = s.key_levels;
       for (int64_t j = w0; j < first; ++j) lv[j] = 0;
-      BiasedCounts(s.counts, first, limit, lv);
+      CountsToBytes(s.counts, first, limit, 0, lv);
       if (keep) {
         for (int64_t j = first; j < limit; ++j) lv[j] = keep[j] ? lv[j] : uint8_t{0};
       }
@@ -442,7 +432,7 @@ struct TopKScratch {
     uint8_t* lv = s.key_levels;
     {
       for (int64_t j = w0; j < first; ++j) lv[j] = 0;
-      BiasedLevels(s.counts, first, limit, static_cast<int32_t>(w.bucket_width), lv);
+      CountsToBytes(s.counts, first, limit, static_cast<int32_t>(w.bucket_width), lv);
       if (keep) {
         for (int64_t j = first; j < limit; ++j) lv[j] = keep[j] ? lv[j] : uint8_t{0};
       }
