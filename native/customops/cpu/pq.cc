@@ -264,6 +264,46 @@ inline void CountsToBytes(const int32_t* counts, int64_t first, int64_t limit, i
   }
 }
 
+// Writes to out, in ascending key order, the keys of the level bytes lv[w0, w1) (w0 a multiple of 8) above their
+// class's threshold and, while the class's tie budget lasts, the earliest ones at it: thr holds each byte position's
+// threshold (biased like lv), byte b of a word belongs to class b % classes (1 or 4), budget[c] is class c's number
+// of ties to take. Eight keys per 64-bit word, the candidates visited by their mask bits. Returns the slots written
+// (at most l).
+inline int64_t EmitSelected(const uint8_t* lv, int64_t w0, int64_t w1, int64_t l, uint64_t thr, int64_t classes,
+                            int64_t* budget, int32_t* out) {
+  auto class_bits = [classes](int64_t c) {
+    return classes == 1 ? 0x8080808080808080ull : 0x0000008000000080ull << (8 * c);
+  };
+  const uint64_t above_thr = thr + Bytes(1);
+  uint64_t live = 0;  // classes with tie budget left
+  for (int64_t c = 0; c < classes; ++c) {
+    if (budget[c] > 0) live |= class_bits(c);
+  }
+  int64_t t = 0;
+  for (int64_t j = w0; j < w1 && t < l; j += 8) {
+    const uint64_t x = LoadWord(lv + j);
+    const uint64_t above = AtLeast(x, above_thr);
+    uint64_t ties = AtLeast(x, thr) & ~above & live;
+    uint64_t candidates = above | ties;
+    while (candidates != 0 && t < l) {
+      const int bit = __builtin_ctzll(candidates);
+      const uint64_t mask = uint64_t{1} << bit;
+      candidates &= candidates - 1;
+      const int64_t b = bit >> 3;
+      if (ties & mask) {
+        const int64_t c = b & (classes - 1);  // classes is 1 or 4
+        if (--budget[c] == 0) {  // the class's budget is spent: its later ties are not taken
+          live &= ~class_bits(c);
+          candidates &= ~(ties & class_bits(c));
+          ties &= ~class_bits(c);
+        }
+      }
+      out[t++] = static_cast<int32_t>(j + b);
+    }
+  }
+  return t;
+}
+
 // ge[v] = the bytes of lv[0, n) that are >= v, for v = 1 .. max_v (ge[max_v + 1] = 0); 32 bytes per step, with
 // per-lane byte counters flushed before they can overflow. lv must be readable (and zero) up to n rounded up to 32.
 inline void CountAtLeast(const uint8_t* lv, int64_t n, int64_t max_v, int64_t* ge) {
@@ -369,26 +409,7 @@ struct TopKScratch {
       while (threshold > 0 && ge[threshold + 1] < d.L) --threshold;
       const int64_t above_count = threshold + 2 <= d.M + 1 ? ge[threshold + 2] : 0;
       int64_t at_threshold = std::min<int64_t>(d.L - above_count, ge[threshold + 1] - above_count);
-      const uint64_t tie_bytes = Bytes(static_cast<uint64_t>(threshold + 1));
-      const uint64_t above_bytes = tie_bytes + Bytes(1);
-      uint64_t live = at_threshold > 0 ? ~uint64_t{0} : 0;
-      int64_t t = 0;
-      for (int64_t j = w0; j < w1 && t < d.L; j += 8) {
-        const uint64_t x = LoadWord(lv + j);
-        const uint64_t above = AtLeast(x, above_bytes);
-        uint64_t ties = AtLeast(x, tie_bytes) & ~above & live;
-        uint64_t candidates = above | ties;
-        while (candidates != 0 && t < d.L) {
-          const int bit = __builtin_ctzll(candidates);
-          const uint64_t mask = uint64_t{1} << bit;
-          candidates &= candidates - 1;
-          if ((ties & mask) && --at_threshold == 0) {  // the tie budget is spent: later ties are not taken
-            live = 0;
-            candidates &= ~ties;
-          }
-          out[t++] = static_cast<int32_t>(j + (bit >> 3));
-        }
-      }
+      int64_t t = EmitSelected(lv, w0, w1, d.L, Bytes(static_cast<uint64_t>(threshold + 1)), 1, &at_threshold, out);
       for (; t < d.L; ++t) out[t] = -1;
       continue;
     }
@@ -483,34 +504,7 @@ struct TopKScratch {
       // budget lasts (earliest first); the candidates are visited in ascending key order by their mask bits.
       uint64_t at_thr = 0;  // byte b: class b % 4's biased threshold
       for (int64_t b = 0; b < 8; ++b) at_thr |= static_cast<uint64_t>(threshold[b & 3] + 1) << (8 * b);
-      const uint64_t above_thr = at_thr + Bytes(1);
-      auto class_bits = [](int64_t c) { return 0x0000008000000080ull << (8 * c); };
-      uint64_t live = 0;  // classes with tie budget left
-      for (int64_t c = 0; c < 4; ++c) {
-        if (at_threshold[c] > 0) live |= class_bits(c);
-      }
-      int64_t t = 0;
-      for (int64_t j = w0; j < w1 && t < d.L; j += 8) {
-        const uint64_t x = LoadWord(lv + j);
-        const uint64_t above = AtLeast(x, above_thr);
-        uint64_t ties = AtLeast(x, at_thr) & ~above & live;
-        uint64_t candidates = above | ties;
-        while (candidates != 0) {
-          const int bit = __builtin_ctzll(candidates);
-          const uint64_t mask = uint64_t{1} << bit;
-          candidates &= candidates - 1;
-          const int64_t b = bit >> 3;
-          if (ties & mask) {
-            const int64_t c = b & 3;
-            if (--at_threshold[c] == 0) {  // the class's budget is spent: its later ties are not taken
-              live &= ~class_bits(c);
-              candidates &= ~(ties & class_bits(c));
-              ties &= ~class_bits(c);
-            }
-          }
-          out[t++] = static_cast<int32_t>(j + b);
-        }
-      }
+      int64_t t = EmitSelected(lv, w0, w1, d.L, at_thr, 4, at_threshold, out);
       for (; t < d.L; ++t) out[t] = -1;
       continue;
     }
