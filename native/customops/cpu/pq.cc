@@ -264,6 +264,19 @@ inline void CountsToBytes(const int32_t* counts, int64_t first, int64_t limit, i
   }
 }
 
+// A row's key bytes over whole words: CountsToBytes for [first, limit), 0 for masked keys (keep) and for the keys
+// from first rounded down to 8 up to first and from limit to 32 past limit rounded up to 8 (what the word and
+// 32-byte vector steps read).
+inline void RowBytes(const int32_t* counts, const uint8_t* keep, int64_t first, int64_t limit, int32_t width,
+                     uint8_t* lv) {
+  for (int64_t j = first & ~int64_t{7}; j < first; ++j) lv[j] = 0;
+  CountsToBytes(counts, first, limit, width, lv);
+  if (keep) {
+    for (int64_t j = first; j < limit; ++j) lv[j] = keep[j] ? lv[j] : uint8_t{0};
+  }
+  for (int64_t j = limit; j < ((limit + 7) & ~int64_t{7}) + 32; ++j) lv[j] = 0;
+}
+
 // Writes to out, in ascending key order, the keys of the level bytes lv[w0, w1) (w0 a multiple of 8) above their
 // class's threshold and, while the class's tie budget lasts, the earliest ones at it: thr holds each byte position's
 // threshold (biased like lv), byte b of a word belongs to class b % classes (1 or 4), budget[c] is class c's number
@@ -395,12 +408,7 @@ struct TopKScratch {
       // candidates of eight keys per 64-bit word by their mask bits.
       const int64_t w0 = first & ~int64_t{7}, w1 = (limit + 7) & ~int64_t{7};
       uint8_t* lv = s.key_levels;
-      for (int64_t j = w0; j < first; ++j) lv[j] = 0;
-      CountsToBytes(s.counts, first, limit, 0, lv);
-      if (keep) {
-        for (int64_t j = first; j < limit; ++j) lv[j] = keep[j] ? lv[j] : uint8_t{0};
-      }
-      for (int64_t j = limit; j < w1 + 32; ++j) lv[j] = 0;  // the vector steps below read up to 32 past w1
+      RowBytes(s.counts, keep, first, limit, 0, lv);
       // ge[v]: keys with count >= v - 1 (biased byte >= v), v = 1 .. M + 1.
       int64_t* ge = s.histogram;
       CountAtLeast(lv + w0, w1 - w0, d.M + 1, ge);
@@ -451,14 +459,7 @@ struct TopKScratch {
     // starts at a multiple of 8, so byte b of every word is class b % 4.
     const int64_t w0 = first & ~int64_t{7}, w1 = (limit + 7) & ~int64_t{7};
     uint8_t* lv = s.key_levels;
-    {
-      for (int64_t j = w0; j < first; ++j) lv[j] = 0;
-      CountsToBytes(s.counts, first, limit, static_cast<int32_t>(w.bucket_width), lv);
-      if (keep) {
-        for (int64_t j = first; j < limit; ++j) lv[j] = keep[j] ? lv[j] : uint8_t{0};
-      }
-      for (int64_t j = limit; j < w1; ++j) lv[j] = 0;
-    }
+    RowBytes(s.counts, keep, first, limit, static_cast<int32_t>(w.bucket_width), lv);
     // ge[c][v]: keys of class c with biased level >= v (v = 1..4), counted per byte lane, flushed before a lane
     // can overflow.
     int64_t ge[4][kMaxLevels + 2] = {};
